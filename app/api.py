@@ -147,13 +147,7 @@ class DatasetSpec:
     builtin: bool = False
 
 
-@dataclass
-class Checkpoint:
-    """A loaded checkpoint: tensors (from safetensors) and its JSON model card."""
-
-    path: Path
-    tensors: dict[str, Any]
-    card: dict[str, Any]
+from trainer.checkpoints import Checkpoint  # noqa: E402  (re-exported: what load_checkpoint returns)
 
 
 # --------------------------------------------------------------------------------------------
