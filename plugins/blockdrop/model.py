@@ -1,0 +1,213 @@
+"""BlockDrop models: a CIFAR-style ResNet whose residual blocks can really be skipped, per sample,
+and the ResNet-8 policy network that decides which blocks to keep (arXiv:1711.08393).
+
+Backbone: depth 6n+2 (20/32/56/110), K = 3n BasicBlocks in three stages of 16/32/64 channels.
+The shortcut of the first block of stages 2 and 3 is the paper's parameter-free ``DownsampleB``
+(2×2 average pooling, then zero channels appended), so a dropped block costs nothing at all and
+its shortcut (identity, or the cheap downsample) still runs. Inputs are float N×3×H×W in [0, 1];
+normalisation happens inside the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.25, 0.25, 0.25)
+
+
+@dataclass
+class ResNetConfig:
+    depth: int = 32  # 6n+2
+    num_classes: int = 10
+    width: int = 16  # channels of stage 1; stages 2 and 3 double it
+
+
+@dataclass
+class PolicyConfig:
+    num_blocks: int = 15  # K: one keep/drop output per backbone block
+    input_size: int = 32  # the policy looks at the image resized to input_size × input_size
+    width: int = 16
+
+
+class BasicBlock(nn.Module):
+    """conv-bn-relu-conv-bn: the residual branch only (the add and ReLU happen in the ResNet)."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+
+
+class DownsampleB(nn.Module):
+    """Parameter-free shortcut: 2×2 average pooling, then zero channels up to ``out_ch``."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.extra = out_ch - in_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.avg_pool2d(x, 2)
+        return F.pad(x, (0, 0, 0, 0, 0, self.extra))
+
+
+class ResNetTrunk(nn.Module):
+    """Normalise → 3×3 stem → stages of BasicBlocks → pooled features → linear head."""
+
+    def __init__(self, blocks_per_stage: int, num_outputs: int, width: int):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1), persistent=False)
+        self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.blocks = nn.ModuleList()
+        self.shortcuts = nn.ModuleList()
+        self.stage_of_block: list[int] = []
+        in_ch = width
+        for stage in range(3):
+            out_ch = width * 2**stage
+            for i in range(blocks_per_stage):
+                stride = 2 if stage > 0 and i == 0 else 1
+                self.blocks.append(BasicBlock(in_ch, out_ch, stride))
+                self.shortcuts.append(DownsampleB(in_ch, out_ch) if stride == 2 else nn.Identity())
+                self.stage_of_block.append(stage)
+                in_ch = out_ch
+        self.fc = nn.Linear(in_ch, num_outputs)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn1(self.conv1((x - self.mean) / self.std)))
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class BlockDropResNet(ResNetTrunk):
+    """A CIFAR ResNet whose forward takes a per-sample keep/drop policy over its K blocks."""
+
+    def __init__(self, config: ResNetConfig):
+        if (config.depth - 2) % 6 or config.depth < 8:
+            raise ValueError(f"ResNet depth must be 6n+2 (20, 32, 56, 110), got {config.depth}")
+        super().__init__((config.depth - 2) // 6, config.num_classes, config.width)
+        self.config = config
+
+    def forward(self, x: torch.Tensor, policy: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits N×classes. ``policy`` (N×K, 1 = keep) really skips: each block runs only on the
+        samples that keep it (gathered into a sub-batch and scattered back); a block nobody keeps
+        costs nothing. ``policy=None`` runs every block for every sample."""
+        x = self.stem(x)
+        if policy is None:
+            for block, shortcut in zip(self.blocks, self.shortcuts, strict=True):
+                x = F.relu(shortcut(x) + block(x))
+            return self.head(x)
+        keep_lists = _keep_indices(policy, x.device)
+        for block, shortcut, keep in zip(self.blocks, self.shortcuts, keep_lists, strict=True):
+            residual = shortcut(x)
+            if keep is None:  # every sample keeps this block: no gather needed
+                x = F.relu(residual + block(x))
+            elif keep.numel() == 0:  # nobody keeps it: the shortcut alone
+                x = residual
+            else:
+                out = F.relu(residual.index_select(0, keep) + block(x.index_select(0, keep)))
+                x = residual.index_copy(0, keep, out)
+        return self.head(x)
+
+    def forward_masked(self, x: torch.Tensor, policy: torch.Tensor) -> torch.Tensor:
+        """The paper's training forward: every block runs for every sample and its output is mixed
+        with the shortcut by the (float) policy, ``x = mask·block_out + (1−mask)·shortcut``.
+        Differentiable w.r.t. the backbone; computes everything, so it saves no time."""
+        x = self.stem(x)
+        mask = policy.to(x.dtype)
+        for k, (block, shortcut) in enumerate(zip(self.blocks, self.shortcuts, strict=True)):
+            residual = shortcut(x)
+            out = F.relu(residual + block(x))
+            m = mask[:, k].view(-1, 1, 1, 1)
+            x = m * out + (1 - m) * residual
+        return self.head(x)
+
+
+def _keep_indices(policy: torch.Tensor, device: torch.device) -> list[torch.Tensor | None]:
+    """Per block: None (all keep) or the indices of the samples that keep it, on ``device``.
+
+    The policy goes to the host once (one sync for the whole forward, not one per block) and all
+    index lists travel back to the device in one copy."""
+    keep = policy.detach().to("cpu") > 0.5
+    n, k = keep.shape
+    counts = keep.sum(0).tolist()
+    lists: list[torch.Tensor | None] = [None] * k
+    partial = [j for j in range(k) if 0 < counts[j] < n]
+    if partial:
+        flat = torch.cat([keep[:, j].nonzero().flatten() for j in partial]).to(device, non_blocking=True)
+        for j, part in zip(partial, flat.split([counts[j] for j in partial]), strict=True):
+            lists[j] = part
+    empty = torch.empty(0, dtype=torch.long, device=device)
+    for j in range(k):
+        if counts[j] == 0:
+            lists[j] = empty
+    return lists
+
+
+class PolicyNet(ResNetTrunk):
+    """ResNet-8 (one BasicBlock per stage) with K sigmoid outputs: the keep probability per block."""
+
+    def __init__(self, config: PolicyConfig):
+        super().__init__(1, config.num_blocks, config.width)
+        self.config = config
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Keep probabilities N×K in (0, 1)."""
+        return torch.sigmoid(self.logits(x))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        size = self.config.input_size
+        if x.shape[-1] != size or x.shape[-2] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        x = self.stem(x)
+        for block, shortcut in zip(self.blocks, self.shortcuts, strict=True):
+            x = F.relu(shortcut(x) + block(x))
+        return self.head(x)
+
+
+def build_resnet(depth: int, num_classes: int, width: int = 16) -> BlockDropResNet:
+    """A CIFAR-style ResNet-``depth`` (6n+2) with ``num_classes`` outputs, ready for BlockDrop."""
+    return BlockDropResNet(ResNetConfig(depth=depth, num_classes=num_classes, width=width))
+
+
+def build_policy(num_blocks: int, input_size: int = 32, width: int = 16) -> PolicyNet:
+    """The ResNet-8 policy network for a backbone with ``num_blocks`` blocks."""
+    return PolicyNet(PolicyConfig(num_blocks=num_blocks, input_size=input_size, width=width))
+
+
+def greedy_policy(probs: torch.Tensor) -> torch.Tensor:
+    """Test-time policy: keep a block iff its probability is at least 0.5 (float 0/1, N×K)."""
+    return (probs >= 0.5).float()
+
+
+def prefixed(module: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    """The module's state dict with every key under ``prefix.`` (how checkpoints store models)."""
+    return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
+
+
+def load_prefixed(module: nn.Module, tensors: dict[str, Any], prefix: str) -> nn.Module:
+    """Load the ``prefix.``-keyed tensors of a checkpoint into ``module`` (strict)."""
+    state = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+    if not state:
+        raise ValueError(f"checkpoint has no '{prefix}.*' tensors")
+    module.load_state_dict(state)
+    return module
