@@ -1,0 +1,80 @@
+"""Alembic migrations: an empty database goes to head; a database at 0001 keeps its rows."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+
+from sqlalchemy import create_engine, inspect, text
+
+from trainer.store import RunStore, current_revision, head_revision, make_engine, upgrade_to_head
+
+
+def test_head_is_the_latest_migration():
+    assert head_revision() == "0002"
+
+
+def test_empty_database_goes_to_head(store_url):
+    store = RunStore(store_url)
+    try:
+        assert current_revision(store.engine) == "0002"
+        tables = set(inspect(store.engine).get_table_names())
+        assert {"runs", "params", "metrics", "latest_metrics", "artifacts", "promotions"} <= tables
+        columns = {c["name"] for c in inspect(store.engine).get_columns("runs")}
+        assert {"progress", "progress_desc", "resume_count", "heartbeat_at", "cancel_requested"} <= columns
+    finally:
+        store.close()
+
+
+def test_database_at_0001_is_upgraded_without_losing_rows(store_url):
+    engine = make_engine(store_url)
+    upgrade_to_head(engine, revision="0001")
+    assert current_revision(engine) == "0001"
+    assert "promotions" not in inspect(engine).get_table_names()
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO runs (method, recipe, config, status, device, created_at, cancel_requested, error) "
+            "VALUES ('counter', 'count', '{\"steps\": 4}', 'failed', 'cpu', '2026-01-02 03:04:05', 0, 'old')"))
+        conn.execute(text("INSERT INTO params (run_id, key, value) VALUES (1, 'steps', '4')"))
+        conn.execute(text("INSERT INTO metrics (run_id, key, step, value, time) VALUES (1, 'loss', 3, 0.5, 10.0)"))
+        conn.execute(text("INSERT INTO latest_metrics (run_id, key, step, value, time) VALUES (1, 'loss', 3, 0.5, 10.0)"))
+    engine.dispose()
+
+    store = RunStore(store_url)
+    try:
+        assert current_revision(store.engine) == "0002"
+        run = store.get_run(1)
+        assert (run.method, run.status, run.config, run.error) == ("counter", "failed", {"steps": 4}, "old")
+        assert (run.progress, run.progress_desc, run.resume_count) == (0.0, "", 0)
+        assert run.latest_metrics == {"loss": 0.5} and store.params(1) == {"steps": "4"}
+        assert store.requeue_for_resume(1).resume_count == 1  # the new columns work on old rows
+        assert store.enqueue("counter", "count", {}) == 2
+    finally:
+        store.close()
+
+
+def test_reopening_at_head_is_a_no_op(store_url):
+    RunStore(store_url).close()
+    store = RunStore(store_url)
+    try:
+        store.enqueue("m", "r", {})
+        assert current_revision(store.engine) == "0002"
+    finally:
+        store.close()
+
+
+def _open(url: str) -> None:
+    RunStore(url).close()
+
+
+def test_processes_opening_a_new_database_together_migrate_it_once(store_url):
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_open, args=(store_url,)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    engine = create_engine(store_url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0002"]
+    engine.dispose()
