@@ -1,0 +1,57 @@
+"""``avstudio new-plugin NAME``: scaffold an installable plugin package whose own tests pass.
+
+The files come from ``app/templates/*.tmpl`` (``string.Template``: ``${name}``, ``${module}``,
+``${ident}``, ``${title}``).
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+from string import Template
+
+from app.errors import UserError
+
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*([-_][a-z0-9]+)*$")
+
+# file in the new package -> template in app/templates
+FILES = {
+    "pyproject.toml": "plugin_pyproject.toml.tmpl",
+    "README.md": "plugin_readme.md.tmpl",
+    "{module}/__init__.py": "plugin_init.py.tmpl",
+    "tests/test_{ident}.py": "plugin_test.py.tmpl",
+}
+
+
+def template_values(name: str) -> dict[str, str]:
+    """The substitutions for plugin ``name``; a UserError if it cannot name a package and a method."""
+    if not NAME_PATTERN.match(name):
+        raise UserError(f"invalid plugin name {name!r}: use lowercase letters, digits, '-' or '_', "
+                        "starting with a letter (e.g. 'my-method')")
+    ident = name.replace("-", "_")
+    title = " ".join(part.capitalize() for part in re.split(r"[-_]", name))
+    return {"name": name, "ident": ident, "module": f"avstudio_{ident}", "title": title}
+
+
+def render(name: str) -> dict[str, str]:
+    """The new package's files (relative path -> text) for plugin ``name``."""
+    values = template_values(name)
+    templates = resources.files("app.templates")
+    return {
+        path.format(**values): Template(templates.joinpath(template).read_text()).substitute(values)
+        for path, template in FILES.items()
+    }
+
+
+def create_plugin(name: str, directory: Path | str = ".") -> Path:
+    """Write ``avstudio-NAME/`` under ``directory`` and return its path; never overwrites anything."""
+    root = Path(directory) / f"avstudio-{name}"
+    files = render(name)
+    if root.exists():
+        raise UserError(f"{root} already exists; choose another name or --dir")
+    for relative, text in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root

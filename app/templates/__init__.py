@@ -1,0 +1,1 @@
+"""Template files of ``avstudio new-plugin`` (``string.Template`` syntax; see app/scaffold.py)."""
