@@ -1,0 +1,79 @@
+"""The plugin author's guide documents every hook, argument and field of the contract (app/api.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+
+import pytest
+
+from app import api
+from app.settings import REPO_ROOT
+
+GUIDE = (REPO_ROOT / "docs" / "plugins.md").read_text()
+HOOK_HEADING = re.compile(r"^### (\w+)\((.*)\)$", re.MULTILINE)
+
+
+def _section(heading_line: str) -> str:
+    """The text from a ``###`` heading up to the next heading of the same or a higher level."""
+    start = GUIDE.index(heading_line + "\n")
+    end = re.compile(r"^#{1,3} ", re.MULTILINE).search(GUIDE, start + len(heading_line))
+    return GUIDE[start:end.start() if end else len(GUIDE)]
+
+
+def _protocol_members(protocol: type) -> list[str]:
+    own = vars(protocol)
+    return [*own.get("__annotations__", {}),
+            *(n for n, v in own.items() if callable(v) and not n.startswith("_"))]
+
+
+HOOKS = list(api.iter_hooks())
+
+
+def test_the_contract_has_the_agreed_hooks():
+    assert {name for name, _ in HOOKS} >= {"register_methods", "register_datasets", "register_commands"}
+
+
+@pytest.mark.parametrize(("name", "hook"), HOOKS, ids=[n for n, _ in HOOKS])
+def test_every_hook_has_a_docstring(name, hook):
+    assert (inspect.getdoc(hook) or "").strip(), f"hook {name} in app/api.py has no docstring"
+
+
+@pytest.mark.parametrize(("name", "hook"), HOOKS, ids=[n for n, _ in HOOKS])
+def test_every_hook_and_argument_is_documented(name, hook):
+    arguments = list(inspect.signature(hook).parameters)
+    heading = f"### {name}({', '.join(arguments)})"
+    assert heading + "\n" in GUIDE, f"docs/plugins.md needs a section headed {heading!r}"
+    section = _section(heading)
+    for argument in arguments:
+        assert f"- `{argument}`:" in section, f"argument {argument!r} of {name} is not described"
+
+
+def test_the_guide_documents_no_hook_that_does_not_exist():
+    hook_names = {name for name, _ in HOOKS}
+    documented = {m.group(1) for m in HOOK_HEADING.finditer(GUIDE) if m.group(1).startswith("register_")}
+    assert documented == hook_names
+
+
+@pytest.mark.parametrize("cls", [api.Method, api.Recipe, api.DatasetSpec], ids=lambda c: c.__name__)
+def test_every_field_of_what_a_plugin_registers_is_documented(cls):
+    section = _section(f"### {cls.__name__}")
+    for f in dataclasses.fields(cls):
+        assert f"| `{f.name}` |" in section, f"{cls.__name__}.{f.name} is not in docs/plugins.md"
+
+
+@pytest.mark.parametrize("protocol", [api.TrainContext, api.DemoContext], ids=lambda c: c.__name__)
+def test_every_member_of_the_contexts_is_documented(protocol):
+    section = _section(f"### {protocol.__name__}")
+    members = _protocol_members(protocol)
+    assert len(members) >= 6
+    for member in members:
+        assert re.search(rf"^\| `{member}[`(]", section, re.MULTILINE), \
+            f"{protocol.__name__}.{member} is not in docs/plugins.md"
+
+
+def test_the_guide_walks_through_the_whole_plugin_life():
+    for step in ("avstudio new-plugin", "pip install -e", "avstudio plugins", "avstudio serve",
+                 "avstudio train", "python -m pytest", "--plugins-dir", "AVSTUDIO_PLUGINS"):
+        assert step in GUIDE, f"the walkthrough does not mention {step!r}"
