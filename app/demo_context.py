@@ -7,7 +7,6 @@ cached by path and modification time.
 
 from __future__ import annotations
 
-import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,24 +15,19 @@ import torch
 
 from app.settings import Settings
 from trainer.checkpoints import Checkpoint, load_checkpoint, shipped_checkpoint
-
-log = logging.getLogger("avstudio.demo")
+from trainer.context import resolve_checkpoint
 
 
 def resolve_demo_checkpoint(method: str, name: str, store: Any, assets_dir: Path) -> Path | None:
     """The promoted artifact of ``(method, slot=name)`` if its file exists, else the shipped one, else None.
 
     ``assets_dir`` is the root of the shipped assets (``assets/``, holding ``<method>/<name>.safetensors``).
+    A promotion whose file has gone falls back to the shipped checkpoint, so the demo keeps working.
     """
-    if store is not None:
-        try:
-            promoted = store.promoted(method, name)
-        except Exception:  # an unreadable store must not break a demo that has a shipped checkpoint
-            log.exception("could not read the promotion of %s/%s", method, name)
-            promoted = None
-        if promoted is not None and Path(promoted.path).is_file():
-            return Path(promoted.path)
-    return shipped_checkpoint(assets_dir, method, name)
+    try:
+        return resolve_checkpoint(f"{method}/{name}", store, assets_dir)
+    except FileNotFoundError:
+        return shipped_checkpoint(assets_dir, method, name)
 
 
 class StudioDemoContext:

@@ -1,0 +1,43 @@
+"""Start the studio the way a Hugging Face Space does: ``python app/main.py`` from the repo root.
+
+Settings come from the environment (``AVSTUDIO_*``). Port: ``GRADIO_SERVER_PORT`` or ``PORT``
+(default 7860). Host: ``GRADIO_SERVER_NAME``; default 127.0.0.1, or 0.0.0.0 on a Space (``SPACE_ID``
+set). Training from the web UI stays off unless ``AVSTUDIO_ENABLE_TRAINING=1``; on a Space with
+training off, no background worker is started (``AVSTUDIO_NO_WORKER=1`` turns it off anywhere).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+APP_DIR = Path(__file__).resolve().parent
+REPO_ROOT = APP_DIR.parent
+# `python app/main.py` puts app/ itself first on sys.path (so `api`, `settings`, ... would shadow
+# top-level modules) and not the repo root (so `import app` would fail without a pip install).
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != APP_DIR]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def main() -> None:
+    """Build settings and the plugin registry from the environment and serve the studio."""
+    from app.plugin_manager import registry_from_env
+    from app.settings import Settings
+    from app.ui import launch
+
+    on_space = bool(os.environ.get("SPACE_ID"))
+    host = os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if on_space else "127.0.0.1")
+    port = int(os.environ.get("GRADIO_SERVER_PORT") or os.environ.get("PORT") or 7860)
+    settings = Settings()
+    start_worker = not _flag("AVSTUDIO_NO_WORKER") and not (on_space and not settings.enable_training)
+    launch(settings, registry_from_env(), host=host, port=port, start_worker=start_worker)
+
+
+if __name__ == "__main__":
+    main()

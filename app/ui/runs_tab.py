@@ -1,0 +1,373 @@
+"""The Runs tab: a live table of runs, metric curves, comparison, and (when enabled) training controls.
+
+The handlers live in :class:`RunsActions` as plain methods over the run store, so they are tested
+without a browser; each raises ``gr.Error`` with a one-line message for anything a user can get
+wrong, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from app import api
+from app.errors import UserError
+
+POLL_S = 2.0
+DEVICES = ("auto", "cpu", "cuda", "mps")
+RUN_COLUMNS = ["id", "method", "recipe", "status", "progress %", "device", "created", "latest metrics"]
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn the errors a user can cause (bad values, unknown runs) into a gr.Error with one line."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except (UserError, KeyError, ValueError, FileNotFoundError) as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            raise gr.Error(str(message).splitlines()[0] if str(message) else type(exc).__name__) from None
+
+    return wrapper
+
+
+def _run_id(value: Any, *, required: bool = True) -> int | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise UserError("pick a run first")
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise UserError(f"not a run id: {value!r}") from None
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else ""
+
+
+def _metrics_text(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
+
+
+def _empty_curve(color: str) -> pd.DataFrame:
+    return pd.DataFrame({"step": pd.Series(dtype="int64"), "value": pd.Series(dtype="float64"),
+                         color: pd.Series(dtype="object")})
+
+
+class RunsActions:
+    """What the Runs tab (and its API endpoints) can do with the run store."""
+
+    def __init__(self, store: Any, registry: Any, settings: Any) -> None:
+        self.store = store
+        self.registry = registry
+        self.settings = settings
+
+    # -- reads ---------------------------------------------------------------------------------
+    def runs_list(self) -> pd.DataFrame:
+        """The newest runs, one row each: id, method, recipe, status, progress %, device, created, metrics."""
+        rows = [[r.id, r.method, r.recipe, r.status, round(100.0 * (r.progress or 0.0), 1), r.device,
+                 _when(r.created_at), _metrics_text(r.latest_metrics)] for r in self.store.list_runs(limit=200)]
+        return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+    def run_choices(self) -> list[tuple[str, int]]:
+        """(label, id) pairs for the run pickers."""
+        return [(f"#{r.id} {r.method}/{r.recipe} · {r.status}", r.id) for r in self.store.list_runs(limit=200)]
+
+    @user_errors
+    def run_detail(self, run_id: Any) -> dict[str, Any]:
+        """Everything about one run: status, progress, config, error, latest metrics, artifacts."""
+        rid = _run_id(run_id, required=False)
+        if rid is None:
+            return {}
+        run = self.store.get_run(rid)
+        promoted = {a.id: f"{m}/{slot}" for (m, slot), a in self.store.promotions(run.method).items()}
+        artifacts = [{"id": a.id, "name": a.name, "kind": a.kind, "path": a.path,
+                      "promoted_as": promoted.get(a.id)} for a in self.store.artifacts(rid)]
+        return {
+            "id": run.id, "method": run.method, "recipe": run.recipe, "status": run.status,
+            "progress": f"{100.0 * (run.progress or 0.0):.1f}% {run.progress_desc or ''}".strip(),
+            "device": run.device, "commit": run.commit, "created": _when(run.created_at),
+            "started": _when(run.started_at), "finished": _when(run.finished_at),
+            "resumed": run.resume_count, "cancel_requested": run.cancel_requested,
+            "error": run.error, "config": run.config, "latest_metrics": run.latest_metrics,
+            "artifacts": artifacts,
+        }
+
+    @user_errors
+    def metric_keys(self, run_id: Any) -> list[str]:
+        rid = _run_id(run_id, required=False)
+        return [] if rid is None else self.store.metric_keys(rid)
+
+    @user_errors
+    def run_metrics(self, run_id: Any, key: str | None = None) -> pd.DataFrame:
+        """The metric history of one run as a long table (step, value, key); all keys when ``key`` is empty."""
+        rid = _run_id(run_id, required=False)
+        if rid is None:
+            return _empty_curve("key")
+        points = self.store.metrics(rid, [key] if key else None)
+        if not points:
+            return _empty_curve("key")
+        return pd.DataFrame({"step": [p.step for p in points], "value": [p.value for p in points],
+                             "key": [p.key for p in points]})
+
+    @user_errors
+    def compare_runs(self, run_ids: list[Any] | None, key: str | None) -> pd.DataFrame:
+        """One metric of several runs as one long table (step, value, run), for a plot with a line per run."""
+        if not key:
+            raise UserError("pick a metric to compare")
+        frames = []
+        for value in run_ids or []:
+            run = self.store.get_run(_run_id(value))
+            points = self.store.metrics(run.id, [key])
+            label = f"#{run.id} {run.method}/{run.recipe}"
+            frames.append(pd.DataFrame({"step": [p.step for p in points], "value": [p.value for p in points],
+                                        "run": [label] * len(points)}))
+        frames = [f for f in frames if len(f)]
+        return pd.concat(frames, ignore_index=True) if frames else _empty_curve("run")
+
+    def compare_keys(self, run_ids: list[Any] | None) -> list[str]:
+        keys: set[str] = set()
+        for value in run_ids or []:
+            try:
+                keys.update(self.store.metric_keys(int(value)))
+            except (KeyError, TypeError, ValueError):
+                continue
+        return sorted(keys)
+
+    def checkpoint_choices(self, run_id: Any) -> list[tuple[str, int]]:
+        rid = _run_id(run_id, required=False)
+        if rid is None:
+            return []
+        try:
+            return [(f"{a.name} (artifact {a.id})", a.id) for a in self.store.artifacts(rid, kind="checkpoint")]
+        except KeyError:
+            return []
+
+    # -- writes (training controls) -----------------------------------------------------------
+    @user_errors
+    def queue_run(self, method: str, recipe: str, config: str | dict | None = None,
+                  device: str = "auto") -> int:
+        """Queue a run of ``method``'s ``recipe`` with ``config`` (a dict or JSON object text); returns its id.
+
+        The config is validated against the recipe's dataclass (a gr.Error names the valid keys/choices).
+        """
+        if not method:
+            raise UserError("pick a method")
+        if not recipe:
+            raise UserError("pick a recipe")
+        spec = self.registry.recipe(method, recipe)
+        if isinstance(config, str):
+            try:
+                config = json.loads(config) if config.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise UserError(f"config is not valid JSON: {exc.msg} (line {exc.lineno})") from None
+        if config is not None and not isinstance(config, dict):
+            raise UserError("config must be a JSON object like {\"epochs\": 3}")
+        typed = api.make_config(spec.config_cls, config or {})
+        return self.store.enqueue(method, recipe, api.config_to_dict(typed), device=device or "auto")
+
+    @user_errors
+    def cancel_run(self, run_id: Any) -> str:
+        """Ask a run to stop (a queued one is cancelled at once)."""
+        run = self.store.request_cancel(_run_id(run_id))
+        if run.status == "cancelled":
+            return f"Run #{run.id} cancelled."
+        return f"Run #{run.id} will stop at its next check."
+
+    @user_errors
+    def resume_run(self, run_id: Any) -> str:
+        """Put an interrupted, failed or cancelled run back in the queue to resume from its last checkpoint."""
+        run = self.store.requeue_for_resume(_run_id(run_id))
+        return f"Run #{run.id} queued to resume (resume #{run.resume_count})."
+
+    @user_errors
+    def promote_checkpoint(self, artifact_id: Any, slot: str | None = None) -> str:
+        """Make a checkpoint artifact the one its method's demo uses for ``slot`` (default: the artifact's name)."""
+        if artifact_id is None or artifact_id == "":
+            raise UserError("pick a checkpoint artifact first")
+        artifact = self.store.get_artifact(int(artifact_id))
+        if artifact.kind != "checkpoint":
+            raise UserError(f"artifact {artifact.id} is a {artifact.kind}, not a checkpoint")
+        run = self.store.get_run(artifact.run_id)
+        slot = (slot or "").strip() or artifact.name
+        self.store.promote(run.method, slot, artifact.id)
+        return f"Promoted {artifact.name} of run #{run.id}: the {run.method} demo now uses it for {slot!r}."
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout
+# ---------------------------------------------------------------------------------------------
+
+
+def _field_component(method: str, recipe: str, d: dict[str, Any]) -> gr.components.Component:
+    """One config field as an input: Dropdown for choices, Checkbox for bool, Number for int/float, else Textbox."""
+    name, kind, default, info = d["name"], d["type"], d["default"], d["help"] or None
+    common = {"label": name, "info": info, "elem_id": f"cfg-{method}-{recipe}-{name}"}
+    if d["choices"] is not None:
+        return gr.Dropdown(choices=list(d["choices"]), value=default, **common)
+    if kind is bool:
+        return gr.Checkbox(value=bool(default), **common)
+    if kind is int:
+        return gr.Number(value=default, precision=0, **common)
+    if kind is float:
+        return gr.Number(value=default, **common)
+    if isinstance(default, (list, tuple)):
+        default = ",".join(map(str, default))
+    return gr.Textbox(value="" if default is None else str(default), **common)
+
+
+def _training_methods(registry: Any) -> list[tuple[str, str]]:
+    return [(m.title, slug) for slug, m in registry.methods.items() if m.recipes]
+
+
+def _recipe_choices(registry: Any, method: str | None) -> list[str]:
+    m = registry.methods.get(method) if method else None
+    return [r.name for r in m.recipes] if m else []
+
+
+def _build_queue_form(actions: RunsActions, registry: Any, settings: Any,
+                      run_select: gr.Dropdown) -> None:
+    methods = _training_methods(registry)
+    first = methods[0][1] if methods else None
+    recipes = _recipe_choices(registry, first)
+    with gr.Row():
+        method_in = gr.Dropdown(choices=methods, value=first, label="Method", elem_id="queue-method")
+        recipe_in = gr.Dropdown(choices=recipes, value=recipes[0] if recipes else None, label="Recipe",
+                                elem_id="queue-recipe")
+        device_in = gr.Dropdown(choices=list(DEVICES), value=settings.device if settings.device in DEVICES
+                                else "auto", allow_custom_value=True, label="Device", elem_id="queue-device",
+                                info="auto: CUDA, then MPS, then CPU; or e.g. cuda:1")
+    groups: dict[tuple[str, str], gr.Group] = {}
+    fields: list[tuple[str, str, str, gr.components.Component]] = []
+    for slug, method in registry.methods.items():
+        for recipe in method.recipes:
+            visible = (slug, recipe.name) == (first, recipes[0] if recipes else None)
+            with gr.Group(visible=visible, elem_id=f"cfg-{slug}-{recipe.name}") as group:
+                if recipe.description:
+                    gr.Markdown(recipe.description)
+                with gr.Row():
+                    for d in api.config_fields(recipe.config_cls):
+                        fields.append((slug, recipe.name, d["name"], _field_component(slug, recipe.name, d)))
+            groups[(slug, recipe.name)] = group
+    queue_btn = gr.Button("Queue run", variant="primary", elem_id="queue-button")
+    queue_msg = gr.Markdown()
+
+    def on_method(method: str | None) -> Any:
+        choices = _recipe_choices(registry, method)
+        return gr.update(choices=choices, value=choices[0] if choices else None)
+
+    def show_group(method: str | None, recipe: str | None) -> list[Any]:
+        return [gr.update(visible=key == (method, recipe)) for key in groups]
+
+    def queue_from_form(method: str, recipe: str, device: str, *values: Any) -> tuple[str, Any]:
+        config = {name: value for (m, r, name, _), value in zip(fields, values, strict=True)
+                  if (m, r) == (method, recipe)}
+        run_id = actions.queue_run(method, recipe, config, device)
+        return f"Queued run #{run_id} ({method}/{recipe} on {device}).", gr.update(
+            choices=actions.run_choices(), value=run_id)
+
+    group_list = list(groups.values())
+    method_in.change(on_method, method_in, recipe_in, api_visibility="private").then(
+        show_group, [method_in, recipe_in], group_list, api_visibility="private")
+    recipe_in.change(show_group, [method_in, recipe_in], group_list, api_visibility="private")
+    queue_btn.click(queue_from_form, [method_in, recipe_in, device_in, *[f[3] for f in fields]],
+                    [queue_msg, run_select], api_visibility="private")
+    # The scriptable form of the same action: config as a JSON object.
+    gr.api(actions.queue_run, api_name="queue_run")
+
+
+def build_runs_tab(demo: gr.Blocks, actions: RunsActions, registry: Any, settings: Any) -> None:
+    """Add the Runs tab's components and events to ``demo`` (call inside its ``gr.Tab``)."""
+    timer = gr.Timer(POLL_S)
+    with gr.Row():
+        gr.Markdown("### Runs\nUpdated every few seconds. Click a row to see its details and curves.")
+        refresh_btn = gr.Button("Refresh", size="sm", scale=0, elem_id="runs-refresh")
+    runs_table = gr.Dataframe(value=actions.runs_list(), headers=RUN_COLUMNS, interactive=False,
+                              label="Runs", elem_id="runs-table", max_height=360)
+    with gr.Row():
+        run_select = gr.Dropdown(choices=actions.run_choices(), value=None, label="Run",
+                                 elem_id="run-select", scale=2)
+        key_select = gr.Dropdown(choices=[], value=None, label="Metric (empty: all)",
+                                 allow_custom_value=True, elem_id="metric-select", scale=1)
+    with gr.Row():
+        with gr.Column(scale=1):
+            detail = gr.JSON(label="Run details", elem_id="run-detail")
+        with gr.Column(scale=2):
+            curves = gr.LinePlot(value=actions.run_metrics(None), x="step", y="value", color="key",
+                                 label="Metric curves", elem_id="run-curves", height=320)
+
+    with gr.Accordion("Compare runs", open=False):
+        with gr.Row():
+            compare_select = gr.Dropdown(choices=actions.run_choices(), multiselect=True, label="Runs",
+                                         elem_id="compare-select", scale=2)
+            compare_key = gr.Dropdown(choices=[], allow_custom_value=True, label="Metric",
+                                      elem_id="compare-key", scale=1)
+            compare_btn = gr.Button("Compare", scale=0, elem_id="compare-button")
+        compare_plot = gr.LinePlot(value=_empty_curve("run"), x="step", y="value",
+                                   color="run", label="Comparison", elem_id="compare-plot", height=320)
+
+    if settings.enable_training:
+        with gr.Accordion("Train", open=True, elem_id="training-controls"):
+            _build_queue_form(actions, registry, settings, run_select)
+            with gr.Row():
+                cancel_btn = gr.Button("Cancel selected run", variant="stop", elem_id="cancel-button")
+                resume_btn = gr.Button("Resume selected run", elem_id="resume-button")
+            with gr.Row():
+                artifact_select = gr.Dropdown(choices=[], label="Checkpoint of the selected run",
+                                              elem_id="promote-artifact")
+                slot_in = gr.Textbox(label="Slot", info="the demo checkpoint it replaces, e.g. backbone",
+                                     elem_id="promote-slot")
+                promote_btn = gr.Button("Promote", elem_id="promote-button", scale=0)
+            action_msg = gr.Markdown(elem_id="action-message")
+        cancel_btn.click(actions.cancel_run, run_select, action_msg, api_name="cancel_run")
+        resume_btn.click(actions.resume_run, run_select, action_msg, api_name="resume_run")
+        promote_btn.click(actions.promote_checkpoint, [artifact_select, slot_in], action_msg,
+                          api_name="promote_checkpoint")
+        run_select.change(lambda rid: gr.update(choices=actions.checkpoint_choices(rid), value=None),
+                          run_select, artifact_select, api_visibility="private")
+        artifact_select.change(lambda aid: _default_slot(actions, aid), artifact_select, slot_in,
+                               api_visibility="private")
+    else:
+        gr.Markdown(
+            "**Training from the web UI is off.** Start the studio with `AVSTUDIO_ENABLE_TRAINING=1` to queue, "
+            "cancel, resume and promote runs here; or use the CLI: `avstudio train METHOD RECIPE --set key=value`.",
+            elem_id="training-disabled")
+
+    fast = {"concurrency_limit": None, "show_progress": "hidden"}
+    gr.on([demo.load, timer.tick, refresh_btn.click], actions.runs_list, None, runs_table, api_name="runs_list", **fast)
+    gr.on([demo.load, runs_table.change], lambda: [gr.update(choices=actions.run_choices())] * 2, None,
+                      [run_select, compare_select], api_visibility="private", **fast)
+    runs_table.select(_row_run_id, None, run_select, api_visibility="private", **fast)
+    gr.on([run_select.change, timer.tick], actions.run_detail, run_select, detail, api_name="run_detail", **fast)
+    run_select.change(lambda rid: gr.update(choices=actions.metric_keys(rid), value=None), run_select,
+                      key_select, api_visibility="private", **fast)
+    gr.on([run_select.change, key_select.change, timer.tick], actions.run_metrics, [run_select, key_select],
+          curves, api_name="run_metrics", **fast)
+    compare_select.change(lambda ids: gr.update(choices=actions.compare_keys(ids)), compare_select, compare_key,
+                          api_visibility="private", **fast)
+    compare_btn.click(actions.compare_runs, [compare_select, compare_key], compare_plot, api_name="compare_runs",
+                      **fast)
+
+
+def _row_run_id(evt: gr.SelectData) -> Any:
+    row = evt.row_value or []
+    return gr.update(value=int(row[0])) if row else gr.update()
+
+
+def _default_slot(actions: RunsActions, artifact_id: Any) -> Any:
+    if artifact_id in (None, ""):
+        return gr.update()
+    try:
+        return gr.update(value=actions.store.get_artifact(int(artifact_id)).name)
+    except (KeyError, ValueError):
+        return gr.update()

@@ -1,0 +1,272 @@
+"""The Gradio shell: handlers as plain functions over a temporary run store, the built Blocks, one launch."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import socket
+import time
+
+import gradio as gr
+import pluggy
+import pytest
+
+from app import api
+from app.plugin_manager import PluginStatus, Registry, load_registry
+from app.settings import Settings
+from app.ui import build_app, launch
+from app.ui.datasets_tab import DatasetActions
+from app.ui.plugins_tab import plugins_table
+from app.ui.runs_tab import RunsActions
+from trainer.store import MetricPoint
+
+COUNTER_PLUGIN = "tests.plugins_for_tests.counter_plugin"
+
+
+@pytest.fixture(autouse=True)
+def _quiet_gradio(monkeypatch, tmp_path):
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio-tmp"))
+
+
+@dataclasses.dataclass
+class CountConfig:
+    steps: int = api.config_field(5, "how many steps to count")
+    sleep_s: float = api.config_field(0.0, "seconds to sleep per step")
+    fail_at: int = api.config_field(-1, "raise at this step (-1: never)")
+
+
+@dataclasses.dataclass
+class FancyConfig:
+    mode: str = api.config_field("fast", "how to run", choices=("fast", "slow"))
+    verbose: bool = api.config_field(False, "print more")
+    name: str = api.config_field("x", "a label")
+
+
+def _broken_demo(ctx: api.DemoContext) -> None:
+    gr.Markdown("half built")
+    raise RuntimeError("the demo could not find its weights")
+
+
+def make_registry(*, with_broken: bool = False) -> Registry:
+    """The counter test plugin when it is there (else an inline stand-in), plus an optional broken demo."""
+    if importlib.util.find_spec(COUNTER_PLUGIN) is not None:
+        registry = load_registry(plugins="", extra_plugins=(COUNTER_PLUGIN,))
+        registry.methods = {"counter": registry.methods["counter"]}
+    else:
+        registry = Registry(pm=pluggy.PluginManager(api.PROJECT_NAME))
+        registry.plugins.append(PluginStatus(name="inline_counter", source="builtin", hooks=["register_methods"]))
+        registry.methods["counter"] = api.Method(
+            slug="counter", title="Counter", paper="-", summary="counts",
+            build_demo=lambda ctx: gr.Textbox(label="echo"),
+            recipes=[api.Recipe("count", CountConfig, train=lambda config, ctx: None)])
+    registry.methods["fancy"] = api.Method(slug="fancy", title="Fancy", paper="-", summary="form fields",
+                                           recipes=[api.Recipe("go", FancyConfig, train=lambda c, ctx: None)])
+    registry.plugins.append(PluginStatus(name="broken_import", source="plugins-dir", status="failed",
+                                         error="ImportError: no module named nowhere"))
+    if with_broken:
+        registry.methods["broken"] = api.Method(slug="broken", title="Broken", paper="-", summary="fails",
+                                                build_demo=_broken_demo)
+    return registry
+
+
+@pytest.fixture
+def settings(avstudio_home, tmp_path, store_url) -> Settings:
+    return Settings(home=avstudio_home, db_url=store_url, assets_dir=tmp_path / "assets", enable_training=True)
+
+
+@pytest.fixture
+def actions(store, settings) -> RunsActions:
+    return RunsActions(store, make_registry(), settings)
+
+
+def _components(demo: gr.Blocks) -> dict[str, dict]:
+    """The built components by elem_id, as the browser receives them."""
+    return {c["props"]["elem_id"]: c for c in demo.config["components"] if c.get("props", {}).get("elem_id")}
+
+
+def _api_names(demo: gr.Blocks) -> set[str]:
+    return {d["api_name"] for d in demo.config["dependencies"] if d.get("api_visibility") == "public"}
+
+
+# -- handlers ------------------------------------------------------------------------------------
+
+def test_runs_list_shows_runs_with_progress_and_metrics(actions, store):
+    run_id = store.enqueue("counter", "count", {"steps": 3}, device="cpu")
+    store.set_progress(run_id, 0.25, "step 1")
+    store.log_metrics(run_id, [MetricPoint(1, "loss", 0.5, time.time())])
+    table = actions.runs_list()
+    row = table[table["id"] == run_id].iloc[0]
+    assert (row["method"], row["recipe"], row["status"], row["device"]) == ("counter", "count", "queued", "cpu")
+    assert row["progress %"] == pytest.approx(25.0) and row["latest metrics"] == "loss=0.5"
+    assert actions.run_choices()[0][1] == run_id
+
+
+def test_run_metrics_and_detail(actions, store, tmp_path):
+    run_id = store.enqueue("counter", "count", {"steps": 3})
+    store.log_metrics(run_id, [MetricPoint(s, k, v, time.time()) for s, k, v in
+                               [(0, "loss", 1.0), (1, "loss", 0.6), (2, "loss", 0.3), (2, "acc", 0.9)]])
+    frame = actions.run_metrics(run_id, "loss")
+    assert list(frame.columns) == ["step", "value", "key"]
+    assert frame["step"].tolist() == [0, 1, 2] and frame["value"].tolist() == pytest.approx([1.0, 0.6, 0.3])
+    assert len(actions.run_metrics(run_id, None)) == 4 and set(actions.metric_keys(run_id)) == {"loss", "acc"}
+    assert actions.run_metrics(None, None).empty
+
+    artifact = store.add_artifact(run_id, "model", "checkpoint", str(tmp_path / "m.safetensors"))
+    store.promote("counter", "model", artifact)
+    detail = actions.run_detail(run_id)
+    assert detail["config"] == {"steps": 3} and detail["latest_metrics"] == {"loss": pytest.approx(0.3),
+                                                                             "acc": pytest.approx(0.9)}
+    assert detail["artifacts"][0]["promoted_as"] == "counter/model"
+    with pytest.raises(gr.Error, match="999"):
+        actions.run_detail(999)
+
+
+def test_compare_runs_builds_one_frame_with_a_run_column(actions, store):
+    ids = [store.enqueue("counter", "count", {}) for _ in range(2)]
+    for n, run_id in enumerate(ids):
+        store.log_metrics(run_id, [MetricPoint(s, "loss", 1.0 / (s + 1 + n), time.time()) for s in range(3)])
+    frame = actions.compare_runs([str(i) for i in ids], "loss")
+    assert list(frame.columns) == ["step", "value", "run"] and len(frame) == 6
+    assert frame["run"].nunique() == 2 and all(f"#{i} " in " ".join(frame["run"].unique()) for i in ids)
+    assert actions.compare_keys(ids) == ["loss"]
+    with pytest.raises(gr.Error, match="pick a metric"):
+        actions.compare_runs(ids, "")
+
+
+def test_queue_run_validates_and_types_the_config(actions, store):
+    run_id = actions.queue_run("counter", "count", '{"steps": "7", "sleep_s": 0.5}', "cpu")
+    run = store.get_run(run_id)
+    assert (run.status, run.device) == ("queued", "cpu")
+    assert {"steps": 7, "sleep_s": 0.5, "fail_at": -1}.items() <= run.config.items()
+    assert store.get_run(actions.queue_run("counter", "count", {"steps": 2.0})).config["steps"] == 2
+    with pytest.raises(gr.Error, match="steps: expected int"):
+        actions.queue_run("counter", "count", {"steps": "many"})
+    with pytest.raises(gr.Error, match="valid keys: steps, sleep_s, fail_at"):
+        actions.queue_run("counter", "count", {"stepz": 1})
+    with pytest.raises(gr.Error, match="not one of: fast, slow"):
+        actions.queue_run("fancy", "go", {"mode": "medium"})
+    with pytest.raises(gr.Error, match="no recipe 'nope'"):
+        actions.queue_run("counter", "nope", {})
+    with pytest.raises(gr.Error, match="not valid JSON"):
+        actions.queue_run("counter", "count", "{steps: 3")
+    assert len(store.list_runs()) == 2  # the failures queued nothing
+
+
+def test_cancel_resume_promote(actions, store, tmp_path):
+    run_id = actions.queue_run("counter", "count", {})
+    assert "cancelled" in actions.cancel_run(run_id) and store.get_run(run_id).status == "cancelled"
+    with pytest.raises(gr.Error):
+        actions.cancel_run(run_id)  # already finished
+    assert "resume" in actions.resume_run(str(run_id)) and store.get_run(run_id).status == "queued"
+    with pytest.raises(gr.Error, match="pick a run"):
+        actions.resume_run(None)
+
+    artifact = store.add_artifact(run_id, "model", "checkpoint", str(tmp_path / "m.safetensors"))
+    figure = store.add_artifact(run_id, "curve", "figure", str(tmp_path / "c.png"))
+    assert actions.checkpoint_choices(run_id) == [(f"model (artifact {artifact})", artifact)]
+    assert "'best'" in actions.promote_checkpoint(artifact, "best")
+    assert store.promoted("counter", "best").id == artifact
+    actions.promote_checkpoint(artifact, "")  # the slot defaults to the artifact's name
+    assert store.promoted("counter", "model").id == artifact
+    with pytest.raises(gr.Error, match="not a checkpoint"):
+        actions.promote_checkpoint(figure, "x")
+    with pytest.raises(gr.Error, match="no artifact"):
+        actions.promote_checkpoint(12345, "x")
+
+
+def test_dataset_preview_reports_a_load_failure_instead_of_raising(settings):
+    registry = make_registry()
+
+    def missing(split, root, **options):
+        raise api.UserError(f"CIFAR-10 files not found under {root}; download them first")
+
+    registry.datasets["real"] = api.DatasetSpec(name="real", title="Real", task="classification",
+                                                description="needs files", load=missing, labels=["cat", "dog"])
+    image, text = DatasetActions(registry, settings).dataset_preview("real", "train", 8)
+    assert image is None and "CIFAR-10 files not found" in text and "cat, dog" in text
+    with pytest.raises(gr.Error, match="unknown dataset 'nope'"):
+        DatasetActions(registry, settings).dataset_preview("nope", "train", 8)
+
+
+def test_dataset_preview_draws_a_grid(settings):
+    pytest.importorskip("trainer.datasets.preview")
+    registry = load_registry(plugins="")
+    name = "shapes" if "shapes" in registry.datasets else next(iter(registry.datasets))
+    image, text = DatasetActions(registry, settings).dataset_preview(name, "val", 8)
+    assert image is not None and image.size[0] > 32 and image.size[1] > 0
+    assert registry.datasets[name].title in text
+
+
+# -- the built app -------------------------------------------------------------------------------
+
+def test_training_controls_only_when_enabled(store, settings):
+    registry = make_registry()
+    on = build_app(settings, registry, store)
+    components = _components(on)
+    assert {"queue-button", "cancel-button", "resume-button", "promote-button"} <= set(components)
+    assert "training-disabled" not in components
+    assert {"queue_run", "cancel_run", "resume_run", "promote_checkpoint"} <= _api_names(on)
+    # the form is generated from the recipe config dataclasses
+    steps, sleep_s = components["cfg-counter-count-steps"], components["cfg-counter-count-sleep_s"]
+    assert steps["type"] == "number" and steps["props"]["precision"] == 0 and steps["props"]["value"] == 5
+    helps = {d["name"]: d["help"] for d in api.config_fields(registry.recipe("counter", "count").config_cls)}
+    assert sleep_s["type"] == "number" and steps["props"]["info"] == helps["steps"]
+    assert components["cfg-fancy-go-mode"]["type"] == "dropdown"
+    assert components["cfg-fancy-go-verbose"]["type"] == "checkbox"
+    assert components["cfg-fancy-go-name"]["type"] == "textbox"
+    # the Queue button sends the chosen recipe's fields, typed, to the store
+    queue = next(f for f in on.fns.values() if f.name == "queue_from_form")
+    values = [9 if c.elem_id == "cfg-counter-count-steps" else c.value for c in queue.inputs[3:]]
+    message, _ = queue.fn("counter", "count", "cpu", *values)
+    run = store.list_runs()[0]
+    assert f"#{run.id}" in message and run.config["steps"] == 9 and run.config["fail_at"] == -1
+
+    disabled = dataclasses.replace(settings, enable_training=False)
+    off = build_app(disabled, make_registry(), store)
+    components = _components(off)
+    assert "training-disabled" in components and "AVSTUDIO_ENABLE_TRAINING=1" in components[
+        "training-disabled"]["props"]["value"]
+    assert not {"queue-button", "cancel-button", "promote-button", "cfg-counter-count-steps"} & set(components)
+    assert not {"queue_run", "cancel_run", "resume_run", "promote_checkpoint"} & _api_names(off)
+    assert {"runs_list", "run_detail", "run_metrics", "compare_runs", "dataset_preview",
+            "plugins_list"} <= _api_names(off)
+
+
+def test_a_failing_demo_leaves_the_app_up_and_is_listed(store, settings):
+    registry = make_registry(with_broken=True)
+    demo = build_app(settings, registry, store)
+    assert "weights" in demo.studio_demo_errors["broken"]
+    assert "demo-error-broken" in _components(demo)
+    tabs = [c["props"].get("label") for c in demo.config["components"] if c["type"] == "tabitem"]
+    assert tabs[:3] == ["Counter", "Fancy", "Broken"] and tabs[-4:] == ["Runs", "Datasets", "Plugins", "About"]
+    table = plugins_table(registry, demo.studio_demo_errors)
+    failed = table[table["status"] == "failed"]
+    assert set(failed["error"]) == {"ImportError: no module named nowhere",
+                                    "RuntimeError: the demo could not find its weights"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_launched_app_answers_gradio_client(store, settings):
+    from gradio_client import Client
+
+    store.enqueue("counter", "count", {"steps": 2})
+    demo = launch(settings, make_registry(with_broken=True), port=_free_port(), start_worker=False,
+                  prevent_thread_lock=True)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        plugins = client.predict(api_name="/plugins_list")
+        names = [row[0] for row in plugins["data"]]
+        assert "broken_import" in names and "failed" in [row[4] for row in plugins["data"]]
+        runs = client.predict(api_name="/runs_list")
+        assert runs["headers"][:4] == ["id", "method", "recipe", "status"]
+        assert [row[1:4] for row in runs["data"]] == [["counter", "count", "queued"]]
+        run_id = client.predict("counter", "count", '{"steps": 4}', "cpu", api_name="/queue_run")
+        assert store.get_run(int(run_id)).config["steps"] == 4
+    finally:
+        demo.close()
