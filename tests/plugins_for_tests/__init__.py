@@ -1,0 +1,1 @@
+"""Plugins used by the tests (loaded with ``load_registry(extra_plugins=...)``)."""

@@ -1,0 +1,249 @@
+"""The worker end to end with the counter test plugin: runs, failures, cancels, crashes, resume."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.plugins_for_tests.registry import make_registry
+from trainer.checkpoints import load_checkpoint, save_checkpoint
+from trainer.context import RunContext, resolve_checkpoint
+from trainer.devices import resolve_device
+from trainer.gitinfo import current_commit
+from trainer.store import RunStore
+from trainer.worker import execute_run, run_worker
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> dict[str, str]:
+    return {name: str(tmp_path / name) for name in ("data_dir", "runs_dir", "assets_dir")}
+
+
+def _wait_for(condition, timeout_s: float = 30.0, every_s: float = 0.1):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"condition not met within {timeout_s} s")
+
+
+def _steps_logged(store: RunStore, run_id: int) -> list[int]:
+    return [int(p.value) for p in store.metrics(run_id, keys=["counted"])]
+
+
+def _checkpoint_step(store: RunStore, run_id: int) -> int:
+    artifact = store.latest_checkpoint(run_id, "model")
+    return -1 if artifact is None else artifact.metadata["step"]
+
+
+def _worker_in_thread(store_url: str, dirs: dict[str, str], **options) -> tuple[threading.Thread, dict]:
+    result: dict = {}
+
+    def target() -> None:
+        result["processed"] = run_worker(store_url, make_registry, **dirs, exit_when_idle=True, poll_interval_s=0.1,
+                                         **options)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, result
+
+
+# -- in this process ------------------------------------------------------------------------------
+
+
+def test_resolve_device_and_commit(tmp_path):
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("tpu")
+    with pytest.raises(ValueError, match="cuda"):
+        resolve_device("cuda:99")
+    commit = current_commit(Path(__file__).parent)
+    assert commit is None or len(commit) == 40
+    assert current_commit(tmp_path) is None and current_commit(tmp_path / "missing") is None
+
+
+def test_execute_run_inline_records_metrics_and_checkpoint(store, store_url, dirs):
+    run_id = store.enqueue("counter", "count", {"steps": 4}, device="cpu", commit="c0ffee")
+    assert store.claim_run(run_id, "inline", host="h", pid=os.getpid()) is not None
+    assert execute_run(store_url, run_id, make_registry, **dirs) == "succeeded"
+    run = store.get_run(run_id)
+    assert run.status == "succeeded" and run.device == "cpu" and run.progress == 1.0
+    assert _steps_logged(store, run_id) == [0, 1, 2, 3]
+    losses = [p.value for p in store.metrics(run_id, keys=["loss"])]
+    assert losses == sorted(losses, reverse=True) and losses[-1] == pytest.approx(0.25)
+    assert run.latest_metrics["final_step"] == 4
+    (artifact,) = store.artifacts(run_id, kind="checkpoint")
+    assert Path(artifact.path) == Path(dirs["runs_dir"]) / str(run_id) / "model.safetensors"
+    checkpoint = load_checkpoint(artifact.path)
+    assert checkpoint.tensors["step"].item() == 3
+    card = checkpoint.card
+    assert (card["run_id"], card["method"], card["recipe"], card["config"]) == (run_id, "counter", "count", {"steps": 4})
+    assert card["step"] == 3 and card["commit"] == "c0ffee" and card["device"] == "cpu" and "torch" in card
+    assert card["metrics"]["loss"] == pytest.approx(0.25)  # the latest value when it was saved
+
+
+def test_execute_run_failure_records_message_and_traceback(store, store_url, dirs):
+    run_id = store.enqueue("counter", "count", {"steps": 5, "fail_at": 2})
+    store.claim_run(run_id, "inline", host="h", pid=os.getpid())
+    assert execute_run(store_url, run_id, make_registry, **dirs) == "failed"
+    run = store.get_run(run_id)
+    assert run.error.splitlines()[0] == "boom at step 2"
+    assert "Traceback" in run.error and "counter_plugin.py" in run.error
+    assert _steps_logged(store, run_id) == [0, 1]  # metrics before the failure were flushed
+
+
+def test_execute_run_with_unknown_recipe_or_config_fails_cleanly(store, store_url, dirs):
+    bad_recipe = store.enqueue("counter", "nope", {})
+    bad_key = store.enqueue("counter", "count", {"stepz": 3})
+    for run_id in (bad_recipe, bad_key):
+        store.claim_run(run_id, "inline", host="h", pid=os.getpid())
+        assert execute_run(store_url, run_id, make_registry, **dirs) == "failed"
+    assert "no recipe 'nope'" in store.get_run(bad_recipe).error.splitlines()[0]
+    assert "stepz" in store.get_run(bad_key).error.splitlines()[0]
+
+
+def test_resolve_checkpoint_refs(store, tmp_path):
+    assets = tmp_path / "assets"
+    shipped = save_checkpoint(assets / "counter" / "model.safetensors", {"step": __import__("torch").tensor([0])}, {})
+    assert resolve_checkpoint("counter/model", store, assets) == shipped
+    assert resolve_checkpoint(str(shipped), None, assets) == shipped
+    run_id = store.enqueue("counter", "count", {})
+    run_file = save_checkpoint(tmp_path / "r" / "model.safetensors", {"step": __import__("torch").tensor([7])}, {})
+    artifact = store.add_artifact(run_id, "model", "checkpoint", str(run_file))
+    assert resolve_checkpoint(f"run:{run_id}", store, assets) == run_file
+    assert resolve_checkpoint(f"run:{run_id}/model", store, assets) == run_file
+    store.promote("counter", "model", artifact)
+    assert resolve_checkpoint("counter/model", store, assets) == run_file  # promoted beats shipped
+    with pytest.raises(FileNotFoundError, match="no checkpoint 'other'"):
+        resolve_checkpoint(f"run:{run_id}/other", store, assets)
+    with pytest.raises(FileNotFoundError, match="no run 999"):
+        resolve_checkpoint("run:999", store, assets)
+    with pytest.raises(FileNotFoundError):
+        resolve_checkpoint("counter/missing", store, assets)
+    with pytest.raises(ValueError):
+        resolve_checkpoint("run:abc", store, assets)
+    with pytest.raises(ValueError):
+        resolve_checkpoint("just-a-name", store, assets)
+
+
+def test_run_context_buffers_metrics_and_throttles_progress(store, dirs):
+    run_id = store.enqueue("counter", "count", {})
+    run = store.claim_run(run_id, "inline", host="h", pid=os.getpid())
+    ctx = RunContext(store, run, make_registry(), device=resolve_device("cpu"), **dirs)
+    for step in range(10):
+        ctx.log_metrics(step, loss=float(step))
+    assert store.metrics(run_id) == []  # fewer than 50 points and under 2 s: still buffered
+    for step in range(10, 60):
+        ctx.log_metrics(step, loss=float(step))
+    assert len(store.metrics(run_id)) >= 50
+    with ctx.progress(100, "phase") as bar:
+        bar.update(10)
+        bar.update(10)
+        assert store.get_run(run_id).progress == pytest.approx(0.1)  # the second update was within 1 s
+    assert store.get_run(run_id).progress == pytest.approx(0.2) and store.get_run(run_id).progress_desc == "phase"
+    assert ctx.resume_checkpoint() is None and not ctx.should_stop()
+    store.request_cancel(run_id)
+    assert ctx.should_stop(fresh=True)
+    ctx.close()
+    assert len(store.metrics(run_id)) == 60
+
+
+# -- through the worker loop ------------------------------------------------------------------------
+
+
+def test_worker_runs_queued_jobs_end_to_end(store, store_url, dirs):
+    ok = store.enqueue("counter", "count", {"steps": 3})
+    bad = store.enqueue("counter", "count", {"steps": 3, "fail_at": 1})
+    processed = run_worker(store_url, make_registry, **dirs, exit_when_idle=True, worker_id="w-test")
+    assert processed == 2
+    run = store.get_run(ok)
+    assert run.status == "succeeded" and run.worker_id == "w-test" and _steps_logged(store, ok) == [0, 1, 2]
+    assert Path(store.latest_checkpoint(ok).path).is_file()
+    card = json.loads(Path(store.latest_checkpoint(ok).path).with_suffix(".json").read_text())
+    assert card["run_id"] == ok and card["method"] == "counter" and card["config"] == {"steps": 3}
+    assert store.get_run(bad).status == "failed" and "boom at step 1" in store.get_run(bad).error
+
+
+def test_cancel_running_run_cooperatively(store, store_url, dirs):
+    run_id = store.enqueue("counter", "count", {"steps": 200, "sleep_s": 0.05})
+    thread, result = _worker_in_thread(store_url, dirs, grace_s=30.0)
+    _wait_for(lambda: len(_steps_logged(store, run_id)) >= 2 or _checkpoint_step(store, run_id) >= 2)
+    asked = time.monotonic()
+    store.request_cancel(run_id)
+    thread.join(30)
+    assert not thread.is_alive() and result["processed"] == 1
+    run = store.get_run(run_id)
+    assert run.status == "cancelled" and run.error is None  # the recipe stopped by itself, no force
+    assert time.monotonic() - asked < 10
+    assert _checkpoint_step(store, run_id) < 199
+
+
+def test_cancel_hard_stops_a_recipe_that_ignores_should_stop(store, store_url, dirs):
+    run_id = store.enqueue("counter", "stubborn", {"steps": 1000, "sleep_s": 0.05})
+    thread, result = _worker_in_thread(store_url, dirs, grace_s=1.0)
+    _wait_for(lambda: _checkpoint_step(store, run_id) >= 1)
+    store.request_cancel(run_id)
+    thread.join(30)
+    assert not thread.is_alive()
+    run = store.get_run(run_id)
+    assert run.status == "cancelled" and "by force" in run.error
+    step_at_stop = _checkpoint_step(store, run_id)
+    time.sleep(0.5)
+    assert _checkpoint_step(store, run_id) == step_at_stop < 999  # the child is gone for good
+
+
+def test_two_worker_processes_run_each_job_exactly_once(store, store_url, dirs):
+    ids = [store.enqueue("counter", "count", {"steps": 2}) for _ in range(8)]
+    spawn = mp.get_context("spawn")
+    workers = [spawn.Process(target=run_worker, args=(store_url, make_registry),
+                             kwargs={**dirs, "exit_when_idle": True, "poll_interval_s": 0.1, "worker_id": f"w{i}"})
+               for i in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    assert [w.exitcode for w in workers] == [0, 0]
+    runs = [store.get_run(i) for i in ids]
+    assert all(r.status == "succeeded" for r in runs)
+    for run_id in ids:
+        assert _steps_logged(store, run_id) == [0, 1]  # run twice would log each step twice
+    assert {r.worker_id for r in runs} <= {"w0", "w1"}
+
+
+def test_killed_worker_run_is_interrupted_then_resumes_from_checkpoint(store, store_url, dirs):
+    run_id = store.enqueue("counter", "count", {"steps": 12, "sleep_s": 0.15})
+    spawn = mp.get_context("spawn")
+    worker = spawn.Process(target=run_worker, args=(store_url, make_registry),
+                           kwargs={**dirs, "poll_interval_s": 0.1})
+    worker.start()
+    _wait_for(lambda: _checkpoint_step(store, run_id) >= 3)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.join(10)
+    # the orphaned child notices its worker died and exits: no more checkpoints
+    time.sleep(1.0)
+    step_at_kill = _checkpoint_step(store, run_id)
+    time.sleep(1.0)
+    assert _checkpoint_step(store, run_id) == step_at_kill
+    assert store.get_run(run_id).status == "running"
+
+    assert run_worker(store_url, make_registry, **dirs, exit_when_idle=True) == 0
+    run = store.get_run(run_id)
+    assert run.status == "interrupted" and "gone" in run.error
+
+    store.requeue_for_resume(run_id)
+    assert run_worker(store_url, make_registry, **dirs, exit_when_idle=True) == 1
+    run = store.get_run(run_id)
+    assert run.status == "succeeded" and run.resume_count == 1
+    starts = [int(p.value) for p in store.metrics(run_id, keys=["start_step"])]
+    assert starts == [0, step_at_kill + 1] and starts[-1] > 0
+    assert _steps_logged(store, run_id)[-1] == 11 and _checkpoint_step(store, run_id) == 11
