@@ -247,3 +247,21 @@ def test_killed_worker_run_is_interrupted_then_resumes_from_checkpoint(store, st
     starts = [int(p.value) for p in store.metrics(run_id, keys=["start_step"])]
     assert starts == [0, step_at_kill + 1] and starts[-1] > 0
     assert _steps_logged(store, run_id)[-1] == 11 and _checkpoint_step(store, run_id) == 11
+
+
+def test_sigterm_stops_the_worker_and_marks_its_run_interrupted(store, store_url, dirs):
+    run_id = store.enqueue("counter", "stubborn", {"steps": 1000, "sleep_s": 0.05})
+    spawn = mp.get_context("spawn")
+    worker = spawn.Process(target=run_worker, args=(store_url, make_registry),
+                           kwargs={**dirs, "poll_interval_s": 0.1})
+    worker.start()
+    _wait_for(lambda: _checkpoint_step(store, run_id) >= 1)
+    os.kill(worker.pid, signal.SIGTERM)
+    worker.join(30)
+    assert worker.exitcode == 0  # a clean exit, not death by signal
+    run = store.get_run(run_id)
+    assert run.status == "interrupted" and "SIGTERM" in run.error
+    step_at_stop = _checkpoint_step(store, run_id)
+    time.sleep(0.5)
+    assert _checkpoint_step(store, run_id) == step_at_stop  # its child was stopped too
+    assert store.requeue_for_resume(run_id).status == "queued"

@@ -187,14 +187,18 @@ def _supervise(store: RunStore, child: Any, run_id: int, stop: threading.Event, 
         if not child.is_alive():
             break
         now = time.monotonic()
-        if now >= next_beat:
-            store.heartbeat(run_id)
-            next_beat = now + heartbeat_s
-        if kill_at is None and now >= next_cancel_check:
-            next_cancel_check = now + min(1.0, heartbeat_s)
-            if store.cancel_requested(run_id):
-                kill_at = now + grace_s
-                log.info("run %s: cancel requested; stopping it by force in %.0f s unless it stops", run_id, grace_s)
+        try:
+            if now >= next_beat:
+                next_beat = now + heartbeat_s
+                store.heartbeat(run_id)
+            if kill_at is None and now >= next_cancel_check:
+                next_cancel_check = now + min(1.0, heartbeat_s)
+                if store.cancel_requested(run_id):
+                    kill_at = now + grace_s
+                    log.info("run %s: cancel requested; stopping it by force in %.0f s unless it stops",
+                             run_id, grace_s)
+        except Exception:  # a busy or briefly unreachable database must not orphan the child
+            log.warning("worker could not reach the run store while supervising run %s", run_id, exc_info=True)
         if kill_at is not None and now >= kill_at:
             _stop_child(child)
             store.finish(run_id, "cancelled", error=f"stopped by force: still running {grace_s:g} s after the cancel request")
