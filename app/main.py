@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 APP_DIR = Path(__file__).resolve().parent
@@ -21,8 +22,13 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+def server_options(env: Mapping[str, str], enable_training: bool) -> tuple[str, int, bool]:
+    """(host, port, start_worker) for this environment, as described at the top of this file."""
+    on_space = bool(env.get("SPACE_ID"))
+    host = env.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if on_space else "127.0.0.1")
+    port = int(env.get("GRADIO_SERVER_PORT") or env.get("PORT") or 7860)
+    no_worker = env.get("AVSTUDIO_NO_WORKER", "").strip().lower() in ("1", "true", "yes", "on")
+    return host, port, not no_worker and not (on_space and not enable_training)
 
 
 def main() -> None:
@@ -31,11 +37,8 @@ def main() -> None:
     from app.settings import Settings
     from app.ui import launch
 
-    on_space = bool(os.environ.get("SPACE_ID"))
-    host = os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if on_space else "127.0.0.1")
-    port = int(os.environ.get("GRADIO_SERVER_PORT") or os.environ.get("PORT") or 7860)
     settings = Settings()
-    start_worker = not _flag("AVSTUDIO_NO_WORKER") and not (on_space and not settings.enable_training)
+    host, port, start_worker = server_options(os.environ, settings.enable_training)
     launch(settings, registry_from_env(), host=host, port=port, start_worker=start_worker)
 
 

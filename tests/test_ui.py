@@ -268,5 +268,50 @@ def test_launched_app_answers_gradio_client(store, settings):
         assert [row[1:4] for row in runs["data"]] == [["counter", "count", "queued"]]
         run_id = client.predict("counter", "count", '{"steps": 4}', "cpu", api_name="/queue_run")
         assert store.get_run(int(run_id)).config["steps"] == 4
+        detail = client.predict(run_id, api_name="/run_detail")  # a run id typed by a script, not picked
+        assert (detail["id"], detail["status"], detail["config"]["steps"]) == (run_id, "queued", 4)
     finally:
         demo.close()
+
+
+def test_server_options_for_local_and_space():
+    from app.main import server_options
+
+    assert server_options({}, False) == ("127.0.0.1", 7860, True)
+    assert server_options({"SPACE_ID": "me/studio", "PORT": "8080"}, False) == ("0.0.0.0", 8080, False)
+    assert server_options({"SPACE_ID": "me/studio"}, True) == ("0.0.0.0", 7860, True)
+    env = {"SPACE_ID": "x", "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": "7000", "PORT": "1",
+           "AVSTUDIO_NO_WORKER": "1"}
+    assert server_options(env, True) == ("127.0.0.1", 7000, False)
+
+
+def test_python_app_main_serves_and_stops_on_sigterm(avstudio_home):
+    """`python app/main.py` from the repo root, as a Space starts it: answers HTTP, exits on SIGTERM."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    port = _free_port()
+    env = {**os.environ, "SPACE_ID": "test/studio", "GRADIO_SERVER_NAME": "127.0.0.1",
+           "GRADIO_SERVER_PORT": str(port), "AVSTUDIO_PLUGINS": ""}
+    proc = subprocess.Popen([sys.executable, "app/main.py"], cwd=root, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, status = time.time() + 90, None
+        while time.time() < deadline and proc.poll() is None and status is None:
+            try:
+                status = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).status
+            except OSError:
+                time.sleep(0.5)
+        assert status == 200, proc.stdout.read() if proc.poll() is not None else "no answer in 90 s"
+        assert (avstudio_home / "runs.db").is_file()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import atexit
 import logging
+import signal
+import sys
+import threading
 import traceback
 from typing import Any
 
@@ -100,6 +103,10 @@ def launch(settings: Settings, registry: Any, *, host: str = "127.0.0.1", port: 
         store.close()
 
     atexit.register(shutdown)
+    if not prevent_thread_lock and threading.current_thread() is threading.main_thread():
+        # `docker stop` and Spaces send SIGTERM: turn it into an exit that runs the shutdown below,
+        # so the worker subprocess is not left behind.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     try:
         demo = build_app(settings, registry, store)
         demo.queue(default_concurrency_limit=2)

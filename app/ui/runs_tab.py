@@ -91,7 +91,8 @@ class RunsActions:
             return {}
         run = self.store.get_run(rid)
         promoted = {a.id: f"{m}/{slot}" for (m, slot), a in self.store.promotions(run.method).items()}
-        artifacts = [{"id": a.id, "name": a.name, "kind": a.kind, "path": a.path,
+        # "file", not "path": gradio_client takes any {"path": ...} dict for a file to download.
+        artifacts = [{"id": a.id, "name": a.name, "kind": a.kind, "file": a.path,
                       "promoted_as": promoted.get(a.id)} for a in self.store.artifacts(rid)]
         return {
             "id": run.id, "method": run.method, "recipe": run.recipe, "status": run.status,
@@ -296,7 +297,7 @@ def build_runs_tab(demo: gr.Blocks, actions: RunsActions, registry: Any, setting
                               label="Runs", elem_id="runs-table", max_height=360)
     with gr.Row():
         run_select = gr.Dropdown(choices=actions.run_choices(), value=None, label="Run",
-                                 elem_id="run-select", scale=2)
+                                 allow_custom_value=True, elem_id="run-select", scale=2)
         key_select = gr.Dropdown(choices=[], value=None, label="Metric (empty: all)",
                                  allow_custom_value=True, elem_id="metric-select", scale=1)
     with gr.Row():
@@ -308,7 +309,7 @@ def build_runs_tab(demo: gr.Blocks, actions: RunsActions, registry: Any, setting
 
     with gr.Accordion("Compare runs", open=False):
         with gr.Row():
-            compare_select = gr.Dropdown(choices=actions.run_choices(), multiselect=True, label="Runs",
+            compare_select = gr.Dropdown(choices=actions.run_choices(), multiselect=True, label="Runs", allow_custom_value=True,
                                          elem_id="compare-select", scale=2)
             compare_key = gr.Dropdown(choices=[], allow_custom_value=True, label="Metric",
                                       elem_id="compare-key", scale=1)
@@ -323,7 +324,7 @@ def build_runs_tab(demo: gr.Blocks, actions: RunsActions, registry: Any, setting
                 cancel_btn = gr.Button("Cancel selected run", variant="stop", elem_id="cancel-button")
                 resume_btn = gr.Button("Resume selected run", elem_id="resume-button")
             with gr.Row():
-                artifact_select = gr.Dropdown(choices=[], label="Checkpoint of the selected run",
+                artifact_select = gr.Dropdown(choices=[], label="Checkpoint of the selected run", allow_custom_value=True,
                                               elem_id="promote-artifact")
                 slot_in = gr.Textbox(label="Slot", info="the demo checkpoint it replaces, e.g. backbone",
                                      elem_id="promote-slot")
