@@ -243,9 +243,8 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
 def worker(exit_when_idle: bool, max_runs: int | None, grace_s: float, poll_interval_s: float) -> None:
     """Execute queued runs, one at a time, in this process (several workers may share a database)."""
     settings = _settings()
-    from trainer.worker import run_worker
-
     from app.plugin_manager import registry_from_env
+    from trainer.worker import run_worker
 
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # stop like Ctrl-C, so clean-up runs
     try:
@@ -266,14 +265,18 @@ def worker(exit_when_idle: bool, max_runs: int | None, grace_s: float, poll_inte
 
 @contextmanager
 def _cancel_on_ctrl_c(store, run_id: int):
-    """First Ctrl-C asks the run to stop (cooperatively); a second one stops it at once."""
+    """First Ctrl-C asks the run to stop (cooperatively); a second one cancels it at once."""
     previous = signal.getsignal(signal.SIGINT)
+    pressed = []
 
     def handler(signum: int, frame: Any) -> None:
-        click.echo("\ncancelling… (Ctrl-C again to stop at once)", err=True)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        # A thread, because the interrupted code may be inside a database transaction.
-        threading.Thread(target=_request_cancel_quietly, args=(store, run_id), daemon=True).start()
+        pressed.append(True)
+        if len(pressed) == 1:
+            click.echo("\ncancelling… (Ctrl-C again to stop at once)", err=True)
+            _in_thread(store.request_cancel, run_id, wait=False)
+            return
+        _in_thread(store.finish, run_id, "cancelled", wait=True, error="cancelled with Ctrl-C")
+        raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, handler)
     try:
@@ -282,18 +285,28 @@ def _cancel_on_ctrl_c(store, run_id: int):
         signal.signal(signal.SIGINT, previous)
 
 
-def _request_cancel_quietly(store, run_id: int) -> None:
-    try:
-        store.request_cancel(run_id)
-    except (KeyError, ValueError):
-        pass  # already finished
+def _in_thread(fn, *args: Any, wait: bool, **kwargs: Any) -> None:
+    """Call a store method from a signal handler: in a thread, since the interrupted code may hold
+    a database transaction (so we wait a few seconds at most)."""
+
+    def call() -> None:
+        try:
+            fn(*args, **kwargs)
+        except (KeyError, ValueError):
+            pass  # the run finished meanwhile
+        except Exception:
+            log.warning("could not update run %s", args[0], exc_info=True)
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    if wait:
+        thread.join(timeout=5)
 
 
 def _run_inline(store, settings: Settings, registry, run_id: int, device: str) -> None:
     """Claim a queued run and execute it here with a progress bar; exit non-zero unless it succeeded."""
     from trainer.worker import execute_run
 
-    from trainer.store import FINISHED_STATUSES
 
     host, pid = socket.gethostname(), os.getpid()
     if store.claim_run(run_id, f"cli-{host}-{pid}", host=host, pid=pid) is None:
@@ -304,9 +317,7 @@ def _run_inline(store, settings: Settings, registry, run_id: int, device: str) -
                         runs_dir=settings.runs_dir, assets_dir=settings.assets_dir, device=device,
                         show_progress=True)
     except KeyboardInterrupt:
-        status = store.get_run(run_id).status
-        if status not in FINISHED_STATUSES or status == "interrupted":
-            store.finish(run_id, "cancelled", error="cancelled with Ctrl-C")
+        store.finish(run_id, "cancelled", error="cancelled with Ctrl-C")  # no-op if it has finished
     run = store.get_run(run_id)
     click.echo(f"run {run.id} {run.status} on {run.device}")
     for key in sorted(run.latest_metrics):
@@ -556,7 +567,10 @@ def datasets_show(name: str, split: str, out: Path | None, count: int, download:
     settings = _settings()
     options = {"download": True} if download else {}
     dataset = _registry().load_dataset(name, split, settings.data_dir, **options)
-    from trainer.datasets.preview import save_preview_grid
+    try:
+        from trainer.datasets.preview import save_preview_grid
+    except ImportError:
+        raise CliError("dataset previews are not available: trainer.datasets.preview is missing") from None
 
     out = out or settings.home / "previews" / f"{name}-{split}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
