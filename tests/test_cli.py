@@ -101,6 +101,10 @@ def test_bad_config_values_get_a_one_line_error(env, store, assignment, message)
 
 
 def test_unknown_method_or_recipe_names_the_valid_ones(env):
+    described = avstudio("train", "counter", "count", "--help-config", env=env)
+    assert described.returncode == 0, described.stderr
+    keys = [line.split()[0] for line in described.stdout.splitlines()[2:]]
+    assert keys == ["steps", "sleep_s", "fail_at", "dataset"]
     result = avstudio("train", "nope", "count", env=env)
     assert result.returncode == 2
     assert "valid methods:" in _one_line_error(result) and "counter" in result.stderr
@@ -165,6 +169,12 @@ def test_cancel_a_queued_run_and_unknown_runs(env, store):
     assert resumed.returncode == 0 and "a worker will pick it up" in resumed.stdout
     assert store.get_run(run_id).status == "queued"
     assert avstudio("runs", "cancel", str(run_id), env=env).returncode == 0
+    inline = avstudio("runs", "resume", str(run_id), "--inline", env=env)
+    assert inline.returncode == 0, inline.stderr
+    final = store.get_run(run_id)
+    assert (final.status, final.resume_count, final.latest_metrics["counted"]) == ("succeeded", 2, 4)
+    finished = avstudio("runs", "resume", str(run_id), env=env)
+    assert finished.returncode == 1 and "succeeded" in _one_line_error(finished)
     for command in (["runs", "show", "9999"], ["runs", "cancel", "9999"], ["runs", "promote", "9999"]):
         missing = avstudio(*command, env=env)
         assert missing.returncode == 1
