@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import socket
 import time
 
 import gradio as gr
-import pluggy
 import pytest
+import torch
 
 from app import api
 from app.plugin_manager import PluginStatus, Registry, load_registry
@@ -18,6 +17,7 @@ from app.ui import build_app, launch
 from app.ui.datasets_tab import DatasetActions
 from app.ui.plugins_tab import plugins_table
 from app.ui.runs_tab import RunsActions
+from trainer.checkpoints import save_checkpoint
 from trainer.store import MetricPoint
 
 COUNTER_PLUGIN = "tests.plugins_for_tests.counter_plugin"
@@ -27,13 +27,6 @@ COUNTER_PLUGIN = "tests.plugins_for_tests.counter_plugin"
 def _quiet_gradio(monkeypatch, tmp_path):
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio-tmp"))
-
-
-@dataclasses.dataclass
-class CountConfig:
-    steps: int = api.config_field(5, "how many steps to count")
-    sleep_s: float = api.config_field(0.0, "seconds to sleep per step")
-    fail_at: int = api.config_field(-1, "raise at this step (-1: never)")
 
 
 @dataclasses.dataclass
@@ -49,17 +42,9 @@ def _broken_demo(ctx: api.DemoContext) -> None:
 
 
 def make_registry(*, with_broken: bool = False) -> Registry:
-    """The counter test plugin when it is there (else an inline stand-in), plus an optional broken demo."""
-    if importlib.util.find_spec(COUNTER_PLUGIN) is not None:
-        registry = load_registry(plugins="", extra_plugins=(COUNTER_PLUGIN,))
-        registry.methods = {"counter": registry.methods["counter"]}
-    else:
-        registry = Registry(pm=pluggy.PluginManager(api.PROJECT_NAME))
-        registry.plugins.append(PluginStatus(name="inline_counter", source="builtin", hooks=["register_methods"]))
-        registry.methods["counter"] = api.Method(
-            slug="counter", title="Counter", paper="-", summary="counts",
-            build_demo=lambda ctx: gr.Textbox(label="echo"),
-            recipes=[api.Recipe("count", CountConfig, train=lambda config, ctx: None)])
+    """The counter test plugin, a method with every kind of config field, a failed plugin, optionally a broken demo."""
+    registry = load_registry(plugins="", extra_plugins=(COUNTER_PLUGIN,))
+    registry.methods = {"counter": registry.methods["counter"]}  # the built-in demos are tested by their plugins
     registry.methods["fancy"] = api.Method(slug="fancy", title="Fancy", paper="-", summary="form fields",
                                            recipes=[api.Recipe("go", FancyConfig, train=lambda c, ctx: None)])
     registry.plugins.append(PluginStatus(name="broken_import", source="plugins-dir", status="failed",
@@ -252,7 +237,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_launched_app_answers_gradio_client(store, settings):
+def test_launched_app_answers_gradio_client(store, settings, tmp_path):
     from gradio_client import Client
 
     store.enqueue("counter", "count", {"steps": 2})
@@ -270,6 +255,12 @@ def test_launched_app_answers_gradio_client(store, settings):
         assert store.get_run(int(run_id)).config["steps"] == 4
         detail = client.predict(run_id, api_name="/run_detail")  # a run id typed by a script, not picked
         assert (detail["id"], detail["status"], detail["config"]["steps"]) == (run_id, "queued", 4)
+        # promoting a checkpoint through the API changes what the running demo tab loads
+        assert client.predict(2, api_name="/counter_echo").endswith("checkpoint_step=None")
+        path = save_checkpoint(tmp_path / "run" / "model.safetensors", {"step": torch.tensor([7])}, {"step": 7})
+        artifact = store.add_artifact(run_id, "model", "checkpoint", str(path))
+        assert "'model'" in client.predict(artifact, "", api_name="/promote_checkpoint")
+        assert client.predict(2, api_name="/counter_echo") == "value=2 checkpoint_step=7"
     finally:
         demo.close()
 
