@@ -237,4 +237,5 @@ def _json_ready(value: dict[str, Any]) -> dict[str, Any]:
             return obj.item()
         return str(obj)
 
-    return json.loads(json.dumps(value, default=default))
+    # NaN and infinities become null: PostgreSQL's JSON (and strict JSON readers) reject them.
+    return json.loads(json.dumps(value, default=default), parse_constant=lambda _name: None)

@@ -25,6 +25,7 @@ RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interr
 FINISHED_STATUSES = ("succeeded", "failed", "cancelled", "interrupted")
 RESUMABLE_STATUSES = ("failed", "cancelled", "interrupted")
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+MIGRATION_LOCK_KEY = 0x61767374  # "avst": the PostgreSQL advisory lock held while migrating
 SCHEMA_REVISION = "0002"  # the head migration (a test checks it), so opening a current database skips alembic
 
 
@@ -473,9 +474,10 @@ def current_revision(engine: Engine) -> str | None:
 def upgrade_to_head(engine: Engine, revision: str = "head") -> None:
     """Create or upgrade the schema with the Alembic migrations, in one transaction.
 
-    On SQLite the transaction takes the write lock first (BEGIN IMMEDIATE), so processes that
-    open a new database together migrate it once; foreign keys are off meanwhile, because a batch
-    migration copies a table and drops the old one, which would otherwise cascade-delete rows.
+    On SQLite the transaction takes the write lock first (BEGIN IMMEDIATE), on PostgreSQL an
+    advisory lock, so processes that open a new database together migrate it once. On SQLite
+    foreign keys are off meanwhile: a batch migration copies a table and drops the old one,
+    which would otherwise cascade-delete the rows that refer to it.
     """
     if current_revision(engine) == (SCHEMA_REVISION if revision == "head" else revision):
         return
@@ -487,6 +489,8 @@ def upgrade_to_head(engine: Engine, revision: str = "head") -> None:
         if sqlite:
             connection.exec_driver_sql("PRAGMA foreign_keys=OFF")  # only takes effect outside a transaction
             connection.exec_driver_sql("BEGIN IMMEDIATE")
+        elif connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         try:
             config.attributes["connection"] = connection
             command.upgrade(config, revision)
