@@ -18,6 +18,16 @@ import numpy as np
 import torch
 
 from trainer.datasets.cache import Arrays, cached_splits
+from trainer.datasets.raster import (
+    as_float32,
+    blur,
+    coverage,
+    local_coords,
+    paint,
+    pixel_grid,
+    sd_box,
+    sd_polygon,
+)
 from trainer.datasets.tensor_dataset import ImageTensorDataset
 
 SHAPE_CLASSES = ["circle", "square", "triangle", "star", "cross", "ring", "hexagon", "heart", "arrow",
@@ -53,30 +63,6 @@ CHUNK = 1000
 # ------------------------------------------------------------------------------------------------
 
 
-def _sd_box(x, y, half_w, half_h):
-    qx, qy = np.abs(x) - half_w, np.abs(y) - half_h
-    outside = np.hypot(np.maximum(qx, 0), np.maximum(qy, 0))
-    return outside + np.minimum(np.maximum(qx, qy), 0)
-
-
-def _sd_polygon(x, y, verts: np.ndarray):
-    """Exact signed distance to a closed polygon (Inigo Quilez's sdPolygon), negative inside."""
-    d = (x - verts[0, 0]) ** 2 + (y - verts[0, 1]) ** 2
-    sign = np.ones_like(x)
-    n = len(verts)
-    for i in range(n):
-        (vix, viy), (vjx, vjy) = verts[i], verts[i - 1]
-        ex, ey = vjx - vix, vjy - viy
-        wx, wy = x - vix, y - viy
-        h = np.clip((wx * ex + wy * ey) / (ex * ex + ey * ey), 0, 1)
-        bx, by = wx - ex * h, wy - ey * h
-        d = np.minimum(d, bx * bx + by * by)
-        c1, c2, c3 = y >= viy, y < vjy, ex * wy > ey * wx
-        flip = (c1 & c2 & c3) | (~c1 & ~c2 & ~c3)
-        sign = np.where(flip, -sign, sign)
-    return sign * np.sqrt(d)
-
-
 def _regular(n: int, radius: float, phase: float = np.pi / 2) -> np.ndarray:
     angles = phase + 2 * np.pi * np.arange(n) / n
     return np.stack([radius * np.cos(angles), radius * np.sin(angles)], 1)
@@ -102,22 +88,22 @@ def shape_sdf(label: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     if name == "circle":
         return r - 0.85
     if name == "square":
-        return _sd_box(x, y, 0.7, 0.7)
+        return sd_box(x, y, 0.7, 0.7)
     if name == "triangle":
-        return _sd_polygon(x, y, _TRIANGLE)
+        return sd_polygon(x, y, _TRIANGLE)
     if name == "star":
-        return _sd_polygon(x, y, _STAR)
+        return sd_polygon(x, y, _STAR)
     if name == "cross":
-        return np.minimum(_sd_box(x, y, 0.9, 0.28), _sd_box(x, y, 0.28, 0.9))
+        return np.minimum(sd_box(x, y, 0.9, 0.28), sd_box(x, y, 0.28, 0.9))
     if name == "ring":
         return np.abs(r - 0.68) - 0.22
     if name == "hexagon":
-        return _sd_polygon(x, y, _HEXAGON)
+        return sd_polygon(x, y, _HEXAGON)
     if name == "heart":
         lobes = np.minimum(np.hypot(x + 0.42, y - 0.32) - 0.46, np.hypot(x - 0.42, y - 0.32) - 0.46)
-        return np.minimum(lobes, _sd_polygon(x, y, _HEART_TIP))
+        return np.minimum(lobes, sd_polygon(x, y, _HEART_TIP))
     if name == "arrow":
-        return _sd_polygon(x, y, _ARROW)
+        return sd_polygon(x, y, _ARROW)
     if name == "crescent":
         return np.maximum(r - 0.88, -(np.hypot(x - 0.42, y - 0.1) - 0.72))
     raise ValueError(f"unknown shape class {label}")
@@ -179,54 +165,12 @@ def sample_params(n: int, rng: np.random.Generator) -> Arrays:
     return p
 
 
-def _local(x, y, cx, cy, angle, scale):
-    """Grid coordinates (N×H×W) moved into each sample's frame: centred, unrotated, in units of scale."""
-    dx, dy = x - cx[:, None, None], y - cy[:, None, None]
-    c, s = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None]
-    return (c * dx + s * dy) / scale[:, None, None], (-s * dx + c * dy) / scale[:, None, None]
-
-
-def _paint(canvas, alpha, color):
-    """Alpha-blend ``color`` (N×3) into ``canvas`` (N×H×W×3) with coverage ``alpha`` (N×H×W)."""
-    a = alpha[..., None]
-    canvas *= 1 - a
-    canvas += a * color[:, None, None, :]
-
-
-def _coverage(sdf_norm, half_px):
-    """Anti-aliased coverage from a signed distance in normalised units (half the side = 1)."""
-    return np.clip(0.5 - sdf_norm * half_px, 0, 1)
-
-
-def _blur(images, sigma_px):
-    """Per-image separable Gaussian blur (sigma 0 keeps the image)."""
-    radius = int(np.ceil(3 * max(float(sigma_px.max()), 1e-6)))
-    if radius == 0 or sigma_px.max() <= 0:
-        return images
-    offsets = np.arange(-radius, radius + 1)
-    safe = np.maximum(sigma_px, 1e-3)[:, None]
-    kernel = np.exp(-0.5 * (offsets[None, :] / safe) ** 2)
-    kernel /= kernel.sum(1, keepdims=True)
-    for axis in (1, 2):
-        pad = [(0, 0)] * 4
-        pad[axis] = (radius, radius)
-        padded = np.pad(images, pad, mode="edge")
-        out = np.zeros_like(images)
-        length = images.shape[axis]
-        for i, _ in enumerate(offsets):
-            piece = np.take(padded, np.arange(i, i + length), axis=axis)
-            out += kernel[:, i, None, None, None] * piece
-        images = out
-    return images
-
-
 def render(p: Arrays, size: int) -> Arrays:
     """Render the samples described by ``p`` (from :func:`sample_params`) at ``size``×``size``."""
+    p = as_float32(p)
     n = len(p["labels"])
     half_px = size / 2
-    coords = (np.arange(size) + 0.5) / size * 2 - 1
-    x = np.broadcast_to(coords[None, None, :], (n, size, size))
-    y = np.broadcast_to(-coords[None, :, None], (n, size, size))  # y up
+    x, y = pixel_grid(n, size)
     # Background.
     canvas = np.broadcast_to(p["bg_color"][:, None, None, :], (n, size, size, 3)).copy()
     ramp = (np.cos(p["bg_angle"])[:, None, None] * x + np.sin(p["bg_angle"])[:, None, None] * y) / 2
@@ -242,34 +186,34 @@ def render(p: Arrays, size: int) -> Arrays:
     np.clip(canvas, 0, 1, out=canvas)
     # Clutter fragments behind the shape.
     for k in range(MAX_FRAGMENTS):
-        fx, fy = _local(x, y, p["frag_xy"][:, k, 0], p["frag_xy"][:, k, 1], p["frag_angle"][:, k],
+        fx, fy = local_coords(x, y, p["frag_xy"][:, k, 0], p["frag_xy"][:, k, 1], p["frag_angle"][:, k],
                         p["frag_size"][:, k])
-        bar = _sd_box(fx, fy, 1.0, 0.22)
+        bar = sd_box(fx, fy, 1.0, 0.22)
         arc = np.maximum(np.abs(np.hypot(fx, fy) - 0.8) - 0.18, -fy)
         sdf = np.where(p["frag_kind"][:, k, None, None] == 0, bar, arc) * p["frag_size"][:, k, None, None]
-        alpha = _coverage(sdf, half_px) * (k < p["n_fragments"])[:, None, None]
-        _paint(canvas, alpha, p["frag_color"][:, k])
+        alpha = coverage(sdf, half_px) * (k < p["n_fragments"])[:, None, None]
+        paint(canvas, alpha, p["frag_color"][:, k])
     # The shape.
-    sx, sy = _local(x, y, p["cx"], p["cy"], p["angle"], p["radius"])
+    sx, sy = local_coords(x, y, p["cx"], p["cy"], p["angle"], p["radius"])
     shape_sdf_px = np.zeros((n, size, size))
     for label in range(len(SHAPE_CLASSES)):
         idx = np.flatnonzero(p["labels"] == label)
         if len(idx):
             shape_sdf_px[idx] = shape_sdf(label, sx[idx], sy[idx]) * p["radius"][idx, None, None]
-    shape_alpha = _coverage(shape_sdf_px, half_px)
+    shape_alpha = coverage(shape_sdf_px, half_px)
     surround = (canvas * (1 - shape_alpha[..., None])).sum((1, 2)) / np.maximum(
         (1 - shape_alpha).sum((1, 2))[:, None], 1e-6)
-    _paint(canvas, shape_alpha, p["fg_color"])
+    paint(canvas, shape_alpha, p["fg_color"])
     # Occluding bar across the shape.
-    ox, oy = _local(x, y, p["cx"], p["cy"], p["occ_angle"], np.ones(n))
+    ox, oy = local_coords(x, y, p["cx"], p["cy"], p["occ_angle"], np.ones(n))
     occ_sdf = np.abs(oy - p["occ_shift"][:, None, None] * p["radius"][:, None, None]) \
         - p["occ_width"][:, None, None] * p["radius"][:, None, None]
-    occ_alpha = _coverage(occ_sdf, half_px) * (p["occ_width"] > 0)[:, None, None]
-    _paint(canvas, occ_alpha, p["occ_color"])
+    occ_alpha = coverage(occ_sdf, half_px) * (p["occ_width"] > 0)[:, None, None]
+    paint(canvas, occ_alpha, p["occ_color"])
     visible_area = shape_alpha.sum((1, 2))
     occluded = (shape_alpha * occ_alpha).sum((1, 2)) / np.maximum(visible_area, 1e-6)
     # Blur, then noise (each image its own noise stream, so chunking never changes the bytes).
-    canvas = _blur(canvas, p["blur"] * size / 32)
+    canvas = blur(canvas, p["blur"] * size / 32)
     for i in range(n):
         noise_rng = np.random.default_rng(int(p["noise_seed"][i]))
         canvas[i] += p["noise"][i] * noise_rng.standard_normal((size, size, 3))
