@@ -541,7 +541,7 @@ def plugins(show_all: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def datasets(ctx: click.Context, as_json: bool) -> None:
-    """List the registered datasets (``datasets show NAME`` saves a preview grid)."""
+    """List the registered datasets; `datasets show NAME` saves a preview grid."""
     if ctx.invoked_subcommand is not None:
         return
     specs = sorted(_registry().datasets.values(), key=lambda s: s.name)
