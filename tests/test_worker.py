@@ -231,9 +231,10 @@ def test_killed_worker_run_is_interrupted_then_resumes_from_checkpoint(store, st
     worker.join(10)
     # the orphaned child notices its worker died and exits: no more checkpoints
     time.sleep(1.0)
-    step_at_kill = _checkpoint_step(store, run_id)
+    checkpoint_file = Path(store.latest_checkpoint(run_id, "model").path)
+    step_at_kill = int(load_checkpoint(checkpoint_file).tensors["step"].item())  # the file may be a step ahead of the row
     time.sleep(1.0)
-    assert _checkpoint_step(store, run_id) == step_at_kill
+    assert int(load_checkpoint(checkpoint_file).tensors["step"].item()) == step_at_kill >= 3
     assert store.get_run(run_id).status == "running"
 
     assert run_worker(store_url, make_registry, **dirs, exit_when_idle=True) == 0

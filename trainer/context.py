@@ -138,6 +138,7 @@ class RunContext:
         self.last_step = 0  # the highest step logged so far
         self._buffer: list[MetricPoint] = []
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._last_flush = time.monotonic()
         self._stop = threading.Event()
         self._cancelled = False
@@ -159,12 +160,13 @@ class RunContext:
             self.flush()
 
     def flush(self) -> None:
-        """Write the buffered metric points to the store now."""
-        with self._lock:
-            points, self._buffer = self._buffer, []
-            self._last_flush = time.monotonic()
-        if points:
-            self.store.log_metrics(self.run_id, points)
+        """Write the buffered metric points to the store now (safe to call from another thread)."""
+        with self._flush_lock:  # one writer at a time, so batches land in order
+            with self._lock:
+                points, self._buffer = self._buffer, []
+                self._last_flush = time.monotonic()
+            if points:
+                self.store.log_metrics(self.run_id, points)
 
     # -- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self, name: str, tensors: Mapping[str, Any],

@@ -34,6 +34,7 @@ class _Heartbeat:
 
     def __init__(self, store: RunStore, run_id: int, interval_s: float = 2.0) -> None:
         self.store, self.run_id, self.interval_s = store, run_id, interval_s
+        self.ctx: RunContext | None = None  # once set, its buffered metrics are flushed on each beat
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{run_id}", daemon=True)
 
@@ -41,6 +42,8 @@ class _Heartbeat:
         while not self._stop.wait(self.interval_s):
             try:
                 self.store.heartbeat(self.run_id)
+                if self.ctx is not None:
+                    self.ctx.flush()  # so a recipe that logs rarely still shows up live
             except Exception:  # a missed beat is not worth killing the run for
                 log.warning("heartbeat of run %s failed", self.run_id, exc_info=True)
 
@@ -85,7 +88,7 @@ def execute_run(store_url: str, run_id: int, registry_factory: Callable[[], Any]
     ctx: RunContext | None = None
     try:
         run = store.get_run(run_id)
-        with _Heartbeat(store, run_id):
+        with _Heartbeat(store, run_id) as heartbeat:
             try:
                 registry = registry_factory()
                 recipe = registry.recipe(run.method, run.recipe)
@@ -94,6 +97,7 @@ def execute_run(store_url: str, run_id: int, registry_factory: Callable[[], Any]
                 store.set_started(run_id, device=str(torch_device))
                 ctx = RunContext(store, run, registry, device=torch_device, data_dir=data_dir, runs_dir=runs_dir,
                                  assets_dir=assets_dir, config=config, show_progress=show_progress)
+                heartbeat.ctx = ctx
                 log.info("run %s: %s/%s on %s", run_id, run.method, run.recipe, torch_device)
                 result = recipe.train(config, ctx)
                 final = _final_metrics(result)
