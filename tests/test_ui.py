@@ -176,11 +176,14 @@ def test_dataset_preview_reports_a_load_failure_instead_of_raising(settings):
 
 def test_dataset_preview_draws_a_grid(settings):
     pytest.importorskip("trainer.datasets.preview")
-    registry = load_registry(plugins="")
-    name = "shapes" if "shapes" in registry.datasets else next(iter(registry.datasets))
-    image, text = DatasetActions(registry, settings).dataset_preview(name, "val", 8)
-    assert image is not None and image.size[0] > 32 and image.size[1] > 0
-    assert registry.datasets[name].title in text
+    registry = make_registry()
+    samples = [(torch.full((3, 16, 16), i / 10), i % 2) for i in range(10)]
+    registry.datasets["tiny"] = api.DatasetSpec(name="tiny", title="Tiny squares", task="classification",
+                                                description="grey squares", load=lambda split, root: samples,
+                                                labels=["dark", "light"], image_size=(16, 16))
+    image, text = DatasetActions(registry, settings).dataset_preview("tiny", "val", 8)
+    assert image is not None and image.width > 4 * 16 and image.height >= 16  # 8 of 16 px, in a grid
+    assert "Tiny squares" in text and "dark, light" in text and "Could not load" not in text
 
 
 # -- the built app -------------------------------------------------------------------------------

@@ -57,12 +57,11 @@ def build_datasets_tab(registry: Any, settings: Any) -> None:
 
     def on_dataset(name: str | None) -> tuple[Any, str]:
         split_choices = list(registry.datasets[name].splits) if name in registry.datasets else []
-        return gr.update(choices=split_choices, value=split_choices[0] if split_choices else None), \
-            actions.describe(name)
+        return gr.update(choices=split_choices, value=_preview_split(split_choices)), actions.describe(name)
 
     with gr.Row():
         name_in = gr.Dropdown(choices=names, value=first, label="Dataset", elem_id="dataset-select")
-        split_in = gr.Dropdown(choices=splits, value=splits[0] if splits else None, label="Split",
+        split_in = gr.Dropdown(choices=splits, value=_preview_split(splits), label="Split",
                                elem_id="dataset-split")
         count_in = gr.Slider(4, 64, value=32, step=4, label="Samples", elem_id="dataset-count")
         show_btn = gr.Button("Show samples", variant="primary", scale=0, elem_id="dataset-show")
@@ -74,3 +73,11 @@ def build_datasets_tab(registry: Any, settings: Any) -> None:
     name_in.change(on_dataset, name_in, [split_in, info], api_visibility="private")
     show_btn.click(actions.dataset_preview, [name_in, split_in, count_in], [grid, info],
                    api_name="dataset_preview")
+
+
+def _preview_split(splits: list[str]) -> str | None:
+    # A small split first: the first preview of a generated dataset has to generate that split.
+    for name in ("val", "test"):
+        if name in splits:
+            return name
+    return splits[0] if splits else None
