@@ -63,7 +63,6 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(REPO_ROOT / ".data"))
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for the CPU timings")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
 
     from trainer.datasets import load_shapes
 
@@ -75,12 +74,17 @@ def main() -> None:
     test = load_shapes("test", Path(args.data_dir))
     images, targets, difficulty = test.images, test.targets, test.difficulty
     k = backbone_full.num_blocks
+    eval_device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    for net in (backbone_full, backbone_bd, policy_net):
+        net.to(eval_device)
 
     full_logits, _ = infer(backbone_full, None, images)
     result = analysis.evaluate_policy(backbone_bd, policy_net, images, targets,
                                       bd_ckpt.card.get("free_blocks"))
     used = result["policy"].sum(1)
     budget = used.mean().item()
+    for net in (backbone_full, backbone_bd, policy_net):
+        net.cpu()
     table = analysis.flop_table(backbone_bd, policy_net, tuple(images.shape[2:]))
     flops_ratio = table.blockdrop(result["policy"]).mean().item() / table.full
     figures: dict = {
@@ -109,6 +113,7 @@ def main() -> None:
         "spearman_blocks_difficulty": analysis.spearman(used.numpy(), difficulty.numpy()),
     }
     ideal = 1.0 / flops_ratio
+    torch.set_num_threads(args.threads)  # timings only: accuracy above used every core (or the GPU)
     order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(0))
     shuffled = images[order]
     n1, n64, reps = (100, 4, 5) if args.quick else (300, 10, 9)

@@ -2,9 +2,19 @@
 
 from app.api import Method, hookimpl
 
+__version__ = "0.1.0"
+
+
+def _build_demo(ctx) -> None:
+    from plugins.blockdrop.demo import build_demo  # gradio is imported only when the UI is built
+
+    build_demo(ctx)
+
 
 @hookimpl
 def register_methods(register) -> None:
+    from plugins.blockdrop.recipes import RECIPES
+
     register(Method(
         slug="blockdrop",
         title="BlockDrop",
@@ -12,4 +22,6 @@ def register_methods(register) -> None:
         paper_url="https://arxiv.org/abs/1711.08393",
         summary="A small policy network looks at the image once and decides which residual blocks of a "
                 "ResNet to run; easy images use fewer blocks.",
+        build_demo=_build_demo,
+        recipes=list(RECIPES),
     ))

@@ -47,6 +47,9 @@ class BackboneConfig:
     momentum: float = config_field(0.9, "SGD momentum")
     weight_decay: float = config_field(5e-4, "weight decay (paper's backbones: 1e-4)")
     num_train: int = config_field(0, "use only the first N training images (0 = the whole split)")
+    drop_prob: float = config_field(
+        0.2, "stochastic depth: each block is skipped per sample with this probability while training, "
+             "so the backbone tolerates dropped blocks (paper: 0, a plain ResNet)")
     flip: bool = config_field(True, "random horizontal flips during training")
     seed: int = config_field(0, "random seed")
 
@@ -270,7 +273,8 @@ def train_backbone(config: BackboneConfig, ctx: Any) -> dict[str, float]:
                 for group in optimizer.param_groups:
                     group["lr"] = cosine_lr(config.lr, epoch * steps_per_epoch + i, total)
                 x, y = augment(images[idx], config.flip), targets[idx]
-                logits = net(x)
+                drops = torch.rand(len(y), net.num_blocks, device=device) < config.drop_prob
+                logits = net(x, (~drops).float()) if config.drop_prob > 0 else net(x)
                 loss = F.cross_entropy(logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

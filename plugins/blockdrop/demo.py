@@ -1,0 +1,269 @@
+"""The BlockDrop tab: which residual blocks ran for this image, what it cost, and the dataset view.
+
+The handlers (:meth:`BlockDropDemo.predict`, :meth:`BlockDropDemo.dataset_panel`) are plain
+functions returning dicts, so tests and the API use them directly; :func:`build_demo` wraps them
+for Gradio and turns a UserError into a ``gr.Error``.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from app.api import UserError, image_to_tensor, load_rgb_image
+from plugins.blockdrop import analysis
+from plugins.blockdrop.recipes import backbone_from_card, policy_from_card
+
+DATASET = "shapes"
+PANEL_IMAGES = 2000  # the panel evaluates the first N test images (CPU-friendly); cached afterwards
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "blockdrop" / "examples"
+NO_CHECKPOINT = (
+    "No BlockDrop checkpoint found. Train one (GPU: ~5 minutes) with:\n\n"
+    "    avstudio train blockdrop backbone\n"
+    "    avstudio train blockdrop policy\n"
+    "    avstudio train blockdrop finetune --set gamma=1\n\n"
+    "then promote the run's `backbone` and `policy-g1` checkpoints in the Runs tab "
+    "(or place them in assets/blockdrop/). See docs/blockdrop.md."
+)
+
+
+def _gamma_of(name: str) -> float:
+    match = re.fullmatch(r"policy-g([0-9.eE+-]+)", name)
+    return float(match.group(1)) if match else float("inf")
+
+
+def block_map_html(policy: list[int], stage_of_block: list[int]) -> str:
+    """One row per stage, one cell per block: green = ran, grey = skipped."""
+    rows = []
+    for stage in sorted(set(stage_of_block)):
+        cells = "".join(
+            f'<td title="block {k + 1}: {"ran" if policy[k] else "skipped"}" style="width:28px;height:22px;'
+            f'border:1px solid #888;text-align:center;background:{"#2e9e44" if policy[k] else "#ddd"};'
+            f'color:{"#fff" if policy[k] else "#777"}">{k + 1}</td>'
+            for k, s in enumerate(stage_of_block) if s == stage)
+        rows.append(f"<tr><th style='padding-right:8px'>stage {stage + 1}</th>{cells}</tr>")
+    return f"<table style='border-collapse:collapse'>{''.join(rows)}</table>"
+
+
+class BlockDropDemo:
+    """Loads the checkpoints the DemoContext points at (cached by path + mtime) and answers requests."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self._models: dict[tuple, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self.panels = analysis.PanelCache(Path(ctx.data_dir) / "blockdrop-panels")
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def policy_names(self) -> list[str]:
+        """Available fine-tuned policies (``policy-g<γ>``), sorted by γ; ``policy`` (CL only) last."""
+        names = {p.stem for p in Path(self.ctx.assets_dir).glob("policy-g*.safetensors")}
+        names.update(n for n in ("policy-g1", "policy-g3", "policy-g5", "policy-g10")
+                     if self.ctx.checkpoint_path(n) is not None)
+        ordered = sorted((n for n in names if self.ctx.checkpoint_path(n) is not None), key=_gamma_of)
+        if not ordered and self.ctx.checkpoint_path("policy") is not None:
+            ordered = ["policy"]
+        return ordered
+
+    def _paths(self, policy_name: str) -> tuple[Path, Path]:
+        backbone = self.ctx.checkpoint_path("backbone")
+        policy = self.ctx.checkpoint_path(policy_name) if policy_name else None
+        if backbone is None or policy is None:
+            raise UserError(NO_CHECKPOINT if backbone is None or not self.policy_names()
+                            else f"No policy checkpoint {policy_name!r}; choose one of {self.policy_names()}.")
+        return backbone, policy
+
+    def models(self, policy_name: str) -> dict[str, Any]:
+        """Full ResNet, BlockDrop backbone + policy net, labels and FLOP table for ``policy_name``."""
+        backbone_path, policy_path = self._paths(policy_name)
+        key = (str(backbone_path), backbone_path.stat().st_mtime, str(policy_path), policy_path.stat().st_mtime)
+        with self._lock:
+            if key not in self._models:
+                full = self.ctx.load_checkpoint("backbone")
+                bd = self.ctx.load_checkpoint(policy_name)
+                try:
+                    full_net = backbone_from_card(full.tensors, full.card).eval()
+                    bd_net = backbone_from_card(bd.tensors, bd.card).eval()
+                    policy_net = policy_from_card(bd.tensors, bd.card).eval()
+                except (KeyError, ValueError, RuntimeError) as exc:
+                    raise UserError(f"Checkpoint {policy_name!r} or 'backbone' is not a BlockDrop checkpoint "
+                                    f"({exc.__class__.__name__}: {exc}); retrain it.") from None
+                size = tuple(bd.card.get("image_size", (32, 32)))
+                labels = list(bd.card.get("labels") or full.card.get("labels") or [])
+                labels += [f"class {i}" for i in range(len(labels), full_net.config.num_classes)]
+                self._models[key] = {
+                    "full": full_net, "backbone": bd_net, "policy": policy_net, "labels": labels,
+                    "image_size": size, "free_blocks": bd.card.get("free_blocks"),
+                    "flops": analysis.flop_table(bd_net, policy_net, size),
+                    "hash": analysis.file_hash(backbone_path, policy_path), "card": bd.card,
+                }
+            return self._models[key]
+
+    # -- handlers ----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def predict(self, image: Any, policy_name: str, latency_repeats: int = 7) -> dict[str, Any]:
+        """Top-3 of the full ResNet and of BlockDrop, the block map, blocks used, FLOPs and latency."""
+        m = self.models(policy_name)
+        h, w = m["image_size"]
+        x = image_to_tensor(load_rgb_image(image), (w, h))
+        full_probs = m["full"](x).softmax(1)[0]
+        bd_logits, policy = analysis.blockdrop_forward(m["backbone"], m["policy"], x, m["free_blocks"])
+        bd_probs = bd_logits.softmax(1)[0]
+        kept = [int(v) for v in policy[0].tolist()]
+        latency = analysis.interleaved_latency_ms(
+            {"full": lambda: m["full"](x),
+             "blockdrop": lambda: analysis.blockdrop_forward(m["backbone"], m["policy"], x, m["free_blocks"])},
+            repeats=latency_repeats, warmup=1)
+        flops_bd = float(m["flops"].blockdrop(policy)[0])
+
+        def top3(probs: torch.Tensor) -> dict[str, float]:
+            values, idx = probs.topk(min(3, len(probs)))
+            return {m["labels"][i]: round(float(v), 4) for v, i in zip(values, idx.tolist(), strict=True)}
+
+        return {
+            "full_top3": top3(full_probs),
+            "blockdrop_top3": top3(bd_probs),
+            "policy": kept,
+            "blocks_used": sum(kept),
+            "num_blocks": len(kept),
+            "block_map_html": block_map_html(kept, m["backbone"].stage_of_block),
+            "flops_full": m["flops"].full,
+            "flops_blockdrop": flops_bd,
+            "flops_policy_net": m["flops"].policy,
+            "latency_full_ms": latency["full"],
+            "latency_blockdrop_ms": latency["blockdrop"],
+        }
+
+    def dataset_panel(self, policy_name: str | None = None) -> dict[str, Any]:
+        """The dataset panel for every available policy (cached by checkpoint hash), plus the chosen one."""
+        names = self.policy_names()
+        if not names or self.ctx.checkpoint_path("backbone") is None:
+            raise UserError(NO_CHECKPOINT)
+        policy_name = policy_name if policy_name in names else names[0]
+        models = {name: self.models(name) for name in names}
+        key = analysis.file_hash(*[self.ctx.checkpoint_path(n) for n in ["backbone", *names]])
+
+        def compute() -> dict:
+            test = self.ctx.dataset(DATASET, "test")
+            n = min(PANEL_IMAGES, len(test.targets))
+            first = next(iter(models.values()))
+            return analysis.dataset_panel(
+                first["full"], {name: (mm["backbone"], mm["policy"], mm["free_blocks"]) for name, mm in models.items()},
+                test.images[:n], test.targets[:n].long(),
+                None if getattr(test, "difficulty", None) is None else test.difficulty[:n], first["labels"])
+
+        panel = self.panels.get(key, compute)
+        return {**panel, "selected": policy_name}
+
+
+# --------------------------------------------------------------------------------------------
+# Gradio wiring
+# --------------------------------------------------------------------------------------------
+
+
+def _stats_markdown(r: dict[str, Any]) -> str:
+    return (f"**Blocks used:** {r['blocks_used']} / {r['num_blocks']}\n\n"
+            f"| | FLOPs (1 MAC = 2 FLOPs) | latency (median ms, CPU, batch 1) |\n|---|---|---|\n"
+            f"| full ResNet | {r['flops_full'] / 1e6:.1f} M | {r['latency_full_ms']:.2f} |\n"
+            f"| BlockDrop (incl. policy net {r['flops_policy_net'] / 1e6:.1f} M) | "
+            f"{r['flops_blockdrop'] / 1e6:.1f} M | {r['latency_blockdrop_ms']:.2f} |")
+
+
+def panel_frames(panel: dict[str, Any]) -> dict[str, Any]:
+    """pandas DataFrames for the panel's plots."""
+    import pandas as pd
+
+    selected = panel["policies"][panel["selected"]]
+    hist = pd.DataFrame({"blocks used": list(range(len(selected["histogram"]))),
+                         "images": selected["histogram"]})
+    rows = [{"method": "full ResNet", "mean blocks": panel["num_blocks"], "accuracy": panel["accuracy_full"]}]
+    for name, p in panel["policies"].items():
+        rows += [{"method": f"BlockDrop {name}", "mean blocks": p["mean_blocks"], "accuracy": p["accuracy"]},
+                 {"method": "FirstK", "mean blocks": p["mean_blocks"], "accuracy": p["accuracy_firstk"]},
+                 {"method": "RandomK", "mean blocks": p["mean_blocks"], "accuracy": p["accuracy_randomk"]}]
+    curve = pd.DataFrame(rows)
+    per_class = pd.DataFrame({"class": panel["labels"], "mean blocks": selected["class_mean_blocks"]})
+    return {"histogram": hist, "curve": curve, "per_class": per_class}
+
+
+def build_demo(ctx: Any) -> None:
+    """Add the BlockDrop components and events (inside the caller's gr.Tab)."""
+    import gradio as gr
+
+    demo = BlockDropDemo(ctx)
+    names = demo.policy_names()
+    gr.Markdown("A ResNet-8 policy looks at the image once and picks which residual blocks of a ResNet-32 "
+                "to run; skipped blocks are really not executed.")
+    if not names or ctx.checkpoint_path("backbone") is None:
+        gr.Markdown(NO_CHECKPOINT)
+        return
+
+    def run(image: Any, policy_name: str):
+        try:
+            r = demo.predict(image, policy_name)
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+        return r["full_top3"], r["blockdrop_top3"], r["block_map_html"], _stats_markdown(r)
+
+    def panel(policy_name: str):
+        try:
+            p = demo.dataset_panel(policy_name)
+            test = ctx.dataset(DATASET, "test")
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+        frames = panel_frames(p)
+        sel = p["policies"][p["selected"]]
+
+        def gallery(indices: list[int]) -> list:
+            return [(test.images[i].permute(1, 2, 0).numpy(),
+                     f"{p['labels'][int(test.targets[i])]}: {int(sel['used'][i])} blocks") for i in indices]
+
+        rho = sel["spearman_difficulty"]
+        summary = (f"**{p['selected']}** on {p['num_images']} test images: accuracy {sel['accuracy']:.3f} "
+                   f"(full ResNet {p['accuracy_full']:.3f}), {sel['mean_blocks']:.2f} / {p['num_blocks']} blocks, "
+                   f"{sel['unique_policies']} distinct policies; FirstK {sel['accuracy_firstk']:.3f}, "
+                   f"RandomK {sel['accuracy_randomk']:.3f} at the same budget. Spearman(blocks used, difficulty) = "
+                   f"{'n/a' if rho is None else f'{rho:.3f}'}.")
+        return (summary, frames["histogram"], frames["curve"], frames["per_class"],
+                gallery(sel["fewest"]), gallery(sel["most"]))
+
+    with gr.Row():
+        with gr.Column():
+            with gr.Tab("Upload"):
+                upload = gr.Image(type="filepath", label="Image")
+                run_upload = gr.Button("Run", variant="primary")
+            with gr.Tab("Draw"):
+                sketch = gr.Sketchpad(label="Draw a shape", type="numpy")
+                run_sketch = gr.Button("Run on drawing", variant="primary")
+            policy = gr.Dropdown(names, value=names[0], label="policy (penalty γ: larger keeps more blocks)")
+            examples = sorted(str(p) for p in EXAMPLES_DIR.glob("*.png"))
+            if examples:
+                gr.Examples(examples=examples, inputs=[upload])
+        with gr.Column():
+            full_label = gr.Label(num_top_classes=3, label="full ResNet")
+            bd_label = gr.Label(num_top_classes=3, label="BlockDrop")
+            block_map = gr.HTML(label="block map")
+            stats = gr.Markdown()
+    outputs = [full_label, bd_label, block_map, stats]
+    run_upload.click(run, [upload, policy], outputs, api_name="blockdrop_predict")
+    run_sketch.click(run, [sketch, policy], outputs, api_name="blockdrop_predict_sketch")
+
+    with gr.Accordion("Dataset panel (shapes test split)", open=False):
+        panel_button = gr.Button("Compute dataset panel (cached after the first time)")
+        summary = gr.Markdown()
+        with gr.Row():
+            hist = gr.BarPlot(x="blocks used", y="images", title="blocks used per image")
+            curve = gr.ScatterPlot(x="mean blocks", y="accuracy", color="method",
+                                   title="accuracy vs mean blocks (same budget)")
+            per_class = gr.BarPlot(x="class", y="mean blocks", title="mean blocks per class")
+        with gr.Row():
+            fewest = gr.Gallery(label="fewest blocks", columns=8, height="auto")
+            most = gr.Gallery(label="most blocks", columns=8, height="auto")
+    panel_button.click(panel, [policy], [summary, hist, curve, per_class, fewest, most],
+                       api_name="blockdrop_dataset_panel")
