@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from app.plugin_manager import load_registry
 from app.settings import REPO_ROOT, Settings
@@ -304,3 +305,41 @@ def test_background_worker_process_runs_queued_work_and_stops(monkeypatch, tmp_p
         assert stop_background_worker(proc) == code  # idempotent
     finally:
         opened.close()
+
+
+TINY_DATASET_PLUGIN = '''
+import torch
+from app.api import DatasetSpec, UserError, hookimpl
+
+
+def load(split, root, download=False, **options):
+    if not download:
+        raise UserError("tiny: files missing; pass download=True (avstudio datasets show tiny --download)")
+    images = torch.linspace(0, 1, 6 * 3 * 8 * 8).reshape(6, 3, 8, 8)
+    return [(images[i], i % 2) for i in range(6)]
+
+
+@hookimpl
+def register_datasets(register):
+    register(DatasetSpec(name="tiny", title="Tiny", task="classification", description="six images",
+                         load=load, labels=["even", "odd"], image_size=(8, 8)))
+'''
+
+
+def test_datasets_show_writes_a_preview_grid(env, tmp_path):
+    plugins_dir = tmp_path / "plugins"
+    plugins_dir.mkdir()
+    (plugins_dir / "tiny.py").write_text(TINY_DATASET_PLUGIN)
+    out = tmp_path / "grid.png"
+    missing = avstudio("--plugins-dir", str(plugins_dir), "datasets", "show", "tiny", "--out", str(out), env=env)
+    assert missing.returncode == 2 and "--download" in _one_line_error(missing)
+    result = avstudio("--plugins-dir", str(plugins_dir), "datasets", "show", "tiny", "--download",
+                      "--out", str(out), "-n", "4", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(out)
+    with Image.open(out) as grid:
+        assert grid.format == "PNG"
+        assert grid.width > 4 * 8 and grid.height >= 8 and grid.width > 2 * grid.height  # one row of 4
+    bad_split = avstudio("--plugins-dir", str(plugins_dir), "datasets", "show", "tiny", "--split", "dev", env=env)
+    assert bad_split.returncode == 2
+    assert _one_line_error(bad_split) == "Error: dataset 'tiny' has no split 'dev'; valid splits: train, val, test"
