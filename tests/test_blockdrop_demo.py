@@ -1,0 +1,162 @@
+"""BlockDrop demo handlers: any image in, top-3 + block map out; clear errors; no-checkpoint case."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from app.api import UserError
+from plugins.blockdrop import analysis
+from plugins.blockdrop.demo import BlockDropDemo, build_demo, panel_frames
+from plugins.blockdrop.model import build_policy, build_resnet, prefixed
+from tests.blockdrop_fakes import FakeDemoContext, random_dataset
+from trainer.checkpoints import save_checkpoint
+
+LABELS = [f"shape{i}" for i in range(10)]
+
+
+def _card(**extra):
+    return {"depth": 8, "num_classes": 10, "num_blocks": 3, "labels": LABELS, "image_size": [32, 32], **extra}
+
+
+@pytest.fixture
+def assets(tmp_path):
+    torch.manual_seed(0)
+    assets = tmp_path / "assets"
+    backbone = build_resnet(8, 10)
+    save_checkpoint(assets / "backbone.safetensors", prefixed(backbone, "backbone"), _card(kind="backbone"))
+    for gamma, bias in ((1, -0.2), (5, 3.0)):
+        policy = build_policy(3)
+        torch.nn.init.constant_(policy.fc.bias, bias)
+        torch.nn.init.zeros_(policy.fc.weight)
+        policy.fc.bias.data[0] = 3.0  # block 1 always kept
+        save_checkpoint(assets / f"policy-g{gamma}.safetensors",
+                        {**prefixed(backbone, "backbone"), **prefixed(policy, "policy")},
+                        _card(kind="finetune", gamma=gamma, free_blocks=3, policy_input_size=32))
+    return assets
+
+
+@pytest.fixture
+def demo(assets, tmp_path):
+    data = {("shapes", "test"): random_dataset(40, seed=3)}
+    return BlockDropDemo(FakeDemoContext(assets, datasets=data, data_dir=tmp_path / "data"))
+
+
+def _png(image: Image.Image, **save) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=save.pop("format", "PNG"), **save)
+    return buf.getvalue()
+
+
+def _images():
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (37, 53, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90°
+    sixteen = Image.fromarray(np.arange(40 * 30, dtype=np.uint16).reshape(40, 30) * 50)
+    return {
+        "rgba": rgb.convert("RGBA"),
+        "grey": rgb.convert("L"),
+        "palette": rgb.convert("P"),
+        "16-bit png": _png(sixteen),
+        "cmyk jpeg": _png(rgb.convert("CMYK"), format="JPEG"),
+        "exif-rotated jpeg": _png(rgb, format="JPEG", exif=exif),
+        "odd size array": np.asarray(rgb),
+        "sketchpad": {"composite": np.asarray(rgb.convert("RGBA")), "background": None, "layers": []},
+    }
+
+
+@pytest.mark.parametrize("kind", list(_images()))
+def test_predict_accepts_any_image(demo, kind):
+    result = demo.predict(_images()[kind], "policy-g1", latency_repeats=2)
+    assert len(result["full_top3"]) == 3 and len(result["blockdrop_top3"]) == 3
+    assert set(result["full_top3"]) <= set(LABELS)
+    assert sum(result["full_top3"].values()) <= 1.0 + 1e-6
+    assert result["num_blocks"] == 3 and result["policy"][0] == 1
+    assert result["blocks_used"] == sum(result["policy"])
+    assert result["block_map_html"].count("<tr>") == 3  # one row per stage
+    assert result["latency_full_ms"] > 0 and result["latency_blockdrop_ms"] > 0
+    assert result["flops_blockdrop"] == pytest.approx(
+        demo.models("policy-g1")["flops"].blockdrop(torch.tensor([result["policy"]]))[0].item())
+
+
+def test_policies_differ_in_blocks_and_flops(demo):
+    image = _images()["rgba"]
+    sparse = demo.predict(image, "policy-g1", latency_repeats=1)
+    dense = demo.predict(image, "policy-g5", latency_repeats=1)
+    assert sparse["policy"] == [1, 0, 0] and dense["policy"] == [1, 1, 1]
+    assert sparse["flops_blockdrop"] < dense["flops_blockdrop"]
+    assert dense["flops_blockdrop"] == dense["flops_full"] + dense["flops_policy_net"]
+    assert demo.policy_names() == ["policy-g1", "policy-g5"]
+
+
+def test_corrupt_file_is_a_clear_user_error(demo, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
+    with pytest.raises(UserError, match="not a readable image"):
+        demo.predict(str(bad), "policy-g1")
+    with pytest.raises(UserError, match="No image"):
+        demo.predict(None, "policy-g1")
+
+
+def test_no_checkpoint_says_how_to_train(tmp_path):
+    demo = BlockDropDemo(FakeDemoContext(tmp_path / "empty"))
+    assert demo.policy_names() == []
+    with pytest.raises(UserError, match="avstudio train blockdrop backbone"):
+        demo.predict(_images()["rgba"], "policy-g1")
+    with pytest.raises(UserError, match="avstudio train blockdrop"):
+        demo.dataset_panel()
+
+
+def test_unknown_policy_names_the_valid_ones(demo):
+    with pytest.raises(UserError, match="policy-g1"):
+        demo.predict(_images()["rgba"], "policy-g99")
+
+
+def test_dataset_panel_is_computed_once_and_cached_on_disk(demo, tmp_path, monkeypatch):
+    panel = demo.dataset_panel("policy-g5")
+    assert panel["selected"] == "policy-g5" and panel["num_images"] == 40
+    g1, g5 = panel["policies"]["policy-g1"], panel["policies"]["policy-g5"]
+    assert sum(g1["histogram"]) == 40 and g1["mean_blocks"] == pytest.approx(1.0)
+    assert g5["mean_blocks"] == pytest.approx(3.0) and g5["accuracy"] == pytest.approx(panel["accuracy_full"])
+    assert len(g1["fewest"]) == 8 and len(g1["class_mean_blocks"]) == 10
+    assert g1["spearman_difficulty"] == 0.0  # every image used the same number of blocks
+    frames = panel_frames(panel)
+    assert set(frames["curve"]["method"]) >= {"full ResNet", "FirstK", "RandomK", "BlockDrop policy-g1"}
+    assert list(frames["histogram"]["images"]) == g5["histogram"]
+    assert list((tmp_path / "data" / "blockdrop-panels").glob("panel-*.json"))
+
+    def boom(*args, **kwargs):
+        raise AssertionError("recomputed")
+
+    monkeypatch.setattr(analysis, "dataset_panel", boom)
+    assert demo.dataset_panel("policy-g1")["policies"]["policy-g1"] == g1  # memory cache
+    fresh = BlockDropDemo(demo.ctx)  # a restarted app: the disk cache answers
+    assert fresh.dataset_panel("policy-g1")["policies"]["policy-g1"]["accuracy"] == g1["accuracy"]
+
+
+def test_models_are_cached_until_the_file_changes(demo, assets):
+    first = demo.models("policy-g1")
+    assert demo.models("policy-g1") is first
+    path = assets / "policy-g1.safetensors"
+    stat = path.stat()
+    os.utime(path, (stat.st_atime, stat.st_mtime + 10))
+    assert demo.models("policy-g1") is not first
+
+
+def test_build_demo_wires_named_events(assets, tmp_path):
+    import gradio as gr
+
+    with gr.Blocks() as blocks:
+        build_demo(FakeDemoContext(assets, data_dir=tmp_path))
+    names = {dep.get("api_name") for dep in blocks.config["dependencies"]}
+    assert {"blockdrop_predict", "blockdrop_predict_sketch", "blockdrop_dataset_panel"} <= names
+
+    with gr.Blocks() as empty:
+        build_demo(FakeDemoContext(tmp_path / "none", data_dir=tmp_path))
+    texts = [c.get("props", {}).get("value") for c in empty.config["components"]]
+    assert any(isinstance(t, str) and "avstudio train blockdrop" in t for t in texts)

@@ -1,0 +1,160 @@
+"""BlockDrop recipes on tiny configs, and the pieces of the RL objective."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from app.api import ConfigError, make_config
+from app.plugin_manager import load_registry
+from plugins.blockdrop import recipes as R
+from tests.blockdrop_fakes import FakeTrainContext, random_dataset
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_reward_values():
+    correct = torch.tensor([True, True, False, True])
+    policy = torch.tensor([[1.0, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
+    r = R.reward(correct, policy, gamma=5.0)
+    assert r.tolist() == pytest.approx([0.0, 0.75, -5.0, 1.0])
+
+
+def test_alpha_bounding_keeps_exploration():
+    probs = torch.tensor([0.0, 0.5, 1.0, 0.9])
+    bounded = R.bound_probs(probs, 0.8)
+    assert bounded.tolist() == pytest.approx([0.2, 0.5, 0.8, 0.74])
+
+
+def test_curriculum_masks_the_first_blocks():
+    mask = R.curriculum_mask(6, 2)
+    assert mask.tolist() == [0, 0, 0, 0, 1, 1]
+    policy = torch.zeros(3, 6)
+    forced = R.apply_curriculum(policy, mask)
+    assert (forced[:, :4] == 1).all() and (forced[:, 4:] == 0).all()
+    assert R.curriculum_mask(6, 99).tolist() == [1] * 6
+
+
+def test_policy_gradient_step_follows_the_advantage():
+    torch.manual_seed(0)
+    logits = torch.zeros(4, 3, requires_grad=True)
+    sampled = torch.tensor([[1.0, 0, 1]] * 4)
+    mask = torch.tensor([0.0, 1, 1])  # block 0 is outside the curriculum: no gradient
+    loss = R.policy_gradient_loss(torch.sigmoid(logits), sampled, torch.ones(4), 0.8, mask, beta=0.0)
+    loss.backward()
+    grad = logits.grad
+    assert (grad[:, 0] == 0).all()
+    assert (grad[:, 1] > 0).all()  # dropped with positive advantage → lower keep probability
+    assert (grad[:, 2] < 0).all()  # kept with positive advantage → higher keep probability
+
+
+def test_augment_crops_and_flips_on_tensors():
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    out = R.augment(images, flip=True)
+    assert out.shape == (16, 3, 32, 32) and out.dtype == torch.float32
+    assert 0.0 <= out.min() and out.max() <= 1.0
+    assert not torch.allclose(out, images.float() / 255)
+    # Every output is a shifted (possibly flipped) copy: its pixels come from the source image.
+    src = images.float() / 255
+    assert all(torch.isin(out[i].flatten(), torch.cat([src[i].flatten(), torch.zeros(1)])).all()
+               for i in range(16))
+
+
+def _datasets():
+    return {("shapes", "train"): random_dataset(96, seed=0), ("shapes", "val"): random_dataset(48, seed=1)}
+
+
+def _check_metrics(ctx: FakeTrainContext, num_blocks: int) -> None:
+    assert ctx.metrics, "no metrics logged"
+    for _, m in ctx.metrics:
+        assert {"accuracy", "reward", "mean_blocks", "unique_policies"} <= set(m)
+        assert 0.0 <= m["accuracy"] <= 1.0
+        assert 0.0 <= m["mean_blocks"] <= num_blocks
+        assert 1 <= m["unique_policies"] <= 48
+        assert all(math.isfinite(v) for v in m.values())
+
+
+def test_three_stage_pipeline_on_a_tiny_config(tmp_path):
+    ctx = FakeTrainContext(tmp_path, datasets=_datasets())
+    R.train_backbone(make_config(R.BackboneConfig, {"depth": 8, "epochs": 2, "batch_size": 32}), ctx)
+    assert ctx.saved["backbone"].is_file()
+    card = ctx.load_checkpoint("blockdrop/backbone").card
+    assert card["depth"] == 8 and card["num_blocks"] == 3 and card["epoch"] == 2 and card["dataset"] == "shapes"
+    assert card["labels"] == [f"c{i}" for i in range(10)]
+    _check_metrics(ctx, 3)
+    assert sum(bar.count for bar in ctx.bars) == 2 * 3  # 96 images / 32 per batch, 2 epochs
+
+    ctx.metrics.clear()
+    R.train_policy(make_config(R.PolicyConfig, {"epochs": 2, "batch_size": 32, "cl_step_iters": 2}), ctx)
+    policy = ctx.load_checkpoint("blockdrop/policy")
+    assert {k.split(".")[0] for k in policy.tensors} == {"backbone", "policy"}
+    assert policy.card["free_blocks"] == 3 and policy.card["gamma"] == 1.0
+    _check_metrics(ctx, 3)
+    assert [m["free_blocks"] for _, m in ctx.metrics] == [2.0, 3.0]  # one more block every 2 iterations
+
+    ctx.metrics.clear()
+    final = R.train_finetune(make_config(R.FinetuneConfig, {"epochs": 1, "batch_size": 32, "gamma": 2}), ctx)
+    assert ctx.saved["policy-g2"].is_file()
+    tuned = ctx.load_checkpoint(str(ctx.saved["policy-g2"]))
+    assert tuned.card["gamma"] == 2.0 and tuned.card["kind"] == "finetune"
+    assert tuned.card["metrics"]["accuracy"] == pytest.approx(final["accuracy"])
+    _check_metrics(ctx, 3)
+    # The backbone was trained jointly: its weights changed.
+    before = policy.tensors["backbone.blocks.0.conv1.weight"]
+    assert not torch.equal(before, tuned.tensors["backbone.blocks.0.conv1.weight"])
+
+
+def test_masked_training_forward_also_works(tmp_path):
+    ctx = FakeTrainContext(tmp_path, datasets=_datasets())
+    R.train_backbone(make_config(R.BackboneConfig, {"depth": 8, "epochs": 1, "batch_size": 48}), ctx)
+    R.train_policy(make_config(R.PolicyConfig, {"epochs": 1, "batch_size": 48}), ctx)
+    R.train_finetune(make_config(R.FinetuneConfig, {"epochs": 1, "batch_size": 48, "train_forward": "masked"}),
+                     ctx)
+    assert ctx.saved["policy-g5"].is_file()
+
+
+def test_backbone_learns_something(tmp_path):
+    torch.manual_seed(0)
+    data = {("shapes", "train"): random_dataset(256, num_classes=4, seed=0),
+            ("shapes", "val"): random_dataset(128, num_classes=4, seed=1)}
+    ctx = FakeTrainContext(tmp_path, datasets=data)
+    final = R.train_backbone(make_config(R.BackboneConfig, {"depth": 8, "epochs": 4, "batch_size": 32,
+                                                            "lr": 0.05}), ctx)
+    assert final["accuracy"] > 0.5  # 4 classes by mean colour: chance is 0.25
+
+
+def test_resume_continues_from_the_last_epoch(tmp_path):
+    ctx = FakeTrainContext(tmp_path, datasets=_datasets())
+    config = {"depth": 8, "batch_size": 48}
+    R.train_backbone(make_config(R.BackboneConfig, {**config, "epochs": 1}), ctx)
+    ctx.resuming = True
+    ctx.metrics.clear()
+    R.train_backbone(make_config(R.BackboneConfig, {**config, "epochs": 3}), ctx)
+    assert [step for step, _ in ctx.metrics] == [2, 3]
+    assert ctx.load_checkpoint("blockdrop/backbone").card["epoch"] == 3
+
+
+def test_cancel_stops_within_a_batch(tmp_path):
+    ctx = FakeTrainContext(tmp_path, datasets=_datasets(), stop_after=1)
+    R.train_backbone(make_config(R.BackboneConfig, {"depth": 8, "epochs": 5, "batch_size": 16}), ctx)
+    assert ctx.stop_calls == 2
+    assert "backbone" not in ctx.saved and ctx.metrics == []
+
+
+def test_plugin_registers_the_recipes():
+    registry = load_registry()
+    method = registry.method("blockdrop")
+    assert [r.name for r in method.recipes] == ["backbone", "policy", "finetune"]
+    config = make_config(registry.recipe("blockdrop", "finetune").config_cls, {"gamma": "10"})
+    assert config.gamma == 10.0 and R.finetune_name(config.gamma) == "policy-g10"
+    with pytest.raises(ConfigError):
+        make_config(R.FinetuneConfig, {"train_forward": "sometimes"})
