@@ -82,7 +82,7 @@ class FinetuneConfig:
     batch_size: int = config_field(256, "batch size (paper: 256)")
     lr: float = config_field(5e-4, "Adam learning rate of the policy, cosine-decayed (paper: 1e-4, constant)")
     backbone_lr: float = config_field(5e-4, "Adam learning rate of the backbone, cosine-decayed (paper: 1e-4)")
-    gamma: float = config_field(5.0, "penalty γ for a wrong prediction: larger keeps more blocks "
+    gamma: float = config_field(1.0, "penalty γ for a wrong prediction: larger keeps more blocks; ship 1 and 3 "
                                      "(paper: 10 on CIFAR-10, 5 on ImageNet)")
     alpha: float = config_field(0.8, "exploration bound on the keep probabilities (paper: 0.8)")
     train_forward: str = config_field(
