@@ -129,13 +129,13 @@ def _register_plugin_commands(registry) -> None:
 
 
 def _try_load_plugins(ctx: click.Context) -> bool:
-    """Load plugins for command lookup; False (with a warning) if that is impossible."""
-    if REGISTRY_KEY in ctx.meta:
+    """Load plugins for command lookup (once); False (with a warning) if that is impossible."""
+    if REGISTRY_KEY in ctx.meta or ctx.meta.get("avstudio.plugins_tried"):
         return False
+    ctx.meta["avstudio.plugins_tried"] = True
     try:
         _registry(ctx)
     except Exception as exc:  # the built-in commands must keep working whatever the plugins do
-        ctx.meta[REGISTRY_KEY] = None
         click.echo(f"Warning: plugins not loaded: {exc}", err=True)
         return False
     return True
