@@ -163,8 +163,8 @@ def run_persons(cfg: dict, data_dir: Path, device: torch.device, log) -> dict:
 
 FULL = dict(shapes_train=20000, shapes_val=2000, shapes_test=5000, shapes_epochs=30,
             persons_train=20000, persons_val=2000, persons_test=5000, persons_epochs=15)
-QUICK = dict(shapes_train=2000, shapes_val=200, shapes_test=1000, shapes_epochs=3,
-             persons_train=1000, persons_val=200, persons_test=500, persons_epochs=2)
+QUICK = dict(shapes_train=1500, shapes_val=100, shapes_test=600, shapes_epochs=3,
+             persons_train=600, persons_val=100, persons_test=300, persons_epochs=2)
 
 
 def main(argv: list[str] | None = None) -> Path:

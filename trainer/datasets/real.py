@@ -168,7 +168,7 @@ def load_image_folder(root_dir: Path | str, split: str = "train", *, size: int |
     otherwise the files are split 80/10/10 by a hash of their path (``split="all"`` takes every file).
     Images are centre-cropped square and resized to ``size`` (None keeps them; they must then agree).
     """
-    root_dir = Path(root_dir)
+    root_dir = Path(root_dir).expanduser()
     if not root_dir.is_dir():
         raise DatasetFilesMissing(f"image folder {root_dir} does not exist; expected {root_dir}/<class>/<image>.png")
     tree, holdout = (root_dir / split, False) if (root_dir / split).is_dir() else (root_dir, split != "all")
@@ -195,7 +195,7 @@ def _binary(value: str, where: str) -> float:
 
 def read_attributes_csv(csv_path: Path | str) -> tuple[list[str], list[tuple[str, list[float]]]]:
     """Parse ``filename,attr1,attr2,...`` rows into (attribute names, [(filename, 0/1 values)])."""
-    csv_path = Path(csv_path)
+    csv_path = Path(csv_path).expanduser()
     if not csv_path.is_file():
         raise DatasetFilesMissing(f"attributes CSV {csv_path} does not exist")
     with csv_path.open(newline="") as f:
@@ -223,7 +223,7 @@ def load_attribute_folder(images_dir: Path | str, csv_path: Path | str, split: s
     ``split`` is ``all`` or train/val/test (80/10/10 by a hash of the file name). Every listed image
     must exist; targets are float 0/1 vectors in the CSV's column order.
     """
-    images_dir = Path(images_dir)
+    images_dir = Path(images_dir).expanduser()
     if not images_dir.is_dir():
         raise DatasetFilesMissing(f"images folder {images_dir} does not exist")
     if split not in (*HOLDOUT_SPLITS, "all"):

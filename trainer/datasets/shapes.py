@@ -33,7 +33,7 @@ from trainer.datasets.tensor_dataset import ImageTensorDataset
 SHAPE_CLASSES = ["circle", "square", "triangle", "star", "cross", "ring", "hexagon", "heart", "arrow",
                  "crescent"]
 SPLITS = ("train", "val", "test")
-GENERATOR_VERSION = 1  # bump when the images change, so old caches are not reused
+GENERATOR_VERSION = 2  # bump when the images change, so old caches are not reused
 
 # Weight of each nuisance term (each in [0, 1]) in the difficulty; they sum to 1.
 DIFFICULTY_WEIGHTS = {
@@ -49,11 +49,11 @@ DIFFICULTY_WEIGHTS = {
 }
 NUISANCES = tuple(DIFFICULTY_WEIGHTS)
 
-MAX_RADIUS, MIN_RADIUS = 0.72, 0.40  # shape radius as a fraction of half the image side
-MAX_CONTRAST, MIN_CONTRAST = 0.9, 0.33  # colour distance (RGB, L2 / √3) between shape and background
-MAX_FRAGMENTS = 6
-MAX_BLUR_PX32 = 0.9  # blur sigma in pixels at 32×32 (scaled with size)
-MAX_NOISE = 0.09
+MAX_RADIUS, MIN_RADIUS = 0.72, 0.46  # shape radius as a fraction of half the image side
+MAX_CONTRAST, MIN_CONTRAST = 0.75, 0.35  # colour distance (RGB, L2 / √3) between shape and background
+MAX_FRAGMENTS = 5
+MAX_BLUR_PX32 = 0.75  # blur sigma in pixels at 32×32 (scaled with size)
+MAX_NOISE = 0.07
 MAX_OFFSET = 0.45
 CHUNK = 1000
 
@@ -129,18 +129,19 @@ def sample_params(n: int, rng: np.random.Generator) -> Arrays:
     direction = rng.uniform(0, 2 * np.pi, n)
     p["offset"] = MAX_OFFSET * t["position"] * np.sqrt(rng.random(n))
     p["cx"], p["cy"] = p["offset"] * np.cos(direction), p["offset"] * np.sin(direction)
-    # Colours: background base colour, shape colour at a target distance in a random direction.
+    # Colours: a random background colour, and the shape colour among 16 random directions the one
+    # whose distance (after clipping to the RGB cube) comes closest to the contrast wanted.
     p["bg_color"] = rng.random((n, 3))
-    dirs = rng.standard_normal((n, 3))
-    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
     want = MAX_CONTRAST - (MAX_CONTRAST - MIN_CONTRAST) * t["contrast"]
-    step = dirs * want[:, None] * np.sqrt(3)
-    plus, minus = np.clip(p["bg_color"] + step, 0, 1), np.clip(p["bg_color"] - step, 0, 1)
-    farther = np.linalg.norm(plus - p["bg_color"], axis=1) >= np.linalg.norm(minus - p["bg_color"], axis=1)
-    p["fg_color"] = np.where(farther[:, None], plus, minus)  # the sign that loses less to clipping
+    dirs = rng.standard_normal((n, 16, 3))
+    dirs /= np.linalg.norm(dirs, axis=2, keepdims=True)
+    candidates = np.clip(p["bg_color"][:, None, :] + dirs * (want * np.sqrt(3))[:, None, None], 0, 1)
+    got = np.linalg.norm(candidates - p["bg_color"][:, None, :], axis=2) / np.sqrt(3)
+    best = np.abs(got - want[:, None]).argmin(1)
+    p["fg_color"] = candidates[np.arange(n), best]
     # Background: 0 flat, 1 gradient, 2 texture; amplitude grows with the strength.
     p["bg_kind"] = np.digitize(t["background"], [0.35, 0.65])
-    p["bg_amp"] = 0.12 + 0.18 * t["background"]
+    p["bg_amp"] = 0.10 + 0.15 * t["background"]
     p["bg_angle"] = rng.uniform(0, 2 * np.pi, n)
     p["tex_freq"] = rng.uniform(2.0, 6.0, (n, 2))
     p["tex_angle"] = rng.uniform(0, np.pi, (n, 2))
@@ -155,7 +156,7 @@ def sample_params(n: int, rng: np.random.Generator) -> Arrays:
     p["frag_angle"] = rng.uniform(0, 2 * np.pi, (n, k))
     p["frag_color"] = rng.random((n, k, 3))
     # Occlusion: a bar across the shape whose width grows with the strength (none below 0.35).
-    p["occ_width"] = np.where(t["occlusion"] > 0.35, 0.06 + 0.3 * (t["occlusion"] - 0.35), 0.0)
+    p["occ_width"] = np.where(t["occlusion"] > 0.35, 0.05 + 0.22 * (t["occlusion"] - 0.35), 0.0)
     p["occ_angle"] = rng.uniform(0, np.pi, n)
     p["occ_shift"] = rng.uniform(-0.6, 0.6, n)
     p["occ_color"] = rng.random((n, 3))
@@ -224,7 +225,7 @@ def render(p: Arrays, size: int) -> Arrays:
 
 def difficulty_terms(p: Arrays, contrast: np.ndarray, occluded: np.ndarray) -> Arrays:
     """Each nuisance as a term in [0, 1] (0 = easiest), from the drawn and measured values."""
-    bg = np.select([p["bg_kind"] == 0, p["bg_kind"] == 1], [0.0, 0.4], 0.4 + 0.6 * (p["bg_amp"] - 0.12) / 0.18)
+    bg = np.select([p["bg_kind"] == 0, p["bg_kind"] == 1], [0.0, 0.4], 0.4 + 0.6 * (p["bg_amp"] - 0.10) / 0.15)
     terms = {
         "contrast": 1 - (contrast - MIN_CONTRAST) / (MAX_CONTRAST - MIN_CONTRAST),
         "size": (MAX_RADIUS - p["radius"]) / (MAX_RADIUS - MIN_RADIUS),
