@@ -97,19 +97,20 @@ def test_shapes_difficulty_tracks_visible_nuisances():
     assert roughness[hard].mean() > 1.5 * roughness[easy].mean()
 
 
+# CPU time of this process, not wall time: the test machine is shared, and generation is single-process here.
 def test_shapes_generation_is_fast():
-    start = time.perf_counter()
+    start = time.process_time()
     shapes.generate("train", 2000, workers=1)
-    seconds = time.perf_counter() - start
-    # 20,000 images must take well under a minute: 2,000 on one core in under 5 s leaves room.
-    assert seconds < 5.0, f"2000 shapes took {seconds:.1f}s"
+    seconds = time.process_time() - start
+    # 20,000 images must take well under a minute on 2 cores: 2,000 in under 4 s of one core leaves room.
+    assert seconds < 4.0, f"2000 shapes took {seconds:.1f}s of CPU"
 
 
 def test_persons_generation_is_fast():
-    start = time.perf_counter()
+    start = time.process_time()
     persons.generate("train", 1000, workers=1)
-    seconds = time.perf_counter() - start
-    assert seconds < 6.0, f"1000 persons took {seconds:.1f}s"
+    seconds = time.process_time() - start
+    assert seconds < 4.0, f"1000 persons took {seconds:.1f}s of CPU"  # 20,000 in < 40 s on 2 cores
 
 
 def test_cache_hit_does_not_regenerate(tmp_path, monkeypatch):
