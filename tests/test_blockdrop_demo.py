@@ -160,3 +160,19 @@ def test_build_demo_wires_named_events(assets, tmp_path):
         build_demo(FakeDemoContext(tmp_path / "none", data_dir=tmp_path))
     texts = [c.get("props", {}).get("value") for c in empty.config["components"]]
     assert any(isinstance(t, str) and "avstudio train blockdrop" in t for t in texts)
+
+
+def test_upload_component_passes_corrupt_files_to_the_handler(demo, tmp_path):
+    from gradio.data_classes import ImageData
+
+    import gradio as gr
+
+    from plugins.blockdrop.demo import lenient_upload
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image at all")
+    component = lenient_upload(gr.Image(type="filepath"))
+    passed = component.preprocess(ImageData(path=str(bad)))
+    assert passed == str(bad)
+    with pytest.raises(UserError, match="not a readable image"):
+        demo.predict(passed, "policy-g1")

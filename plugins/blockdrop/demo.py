@@ -192,6 +192,21 @@ def panel_frames(panel: dict[str, Any]) -> dict[str, Any]:
     return {"histogram": hist, "curve": curve, "per_class": per_class}
 
 
+def lenient_upload(component: Any) -> Any:
+    """Make a gr.Image hand an undecodable upload's path to the handler, so the user (UI and API) gets
+    our clear UserError message instead of Gradio's generic preprocessing failure."""
+    strict = component.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        try:
+            return strict(payload)
+        except Exception:
+            return getattr(payload, "path", None) or "(unreadable upload)"
+
+    component.preprocess = preprocess
+    return component
+
+
 def build_demo(ctx: Any) -> None:
     """Add the BlockDrop components and events (inside the caller's gr.Tab)."""
     import gradio as gr
@@ -236,7 +251,7 @@ def build_demo(ctx: Any) -> None:
     with gr.Row():
         with gr.Column():
             with gr.Tab("Upload"):
-                upload = gr.Image(type="filepath", label="Image")
+                upload = lenient_upload(gr.Image(type="filepath", label="Image"))
                 run_upload = gr.Button("Run", variant="primary")
             with gr.Tab("Draw"):
                 sketch = gr.Sketchpad(label="Draw a shape", type="numpy")
