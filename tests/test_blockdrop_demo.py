@@ -163,9 +163,8 @@ def test_build_demo_wires_named_events(assets, tmp_path):
 
 
 def test_upload_component_passes_corrupt_files_to_the_handler(demo, tmp_path):
-    from gradio.data_classes import ImageData
-
     import gradio as gr
+    from gradio.data_classes import ImageData
 
     from plugins.blockdrop.demo import lenient_upload
 
