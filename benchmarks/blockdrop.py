@@ -24,18 +24,18 @@ from trainer.checkpoints import load_checkpoint  # noqa: E402
 ASSETS = REPO_ROOT / "assets" / "blockdrop"
 
 
-def pick_policy(assets: Path) -> Path:
-    """The shipped policy with the best *validation* accuracy among those using ≤ 50% of the blocks."""
+def pick_policy(assets: Path, backbone: Path) -> Path:
+    """The shipped policy with the fewest blocks among those within 1 point of the full ResNet on the
+    *validation* split (from the model cards); without one, the most accurate policy."""
     candidates = sorted(assets.glob("policy-g*.safetensors"))
     if not candidates:
         raise SystemExit(f"no policy-g*.safetensors in {assets}: train them (docs/blockdrop.md) or pass --policy")
-
-    def score(path: Path) -> tuple:
-        m = load_checkpoint(path).card.get("metrics", {})
-        within = m.get("mean_blocks", 1e9) <= 0.5 * load_checkpoint(path).card.get("num_blocks", 0)
-        return (within, m.get("accuracy", 0.0), -m.get("mean_blocks", 0.0))
-
-    return max(candidates, key=score)
+    full = load_checkpoint(backbone).card.get("metrics", {}).get("accuracy", 1.0)
+    metrics = {path: load_checkpoint(path).card.get("metrics", {}) for path in candidates}
+    close = [p for p in candidates if metrics[p].get("accuracy", 0.0) >= full - 0.01]
+    if close:
+        return min(close, key=lambda p: metrics[p].get("mean_blocks", 1e9))
+    return max(candidates, key=lambda p: metrics[p].get("accuracy", 0.0))
 
 
 def speedups(backbone_full, backbone_bd, policy_net, images: torch.Tensor, device: torch.device, batch: int,
@@ -66,7 +66,7 @@ def main() -> None:
 
     from trainer.datasets import load_shapes
 
-    policy_path = Path(args.policy) if args.policy else pick_policy(ASSETS)
+    policy_path = Path(args.policy) if args.policy else pick_policy(ASSETS, Path(args.backbone))
     full_ckpt, bd_ckpt = load_checkpoint(args.backbone), load_checkpoint(policy_path)
     backbone_full = backbone_from_card(full_ckpt.tensors, full_ckpt.card).eval()
     backbone_bd = backbone_from_card(bd_ckpt.tensors, bd_ckpt.card).eval()
