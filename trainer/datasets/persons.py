@@ -36,7 +36,7 @@ HEAD_ATTRIBUTES = ["hat", "glasses", "beard", "smiling", "long_hair", "blond_hai
 BODY_ATTRIBUTES = ["long_sleeves", "striped_shirt", "red_shirt", "skirt", "bag", "dark_shoes", "belt"]
 PERSON_ATTRIBUTES = HEAD_ATTRIBUTES + BODY_ATTRIBUTES
 SPLITS = ("train", "val", "test")
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 CHUNK = 500
 
 # P(attribute) given the latent flag: (if feminine, if not). Marginals are the means (flag ~ 50%).
@@ -200,12 +200,12 @@ def render(p: dict[str, np.ndarray], size: int) -> np.ndarray:
     gold = np.zeros((n, 3), np.float32) + np.array([0.95, 0.8, 0.1], np.float32)
     for side in (-1, 1):
         draw(head_canvas, _circle(x, y, side * 0.06, 0.73, 0.022), dark)
-        draw(head_canvas, np.abs(_circle(x, y, side * 0.06, 0.73, 0.045)) - 0.012, dark, attr["glasses"])
-        draw(head_canvas, _circle(x, y, side * 0.165, 0.66, 0.028), gold, attr["earrings"])
-    draw(head_canvas, sd_box(x, y - 0.75, 0.025, 0.01), dark, attr["glasses"])
-    smile = np.maximum(np.abs(_circle(x, y, 0.0, 0.68, 0.065)) - 0.014, y - 0.65)
-    straight = sd_box(x, y - 0.635, 0.05, 0.014)
-    mouth = np.zeros((n, 3), np.float32) + np.array([0.55, 0.1, 0.1], np.float32)
+        draw(head_canvas, np.abs(_circle(x, y, side * 0.065, 0.73, 0.05)) - 0.02, dark, attr["glasses"])
+        draw(head_canvas, _circle(x, y, side * 0.165, 0.655, 0.035), gold, attr["earrings"])
+    draw(head_canvas, sd_box(x, y - 0.74, 0.03, 0.015), dark, attr["glasses"])
+    smile = np.maximum(np.abs(_circle(x, y, 0.0, 0.685, 0.075)) - 0.02, y - 0.65)
+    straight = sd_box(x, y - 0.63, 0.06, 0.018)
+    mouth = np.zeros((n, 3), np.float32) + np.array([0.45, 0.05, 0.05], np.float32)
     draw(head_canvas, np.where(attr["smiling"][:, None, None], smile, straight), mouth)
     draw(head_canvas, sd_box(x, y - 0.92, 0.13, 0.08), p["hat"], attr["hat"])
     draw(head_canvas, sd_box(x, y - 0.84, 0.23, 0.022), p["hat"] * 0.8, attr["hat"])
