@@ -11,8 +11,6 @@ docs/datasets.md); all others are independent.
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,7 @@ from trainer.datasets.raster import (
     blur,
     coverage,
     local_coords,
+    map_chunks,
     paint,
     pixel_grid,
     sd_box,
@@ -225,12 +224,7 @@ def generate(split: str, n: int, size: int = 64, seed: int = 0, workers: int | N
     """Generate ``n`` figures of ``split`` (deterministic in split, n, size, seed; not in workers)."""
     p = sample_params(n, _split_rng(seed, split))
     chunks = [({k: v[i:i + CHUNK] for k, v in p.items()}, size) for i in range(0, n, CHUNK)]
-    workers = min(len(chunks), workers if workers is not None else (os.cpu_count() or 1))
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            parts = list(pool.map(_render_chunk, chunks))
-    else:
-        parts = [_render_chunk(c) for c in chunks]
+    parts = map_chunks(_render_chunk, chunks, workers)
     images = np.concatenate(parts) if parts else np.zeros((0, 3, size, size), np.uint8)
     return {"images": images, "targets": p["attributes"]}
 

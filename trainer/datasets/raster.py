@@ -98,3 +98,19 @@ def window(size: int, center_col: np.ndarray, center_row: np.ndarray, width: int
     x = ((cols + 0.5) / size * 2 - 1).astype(np.float32)
     y = (1 - (rows + 0.5) / size * 2).astype(np.float32)
     return index, np.broadcast_to(x[:, None, :], (n, height, width)), np.broadcast_to(y[:, :, None], (n, height, width))
+
+
+def map_chunks(fn, chunks: list, workers: int | None = None) -> list:
+    """``[fn(c) for c in chunks]``, in worker processes when there are several chunks and cores.
+
+    Falls back to this process where children are not allowed (e.g. inside a daemonic worker).
+    """
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = min(len(chunks), workers if workers is not None else (os.cpu_count() or 1))
+    if workers > 1 and not multiprocessing.current_process().daemon:
+        with ProcessPoolExecutor(workers) as pool:
+            return list(pool.map(fn, chunks))
+    return [fn(c) for c in chunks]

@@ -10,8 +10,6 @@ its *measured* nuisance terms (see :data:`DIFFICULTY_WEIGHTS` and docs/datasets.
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ from trainer.datasets.raster import (
     blur,
     coverage,
     local_coords,
+    map_chunks,
     paint,
     pixel_grid,
     sd_box,
@@ -33,7 +32,7 @@ from trainer.datasets.tensor_dataset import ImageTensorDataset
 SHAPE_CLASSES = ["circle", "square", "triangle", "star", "cross", "ring", "hexagon", "heart", "arrow",
                  "crescent"]
 SPLITS = ("train", "val", "test")
-GENERATOR_VERSION = 2  # bump when the images change, so old caches are not reused
+GENERATOR_VERSION = 3  # bump when the images change, so old caches are not reused
 
 # Weight of each nuisance term (each in [0, 1]) in the difficulty; they sum to 1.
 DIFFICULTY_WEIGHTS = {
@@ -175,7 +174,7 @@ def render(p: Arrays, size: int) -> Arrays:
     # Background.
     canvas = np.broadcast_to(p["bg_color"][:, None, None, :], (n, size, size, 3)).copy()
     ramp = (np.cos(p["bg_angle"])[:, None, None] * x + np.sin(p["bg_angle"])[:, None, None] * y) / 2
-    textured = np.zeros((n, size, size, 3))
+    textured = np.zeros((n, size, size, 3), np.float32)
     for j in range(2):
         a = p["tex_angle"][:, j, None, None]
         wave = np.sin(np.pi * p["tex_freq"][:, j, None, None] * (np.cos(a) * x + np.sin(a) * y)
@@ -196,7 +195,7 @@ def render(p: Arrays, size: int) -> Arrays:
         paint(canvas, alpha, p["frag_color"][:, k])
     # The shape.
     sx, sy = local_coords(x, y, p["cx"], p["cy"], p["angle"], p["radius"])
-    shape_sdf_px = np.zeros((n, size, size))
+    shape_sdf_px = np.zeros((n, size, size), np.float32)
     for label in range(len(SHAPE_CLASSES)):
         idx = np.flatnonzero(p["labels"] == label)
         if len(idx):
@@ -253,12 +252,7 @@ def generate(split: str, n: int, size: int = 32, seed: int = 0, workers: int | N
     """Generate ``n`` samples of ``split`` (deterministic in split, n, size, seed; not in workers)."""
     p = sample_params(n, _split_rng(seed, split))
     chunks = [({k: v[i:i + CHUNK] for k, v in p.items()}, size) for i in range(0, n, CHUNK)]
-    workers = min(len(chunks), workers if workers is not None else (os.cpu_count() or 1))
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            parts = list(pool.map(_render_chunk, chunks))
-    else:
-        parts = [_render_chunk(c) for c in chunks]
+    parts = map_chunks(_render_chunk, chunks, workers)
     out = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]} if parts else {
         "images": np.zeros((0, 3, size, size), np.uint8), "contrast": np.zeros(0), "occluded": np.zeros(0)}
     terms = difficulty_terms(p, out["contrast"], out["occluded"])
