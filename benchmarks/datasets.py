@@ -124,7 +124,7 @@ def run_shapes(cfg: dict, data_dir: Path, device: torch.device, log) -> dict:
     for depth in (32, 8):
         torch.manual_seed(0)
         model = build_resnet(depth, len(train_set.labels))
-        seconds = train(model, train_set, cfg["shapes_epochs"], device)
+        seconds = train(model, train_set, cfg["shapes_epochs"], device, batch=cfg["batch"], lr=cfg["lr"])
         correct = predict(model, test_set, device) == test_set.targets
         log(f"resnet{depth}: {correct.float().mean():.4f} in {seconds:.0f}s, terciles "
             f"{[round(a, 3) for a in by_tercile(correct, test_set.difficulty)]}")
@@ -147,7 +147,7 @@ def run_persons(cfg: dict, data_dir: Path, device: torch.device, log) -> dict:
     for width in (64, 16):
         torch.manual_seed(0)
         model = MultiTaskCNN(len(train_set.labels), width=width)
-        seconds = train(model, train_set, cfg["persons_epochs"], device, lr=0.05, pad=4)
+        seconds = train(model, train_set, cfg["persons_epochs"], device, batch=cfg["batch"], lr=cfg["lr"] / 2)
         per_attr = (predict(model, test_set, device) == test_set.targets).float().mean(0)
         mean = per_attr.mean().item()
         log(f"persons width {width}: mean {mean:.4f} in {seconds:.0f}s")
@@ -162,9 +162,10 @@ def run_persons(cfg: dict, data_dir: Path, device: torch.device, log) -> dict:
 
 
 FULL = dict(shapes_train=20000, shapes_val=2000, shapes_test=5000, shapes_epochs=30,
-            persons_train=20000, persons_val=2000, persons_test=5000, persons_epochs=15)
-QUICK = dict(shapes_train=1500, shapes_val=100, shapes_test=600, shapes_epochs=3,
-             persons_train=600, persons_val=100, persons_test=300, persons_epochs=2)
+            persons_train=20000, persons_val=2000, persons_test=5000, persons_epochs=15, batch=128, lr=0.1)
+# Quick: small batches, so that a few minutes of CPU still make enough optimiser steps to learn something.
+QUICK = dict(shapes_train=2000, shapes_val=100, shapes_test=600, shapes_epochs=4,
+             persons_train=800, persons_val=100, persons_test=400, persons_epochs=3, batch=32, lr=0.05)
 
 
 def main(argv: list[str] | None = None) -> Path:
