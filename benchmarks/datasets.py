@@ -121,14 +121,14 @@ def run_shapes(cfg: dict, data_dir: Path, device: torch.device, log) -> dict:
     train_set = load_shapes("train", data_dir, **kwargs)
     test_set = load_shapes("test", data_dir, **kwargs)
     figures = {"shapes_generate_or_load_s": round(time.perf_counter() - start, 2)}
-    for depth in (32, 8):
+    for i, depth in enumerate(cfg["depths"]):
         torch.manual_seed(0)
         model = build_resnet(depth, len(train_set.labels))
         seconds = train(model, train_set, cfg["shapes_epochs"], device, batch=cfg["batch"], lr=cfg["lr"])
         correct = predict(model, test_set, device) == test_set.targets
         log(f"resnet{depth}: {correct.float().mean():.4f} in {seconds:.0f}s, terciles "
             f"{[round(a, 3) for a in by_tercile(correct, test_set.difficulty)]}")
-        suffix = "" if depth == 32 else f"_resnet{depth}"
+        suffix = "" if i == 0 else f"_resnet{depth}"  # the first depth (32 unless --set depths=...) unsuffixed
         figures[f"shapes_accuracy{suffix}"] = round(correct.float().mean().item(), 4)
         figures[f"shapes_accuracy_by_difficulty_tercile{suffix}"] = [
             round(a, 4) for a in by_tercile(correct, test_set.difficulty)]
@@ -144,14 +144,14 @@ def run_persons(cfg: dict, data_dir: Path, device: torch.device, log) -> dict:
     train_set = load_persons("train", data_dir, **kwargs)
     test_set = load_persons("test", data_dir, **kwargs)
     figures: dict = {"persons_generate_or_load_s": round(time.perf_counter() - start, 2)}
-    for width in (64, 16):
+    for width in cfg["widths"]:
         torch.manual_seed(0)
         model = MultiTaskCNN(len(train_set.labels), width=width)
         seconds = train(model, train_set, cfg["persons_epochs"], device, batch=cfg["batch"], lr=cfg["lr"] / 2)
         per_attr = (predict(model, test_set, device) == test_set.targets).float().mean(0)
         mean = per_attr.mean().item()
         log(f"persons width {width}: mean {mean:.4f} in {seconds:.0f}s")
-        if width == 64:
+        if width == cfg["widths"][0]:
             figures["persons_mean_accuracy"] = round(mean, 4)
             figures["persons_attribute_accuracy"] = {
                 name: round(a.item(), 4) for name, a in zip(train_set.labels, per_attr, strict=True)}
@@ -162,10 +162,12 @@ def run_persons(cfg: dict, data_dir: Path, device: torch.device, log) -> dict:
 
 
 FULL = dict(shapes_train=20000, shapes_val=2000, shapes_test=5000, shapes_epochs=30,
-            persons_train=20000, persons_val=2000, persons_test=5000, persons_epochs=15, batch=128, lr=0.1)
+            persons_train=20000, persons_val=2000, persons_test=5000, persons_epochs=15, batch=128, lr=0.1,
+            depths=[32, 8], widths=[64, 16])
 # Quick: small batches, so that a few minutes of CPU still make enough optimiser steps to learn something.
 QUICK = dict(shapes_train=2000, shapes_val=100, shapes_test=600, shapes_epochs=4,
-             persons_train=800, persons_val=100, persons_test=400, persons_epochs=3, batch=32, lr=0.05)
+             persons_train=800, persons_val=100, persons_test=400, persons_epochs=3, batch=32, lr=0.05,
+             depths=[32, 8], widths=[64, 16])
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -176,8 +178,18 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "avstudio-benchmark-data"),
                         help="where the generated datasets are cached")
     parser.add_argument("--only", choices=["shapes", "persons"], help="run one half only")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config entry, e.g. shapes_train=5000 or depths=20,8 (calibration runs)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (1 on a shared machine)")
     args = parser.parse_args(argv)
-    cfg = QUICK if args.quick else FULL
+    cfg = dict(QUICK if args.quick else FULL)
+    for item in args.overrides:
+        key, _, value = item.partition("=")
+        if key not in cfg:
+            parser.error(f"unknown config key {key!r}; valid: {', '.join(cfg)}")
+        cfg[key] = [int(v) for v in value.split(",")] if isinstance(cfg[key], list) else type(cfg[key])(value)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     data_dir = Path(args.data_dir)
 
