@@ -147,8 +147,8 @@ def holdout_split(key: str) -> str:
 class _FileList(Dataset):
     """(path, target) pairs read with PIL at load time."""
 
-    def __init__(self, items: list[tuple[Path, Any]], channels: int, size: int | None) -> None:
-        self.items, self.channels, self.size = items, channels, size
+    def __init__(self, items: list[tuple[Path, Any]]) -> None:
+        self.items = items
 
     def __len__(self) -> int:
         return len(self.items)
@@ -179,7 +179,7 @@ def load_image_folder(root_dir: Path | str, split: str = "train", *, size: int |
              if not holdout or holdout_split(str(Path(p).relative_to(tree))) == split]
     if not items:
         raise ValueError(f"no images for split {split!r} in {tree}")
-    files = _FileList(items, channels, size)
+    files = _FileList(items)
     return WrappedDataset(files, base.classes, "classification", lambda im: pil_to_tensor(im, channels, size),
                           name=f"imagefolder:{tree}/{split}")
 
@@ -238,5 +238,5 @@ def load_attribute_folder(images_dir: Path | str, csv_path: Path | str, split: s
             items.append((path, torch.tensor(values)))
     if not items:
         raise ValueError(f"no images for split {split!r} in {csv_path}")
-    return WrappedDataset(_FileList(items, 3, size), names, "multilabel", lambda im: pil_to_tensor(im, 3, size),
+    return WrappedDataset(_FileList(items), names, "multilabel", lambda im: pil_to_tensor(im, 3, size),
                           name=f"attributes:{csv_path}/{split}")
