@@ -32,7 +32,7 @@ from trainer.datasets.tensor_dataset import ImageTensorDataset
 SHAPE_CLASSES = ["circle", "square", "triangle", "star", "cross", "ring", "hexagon", "heart", "arrow",
                  "crescent"]
 SPLITS = ("train", "val", "test")
-GENERATOR_VERSION = 3  # bump when the images change, so old caches are not reused
+GENERATOR_VERSION = 4  # bump when the images change, so old caches are not reused
 
 # Weight of each nuisance term (each in [0, 1]) in the difficulty; they sum to 1.
 DIFFICULTY_WEIGHTS = {
@@ -48,11 +48,11 @@ DIFFICULTY_WEIGHTS = {
 }
 NUISANCES = tuple(DIFFICULTY_WEIGHTS)
 
-MAX_RADIUS, MIN_RADIUS = 0.72, 0.46  # shape radius as a fraction of half the image side
+MAX_RADIUS, MIN_RADIUS = 0.72, 0.43  # shape radius as a fraction of half the image side
 MAX_CONTRAST, MIN_CONTRAST = 0.75, 0.35  # colour distance (RGB, L2 / √3) between shape and background
-MAX_FRAGMENTS = 5
-MAX_BLUR_PX32 = 0.75  # blur sigma in pixels at 32×32 (scaled with size)
-MAX_NOISE = 0.07
+MAX_FRAGMENTS = 6
+MAX_BLUR_PX32 = 0.85  # blur sigma in pixels at 32×32 (scaled with size)
+MAX_NOISE = 0.08
 MAX_OFFSET = 0.45
 CHUNK = 1000
 
@@ -140,7 +140,7 @@ def sample_params(n: int, rng: np.random.Generator) -> Arrays:
     p["fg_color"] = candidates[np.arange(n), best]
     # Background: 0 flat, 1 gradient, 2 texture; amplitude grows with the strength.
     p["bg_kind"] = np.digitize(t["background"], [0.35, 0.65])
-    p["bg_amp"] = 0.10 + 0.15 * t["background"]
+    p["bg_amp"] = 0.10 + 0.17 * t["background"]
     p["bg_angle"] = rng.uniform(0, 2 * np.pi, n)
     p["tex_freq"] = rng.uniform(2.0, 6.0, (n, 2))
     p["tex_angle"] = rng.uniform(0, np.pi, (n, 2))
@@ -155,7 +155,7 @@ def sample_params(n: int, rng: np.random.Generator) -> Arrays:
     p["frag_angle"] = rng.uniform(0, 2 * np.pi, (n, k))
     p["frag_color"] = rng.random((n, k, 3))
     # Occlusion: a bar across the shape whose width grows with the strength (none below 0.35).
-    p["occ_width"] = np.where(t["occlusion"] > 0.35, 0.05 + 0.22 * (t["occlusion"] - 0.35), 0.0)
+    p["occ_width"] = np.where(t["occlusion"] > 0.35, 0.05 + 0.26 * (t["occlusion"] - 0.35), 0.0)
     p["occ_angle"] = rng.uniform(0, np.pi, n)
     p["occ_shift"] = rng.uniform(-0.6, 0.6, n)
     p["occ_color"] = rng.random((n, 3))
@@ -224,7 +224,7 @@ def render(p: Arrays, size: int) -> Arrays:
 
 def difficulty_terms(p: Arrays, contrast: np.ndarray, occluded: np.ndarray) -> Arrays:
     """Each nuisance as a term in [0, 1] (0 = easiest), from the drawn and measured values."""
-    bg = np.select([p["bg_kind"] == 0, p["bg_kind"] == 1], [0.0, 0.4], 0.4 + 0.6 * (p["bg_amp"] - 0.10) / 0.15)
+    bg = np.select([p["bg_kind"] == 0, p["bg_kind"] == 1], [0.0, 0.4], 0.4 + 0.6 * (p["bg_amp"] - 0.10) / 0.17)
     terms = {
         "contrast": 1 - (contrast - MIN_CONTRAST) / (MAX_CONTRAST - MIN_CONTRAST),
         "size": (MAX_RADIUS - p["radius"]) / (MAX_RADIUS - MIN_RADIUS),
