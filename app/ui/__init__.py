@@ -94,6 +94,12 @@ def launch(settings: Settings, registry: Any, *, host: str = "127.0.0.1", port: 
         from app.worker_process import start_background_worker
 
         worker = start_background_worker(settings)
+        # Demos answer in short bursts while training runs beside them. Two processes that each
+        # spread their math over every core oversubscribe the machine, and OpenMP's spin-waiting
+        # then slows both by 10x or more (seen on 2 cores): the server keeps to one thread.
+        import torch
+
+        torch.set_num_threads(1)
 
     def shutdown() -> None:
         if worker is not None:
