@@ -47,6 +47,7 @@ class BackboneConfig:
     momentum: float = config_field(0.9, "SGD momentum")
     weight_decay: float = config_field(5e-4, "weight decay (paper's backbones: 1e-4)")
     num_train: int = config_field(0, "use only the first N training images (0 = the whole split)")
+    warmup: float = config_field(0.15, "fraction of the steps spent warming the learning rate up from 0")
     drop_prob: float = config_field(
         0.2, "stochastic depth: each block is skipped per sample with this probability while training, "
              "so the backbone tolerates dropped blocks (paper: 0, a plain ResNet)")
@@ -179,8 +180,12 @@ def batches(n: int, batch_size: int, device: Any, generator: torch.Generator) ->
     return list(order[: n - n % size].split(size))
 
 
-def cosine_lr(base: float, step: int, total: int) -> float:
-    return 0.5 * base * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+def cosine_lr(base: float, step: int, total: int, warmup: int = 0) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay from ``base`` to 0 at ``total``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (min(step, total) - warmup) / max(total - warmup, 1)
+    return 0.5 * base * (1.0 + math.cos(math.pi * progress))
 
 
 @torch.no_grad()
@@ -262,6 +267,9 @@ def train_backbone(config: BackboneConfig, ctx: Any) -> dict[str, float]:
                                 weight_decay=config.weight_decay, nesterov=True)
     steps_per_epoch = len(batches(len(images), config.batch_size, "cpu", torch.Generator()))
     total = config.epochs * steps_per_epoch
+    # Without a warm-up, lr 0.1 from the first step left a ResNet-32 on shapes at chance for 10 of 20
+    # epochs (measured on CPU, 10k images); 15% of the steps of warm-up, as in one-cycle, avoids it.
+    warmup = int(config.warmup * total)
     metrics: dict[str, float] = {}
     for epoch in range(start, config.epochs):
         net.train()
@@ -271,7 +279,7 @@ def train_backbone(config: BackboneConfig, ctx: Any) -> dict[str, float]:
                 if ctx.should_stop():
                     return metrics
                 for group in optimizer.param_groups:
-                    group["lr"] = cosine_lr(config.lr, epoch * steps_per_epoch + i, total)
+                    group["lr"] = cosine_lr(config.lr, epoch * steps_per_epoch + i, total, warmup)
                 x, y = augment(images[idx], config.flip), targets[idx]
                 drops = torch.rand(len(y), net.num_blocks, device=device) < config.drop_prob
                 logits = net(x, (~drops).float()) if config.drop_prob > 0 else net(x)
