@@ -61,7 +61,6 @@ HOOK_NAMES = ("register_methods", "register_datasets", "register_commands")
 
 from app.errors import ConfigError, UserError  # noqa: E402  (re-exported)
 
-
 # --------------------------------------------------------------------------------------------
 # What a plugin registers
 # --------------------------------------------------------------------------------------------
@@ -148,7 +147,6 @@ class DatasetSpec:
 
 
 from trainer.checkpoints import Checkpoint  # noqa: E402  (re-exported: what load_checkpoint returns)
-
 
 # --------------------------------------------------------------------------------------------
 # What the studio hands to a plugin
