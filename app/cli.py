@@ -147,11 +147,18 @@ def _store(settings: Settings):
     return RunStore(settings.db_url)
 
 
-def _get_run(store, run_id: int):
+def _on_run(action, run_id: int):
+    """``action(run_id)`` with the store's KeyError (unknown run) and ValueError (wrong state) as CLI errors."""
     try:
-        return store.get_run(run_id)
+        return action(run_id)
     except KeyError:
         raise CliError(f"no run {run_id}; `avstudio runs list` shows the runs") from None
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _get_run(store, run_id: int):
+    return _on_run(store.get_run, run_id)
 
 
 def _commit() -> str | None:
@@ -466,13 +473,7 @@ def runs_compare(run_ids: tuple[int, ...], metric_keys: tuple[str, ...], as_json
 @click.argument("run_id", type=int)
 def runs_cancel(run_id: int) -> None:
     """Cancel a queued run, or ask a running one to stop."""
-    store = _store(_settings())
-    try:
-        run = store.request_cancel(run_id)
-    except KeyError:
-        raise CliError(f"no run {run_id}; `avstudio runs list` shows the runs") from None
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
+    run = _on_run(_store(_settings()).request_cancel, run_id)
     if run.status == "cancelled":
         click.echo(f"run {run_id} cancelled")
     else:
@@ -486,12 +487,7 @@ def runs_resume(run_id: int, inline: bool) -> None:
     """Queue an interrupted, failed or cancelled run again; it resumes from its last checkpoint."""
     settings = _settings()
     store = _store(settings)
-    try:
-        run = store.requeue_for_resume(run_id)
-    except KeyError:
-        raise CliError(f"no run {run_id}; `avstudio runs list` shows the runs") from None
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
+    run = _on_run(store.requeue_for_resume, run_id)
     if not inline:
         click.echo(f"run {run_id} queued to resume from its last checkpoint; a worker will pick it up")
         return

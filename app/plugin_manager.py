@@ -179,22 +179,19 @@ def _collect(registry: Registry) -> None:
                     status.status, status.error = "failed", f"{hook_name}: {_one_line(exc)}"
                     status.traceback = traceback.format_exc()
 
-    def register_method(method: api.Method) -> None:
-        if not isinstance(method, api.Method):
-            raise TypeError(f"register_methods expects Method objects, got {type(method).__name__}")
-        if method.slug in registry.methods:
-            raise ValueError(f"method {method.slug!r} is registered twice")
-        registry.methods[method.slug] = method
+    def registrar(kind: type, into: dict, key: str, what: str):
+        """The ``register`` callback a hook receives: type-checked, each name registered once."""
+        def register(obj: Any) -> None:
+            if not isinstance(obj, kind):
+                raise TypeError(f"register_{what}s expects {kind.__name__} objects, got {type(obj).__name__}")
+            name = getattr(obj, key)
+            if name in into:
+                raise ValueError(f"{what} {name!r} is registered twice")
+            into[name] = obj
+        return register
 
-    def register_dataset(spec: api.DatasetSpec) -> None:
-        if not isinstance(spec, api.DatasetSpec):
-            raise TypeError(f"register_datasets expects DatasetSpec objects, got {type(spec).__name__}")
-        if spec.name in registry.datasets:
-            raise ValueError(f"dataset {spec.name!r} is registered twice")
-        registry.datasets[spec.name] = spec
-
-    call("register_datasets", register_dataset)
-    call("register_methods", register_method)
+    call("register_datasets", registrar(api.DatasetSpec, registry.datasets, "name", "dataset"))
+    call("register_methods", registrar(api.Method, registry.methods, "slug", "method"))
 
 
 def registry_from_env() -> Registry:
