@@ -97,6 +97,10 @@ def main() -> None:
                                                          analysis.firstk_policy(len(targets), k, budget)),
         "accuracy_randomk": analysis.accuracy_with_policy(backbone_full, images, targets,
                                                           analysis.randomk_policy(len(targets), k, budget)),
+        # How much of BlockDrop's accuracy comes from the extra training its backbone got while fine-tuning:
+        # the fine-tuned backbone with every block kept.
+        "accuracy_full_finetuned_backbone": analysis.accuracy_with_policy(
+            backbone_bd, images, targets, torch.ones(len(targets), k)),
         "accuracy_firstk_finetuned_backbone": analysis.accuracy_with_policy(
             backbone_bd, images, targets, analysis.firstk_policy(len(targets), k, budget)),
         "accuracy_randomk_finetuned_backbone": analysis.accuracy_with_policy(

@@ -119,7 +119,7 @@ def test_masked_training_forward_also_works(tmp_path):
     R.train_policy(make_config(R.PolicyConfig, {"epochs": 1, "batch_size": 48}), ctx)
     R.train_finetune(make_config(R.FinetuneConfig, {"epochs": 1, "batch_size": 48, "train_forward": "masked"}),
                      ctx)
-    assert ctx.saved["policy-g1"].is_file()
+    assert ctx.saved["policy-g0.5"].is_file()  # the default γ
 
 
 def test_backbone_learns_something(tmp_path):

@@ -25,8 +25,8 @@ NO_CHECKPOINT = (
     "No BlockDrop checkpoint found. Train one (GPU: ~5 minutes) with:\n\n"
     "    avstudio train blockdrop backbone\n"
     "    avstudio train blockdrop policy\n"
-    "    avstudio train blockdrop finetune --set gamma=1\n\n"
-    "then promote the run's `backbone` and `policy-g1` checkpoints in the Runs tab "
+    "    avstudio train blockdrop finetune --set gamma=0.5\n\n"
+    "then promote the run's `backbone` and `policy-g0.5` checkpoints in the Runs tab "
     "(or place them in assets/blockdrop/). See docs/blockdrop.md."
 )
 
@@ -63,7 +63,7 @@ class BlockDropDemo:
     def policy_names(self) -> list[str]:
         """Available fine-tuned policies (``policy-g<γ>``), sorted by γ; ``policy`` (CL only) last."""
         names = {p.stem for p in Path(self.ctx.assets_dir).glob("policy-g*.safetensors")}
-        names.update(n for n in ("policy-g1", "policy-g3", "policy-g5", "policy-g10")
+        names.update(n for n in ("policy-g0.5", "policy-g1", "policy-g2", "policy-g3", "policy-g5", "policy-g10")
                      if self.ctx.checkpoint_path(n) is not None)
         ordered = sorted((n for n in names if self.ctx.checkpoint_path(n) is not None), key=_gamma_of)
         if not ordered and self.ctx.checkpoint_path("policy") is not None:
