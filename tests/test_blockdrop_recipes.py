@@ -132,6 +132,28 @@ def test_backbone_learns_something(tmp_path):
     assert final["accuracy"] > 0.5  # 4 classes by mean colour: chance is 0.25
 
 
+def test_backbone_init_continues_from_a_checkpoint(tmp_path):
+    data = {("shapes", "train"): random_dataset(256, num_classes=4, seed=0),
+            ("shapes", "val"): random_dataset(128, num_classes=4, seed=1)}
+    first = FakeTrainContext(tmp_path / "a", datasets=data)
+    trained = R.train_backbone(make_config(R.BackboneConfig, {"depth": 8, "epochs": 4, "batch_size": 32,
+                                                              "lr": 0.05}), first)
+    assert trained["accuracy"] > 0.5
+    second = FakeTrainContext(tmp_path / "b", datasets=data, refs={"start": first.saved["backbone"]})
+    # lr 0: no step changes the weights, so the run keeps (and evaluates) the initial ones.
+    again = R.train_backbone(make_config(R.BackboneConfig, {"depth": 20, "epochs": 1, "batch_size": 32,
+                                                            "lr": 0.0, "init": "start"}), second)
+    saved, source = second.load_checkpoint("blockdrop/backbone"), first.load_checkpoint("blockdrop/backbone")
+    assert saved.card["depth"] == 8  # from the checkpoint, not the config
+    assert torch.equal(saved.tensors["backbone.blocks.0.conv1.weight"],
+                       source.tensors["backbone.blocks.0.conv1.weight"])
+    assert again["accuracy"] > 0.5  # a random init with lr 0 stays near chance (0.25)
+    wrong = {**data, ("shapes", "train"): random_dataset(64, num_classes=6, seed=2)}
+    with pytest.raises(ConfigError, match="6"):
+        R.train_backbone(make_config(R.BackboneConfig, {"epochs": 1, "init": "start"}),
+                         FakeTrainContext(tmp_path / "c", datasets=wrong, refs={"start": first.saved["backbone"]}))
+
+
 def test_resume_continues_from_the_last_epoch(tmp_path):
     ctx = FakeTrainContext(tmp_path, datasets=_datasets())
     config = {"depth": 8, "batch_size": 48}

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from app.api import Recipe, config_field
+from app.api import ConfigError, Recipe, config_field
 from plugins.blockdrop.model import (
     BlockDropResNet,
     PolicyNet,
@@ -47,6 +47,10 @@ class BackboneConfig:
     momentum: float = config_field(0.9, "SGD momentum")
     weight_decay: float = config_field(5e-4, "weight decay (paper's backbones: 1e-4)")
     num_train: int = config_field(0, "use only the first N training images (0 = the whole split)")
+    init: str = config_field(
+        "", "start from this checkpoint's backbone (METHOD/NAME, run:ID[/NAME] or a path) instead of random "
+            "weights, e.g. to train the full ResNet as long as a fine-tuned BlockDrop backbone; depth comes "
+            "from the checkpoint")
     warmup: float = config_field(0.15, "fraction of the steps spent warming the learning rate up from 0")
     drop_prob: float = config_field(
         0.2, "stochastic depth: each block is skipped per sample with this probability while training, "
@@ -258,7 +262,14 @@ def train_backbone(config: BackboneConfig, ctx: Any) -> dict[str, float]:
     val_images, val_targets = load_split(ctx, config.dataset, val_split)
     labels = labels_of(ctx, config.dataset)
     num_classes = max(len(labels), int(targets.max()) + 1)
-    net = build_resnet(config.depth, num_classes).to(device)
+    if config.init:
+        source = ctx.load_checkpoint(config.init)
+        if int(source.card["num_classes"]) != num_classes:
+            raise ConfigError(f"init: {config.init!r} has {source.card['num_classes']} classes, "
+                              f"dataset {config.dataset!r} has {num_classes}")
+        net = backbone_from_card(source.tensors, source.card, device)
+    else:
+        net = build_resnet(config.depth, num_classes).to(device)
     images, targets = images.to(device), targets.to(device)
     start = 0
     resumed = ctx.resume_checkpoint("backbone")
