@@ -113,12 +113,15 @@ def test_three_stage_pipeline_on_a_tiny_config(tmp_path):
     assert not torch.equal(before, tuned.tensors["backbone.blocks.0.conv1.weight"])
 
 
-def test_masked_training_forward_also_works(tmp_path):
+def test_masked_training_forward_and_adam_backbone_also_work(tmp_path):
     ctx = FakeTrainContext(tmp_path, datasets=_datasets())
     R.train_backbone(make_config(R.BackboneConfig, {"depth": 8, "epochs": 1, "batch_size": 48}), ctx)
     R.train_policy(make_config(R.PolicyConfig, {"epochs": 1, "batch_size": 48}), ctx)
-    R.train_finetune(make_config(R.FinetuneConfig, {"epochs": 1, "batch_size": 48, "train_forward": "masked"}),
-                     ctx)
+    before = ctx.load_checkpoint("blockdrop/policy").tensors["backbone.blocks.0.conv1.weight"]
+    R.train_finetune(make_config(R.FinetuneConfig, {"epochs": 1, "batch_size": 48, "train_forward": "masked",
+                                                    "backbone_optimizer": "adam", "backbone_lr": 1e-3}), ctx)
+    after = ctx.load_checkpoint("blockdrop/policy-g0.5").tensors["backbone.blocks.0.conv1.weight"]
+    assert not torch.equal(before, after)
     assert ctx.saved["policy-g0.5"].is_file()  # the default γ
 
 
