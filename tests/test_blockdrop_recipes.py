@@ -120,9 +120,9 @@ def test_masked_training_forward_and_adam_backbone_also_work(tmp_path):
     before = ctx.load_checkpoint("blockdrop/policy").tensors["backbone.blocks.0.conv1.weight"]
     R.train_finetune(make_config(R.FinetuneConfig, {"epochs": 1, "batch_size": 48, "train_forward": "masked",
                                                     "backbone_optimizer": "adam", "backbone_lr": 1e-3}), ctx)
-    after = ctx.load_checkpoint("blockdrop/policy-g0.5").tensors["backbone.blocks.0.conv1.weight"]
+    after = ctx.load_checkpoint("blockdrop/policy-g1").tensors["backbone.blocks.0.conv1.weight"]
     assert not torch.equal(before, after)
-    assert ctx.saved["policy-g0.5"].is_file()  # the default γ
+    assert ctx.saved["policy-g1"].is_file()  # the default γ
 
 
 def test_backbone_learns_something(tmp_path):

@@ -25,8 +25,8 @@ NO_CHECKPOINT = (
     "No BlockDrop checkpoint found. Train one (GPU: ~5 minutes) with:\n\n"
     "    avstudio train blockdrop backbone\n"
     "    avstudio train blockdrop policy\n"
-    "    avstudio train blockdrop finetune --set gamma=0.5\n\n"
-    "then promote the run's `backbone` and `policy-g0.5` checkpoints in the Runs tab "
+    "    avstudio train blockdrop finetune --set gamma=1\n\n"
+    "then promote the run's `backbone` and `policy-g1` checkpoints in the Runs tab "
     "(or place them in assets/blockdrop/). See docs/blockdrop.md."
 )
 

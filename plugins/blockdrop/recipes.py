@@ -94,7 +94,7 @@ class FinetuneConfig:
     backbone_lr: float = config_field(
         0.05, "learning rate of the backbone, cosine-decayed (SGD: 0.05 here; paper: Adam 1e-4)")
     weight_decay: float = config_field(5e-4, "weight decay of the backbone (SGD only)")
-    gamma: float = config_field(0.5, "penalty γ for a wrong prediction: larger keeps more blocks; the studio "
+    gamma: float = config_field(1.0, "penalty γ for a wrong prediction: larger keeps more blocks; the studio "
                                      "ships 0.5, 1 and 2 (paper: 10 on CIFAR-10, 5 on ImageNet)")
     alpha: float = config_field(0.8, "exploration bound on the keep probabilities (paper: 0.8)")
     train_forward: str = config_field(
