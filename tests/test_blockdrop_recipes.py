@@ -125,6 +125,15 @@ def test_masked_training_forward_and_adam_backbone_also_work(tmp_path):
     assert ctx.saved["policy-g1"].is_file()  # the default γ
 
 
+def test_finetune_backbone_optimizer_follows_the_config():
+    net = R.build_resnet(8, 4)
+    sgd = R.finetune_backbone_optimizer(make_config(R.FinetuneConfig, {}), net)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"] and sgd.defaults["weight_decay"] == 5e-4
+    adam = R.finetune_backbone_optimizer(make_config(R.FinetuneConfig, {"backbone_optimizer": "adam",
+                                                                        "backbone_lr": 1e-4}), net)
+    assert isinstance(adam, torch.optim.Adam) and adam.defaults["lr"] == 1e-4
+
+
 def test_backbone_learns_something(tmp_path):
     torch.manual_seed(0)
     data = {("shapes", "train"): random_dataset(256, num_classes=4, seed=0),

@@ -416,6 +416,14 @@ def finetune_name(gamma: float) -> str:
     return f"policy-g{gamma:g}"
 
 
+def finetune_backbone_optimizer(config: FinetuneConfig, backbone: BlockDropResNet) -> torch.optim.Optimizer:
+    """The backbone's optimiser while fine-tuning: SGD + Nesterov (as the backbone recipe) or the paper's Adam."""
+    if config.backbone_optimizer == "sgd":
+        return torch.optim.SGD(backbone.parameters(), lr=config.backbone_lr, momentum=0.9, nesterov=True,
+                               weight_decay=config.weight_decay)
+    return torch.optim.Adam(backbone.parameters(), lr=config.backbone_lr)
+
+
 def train_finetune(config: FinetuneConfig, ctx: Any) -> dict[str, float]:
     """Train policy and backbone together: CE on the sampled execution + the self-critical policy
     loss (no entropy term, as in the paper). Saves ``policy-g<γ>`` (both networks)."""
@@ -436,12 +444,7 @@ def train_finetune(config: FinetuneConfig, ctx: Any) -> dict[str, float]:
     val_images, val_targets = load_split(ctx, config.dataset, val_split)
     images, targets = images.to(device), targets.to(device)
     labels = source.card.get("labels") or labels_of(ctx, config.dataset)
-    optimizers = [torch.optim.Adam(policy_net.parameters(), lr=config.lr)]
-    if config.backbone_optimizer == "sgd":
-        optimizers.append(torch.optim.SGD(backbone.parameters(), lr=config.backbone_lr, momentum=0.9,
-                                          nesterov=True, weight_decay=config.weight_decay))
-    else:
-        optimizers.append(torch.optim.Adam(backbone.parameters(), lr=config.backbone_lr))
+    optimizers = [torch.optim.Adam(policy_net.parameters(), lr=config.lr), finetune_backbone_optimizer(config, backbone)]
     bases = [config.lr, config.backbone_lr]
     steps_per_epoch = len(batches(len(images), config.batch_size, "cpu", torch.Generator()))
     total = config.epochs * steps_per_epoch
