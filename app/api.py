@@ -10,14 +10,15 @@ A plugin (built in or third party) imports only from here::
 
 Hooks are bare functions with one docstring each (the docs test reads them); the objects a plugin
 fills in are dataclasses; the contexts the studio hands to plugins are Protocols, so the trainer
-and the app can implement them without importing each other.
+and the app can implement them without importing each other. Everything else a plugin may use
+(checkpoint files, dataset building blocks, image helpers, the training loop, a test harness) is
+re-exported here: a plugin imports ``app.api`` and nothing else of the studio (a test holds it).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import typing
-from collections.abc import Callable, Iterator, Mapping
+import fnmatch
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -47,11 +48,20 @@ def register_datasets(register: Callable[[DatasetSpec], None]) -> None:
 
 
 @hookspec
-def register_commands(cli: Any) -> None:
-    """Add commands to the ``avstudio`` CLI: ``cli`` is its click group; use ``@cli.command()``."""
+def register_commands(cli: Any, ctx: CommandContext) -> None:
+    """Add commands to the ``avstudio`` CLI: ``cli`` is its click group (``@cli.command()``); ``ctx`` a CommandContext."""
 
 
-HOOK_NAMES = ("register_methods", "register_datasets", "register_commands")
+def hook_names() -> list[str]:
+    """The names of the hook specifications defined in this module (what pluggy registers)."""
+    return [name for name, value in globals().items()
+            if callable(value) and hasattr(value, f"{PROJECT_NAME}_spec")]
+
+
+def iter_hooks() -> Iterator[tuple[str, Callable]]:
+    """The hook specifications defined in this module, by name."""
+    for name in hook_names():
+        yield name, globals()[name]
 
 
 # --------------------------------------------------------------------------------------------
@@ -59,26 +69,39 @@ HOOK_NAMES = ("register_methods", "register_datasets", "register_commands")
 # --------------------------------------------------------------------------------------------
 
 
-from app.errors import ConfigError, UserError  # noqa: E402  (re-exported)
+from trainer.errors import ConfigError, UserError  # noqa: E402  (re-exported)
+
+# --------------------------------------------------------------------------------------------
+# Checkpoint files (safetensors + a JSON card; loading never executes code from the file)
+# --------------------------------------------------------------------------------------------
+
+from trainer.checkpoints import (  # noqa: E402  (re-exported)
+    Checkpoint,
+    CheckpointInfo,
+    dataclass_from_dict,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+# --------------------------------------------------------------------------------------------
+# Dataset building blocks: whole-split tensors in memory, generated splits cached as .npz
+# --------------------------------------------------------------------------------------------
+
+from trainer.datasets import Arrays, ImageTensorDataset, cached_splits  # noqa: E402  (re-exported)
 
 # --------------------------------------------------------------------------------------------
 # What a plugin registers
 # --------------------------------------------------------------------------------------------
 
 
-def config_field(default: Any, help: str, *, choices: tuple | None = None) -> Any:
-    """A recipe config field with a default and help text (shown by the CLI and the Runs form).
-
-    ``choices`` restricts the value to a fixed set (rendered as a dropdown).
-    Use inside a ``@dataclass`` recipe config: ``epochs: int = config_field(30, "training epochs")``.
-    """
-    metadata = {"help": help}
-    if choices is not None:
-        metadata["choices"] = tuple(choices)
-    if isinstance(default, (list, dict, set)):
-        return field(default_factory=lambda: type(default)(default), metadata=metadata)
-    return field(default=default, metadata=metadata)
-
+from trainer.config import (  # noqa: E402  (re-exported: recipe configs, validated one way everywhere)
+    config_field,
+    config_fields,
+    config_to_dict,
+    describe_constraints,
+    make_config,
+    parse_assignments,
+)
 
 @dataclass
 class Recipe:
@@ -93,6 +116,23 @@ class Recipe:
     config_cls: type
     train: Callable[[Any, TrainContext], Mapping[str, float] | None]
     description: str = ""
+
+
+@dataclass
+class CheckpointSlot:
+    """A checkpoint a method's demo reads, by name (``"backbone"``) or name pattern (``"policy-g*"``).
+
+    ``check(checkpoint)`` (optional) raises UserError when a checkpoint cannot fill the slot (another
+    architecture, another number of classes): promotion refuses it with that message.
+    """
+
+    name: str
+    description: str = ""
+    check: Callable[[Checkpoint], None] | None = None
+
+    def matches(self, name: str) -> bool:
+        """Whether checkpoint ``name`` fills this slot."""
+        return fnmatch.fnmatchcase(name, self.name)
 
 
 @dataclass
@@ -111,6 +151,16 @@ class Method:
     build_demo: Callable[[DemoContext], None] | None = None
     recipes: list[Recipe] = field(default_factory=list)
     paper_url: str = ""
+    checkpoint_slots: list[CheckpointSlot] = field(default_factory=list)
+    """The checkpoints its demo reads: the only slots a run's checkpoint can be promoted into."""
+    assets_dir: Path | None = None
+    """Shipped checkpoints (``NAME.safetensors`` + ``NAME.json``) and example images. A third-party
+    plugin points this into its own package (``Path(__file__).parent / "assets"``); None means the
+    studio's ``assets/<slug>`` (the built-ins)."""
+
+    def slot(self, name: str) -> CheckpointSlot | None:
+        """The declared slot that ``name`` fills (an exact name or a ``*`` pattern), or None."""
+        return next((s for s in self.checkpoint_slots if s.matches(name)), None)
 
     def recipe(self, name: str) -> Recipe:
         """The recipe called ``name``; a UserError naming the valid ones otherwise."""
@@ -146,7 +196,6 @@ class DatasetSpec:
     builtin: bool = False
 
 
-from trainer.checkpoints import Checkpoint  # noqa: E402  (re-exported: what load_checkpoint returns)
 
 # --------------------------------------------------------------------------------------------
 # What the studio hands to a plugin
@@ -199,6 +248,13 @@ class TrainContext(Protocol):
     def resume_checkpoint(self, name: str | None = None) -> Checkpoint | None:
         """When this run is being resumed: its last saved checkpoint (of ``name``), else None."""
 
+    def save_state(self, tensors: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> Path:
+        """Save what resuming needs to continue the same trajectory (weights, optimiser, schedule, RNG
+        states) in one file of the run directory, replaced on every call; not a promotable checkpoint."""
+
+    def resume_state(self) -> Checkpoint | None:
+        """When this run is being resumed: what :meth:`save_state` saved last, else None."""
+
     def should_stop(self) -> bool:
         """True once the run was cancelled: save what is worth saving and return promptly."""
 
@@ -227,117 +283,59 @@ class DemoContext(Protocol):
     def load_checkpoint(self, name: str) -> Checkpoint | None:
         """Load :meth:`checkpoint_path` (None when there is neither a promoted nor a shipped one)."""
 
+    def checkpoints(self) -> list[CheckpointInfo]:
+        """Every checkpoint the demo may offer, promoted and shipped, by name (with its card)."""
+
     def dataset(self, name: str, split: str, **options: Any) -> Any:
         """Load a registered dataset split."""
 
 
-# --------------------------------------------------------------------------------------------
-# Recipe configs: from strings and dicts, validated
-# --------------------------------------------------------------------------------------------
+@runtime_checkable
+class CommandContext(Protocol):
+    """What a plugin's CLI commands (``register_commands(cli, ctx)``) may use; read when a command runs,
+    so global options (``avstudio --home DIR mycommand``) apply."""
 
+    home: Path
+    """The studio's home (``AVSTUDIO_HOME``): run store, runs, data."""
+    data_dir: Path
+    """Where datasets are cached and looked for."""
+    device: Any
+    """The ``torch.device`` the studio's settings ask for (``AVSTUDIO_DEVICE``)."""
 
-def config_fields(config_cls: type) -> list[dict[str, Any]]:
-    """Describe a recipe config dataclass: name, type, default, help and choices of each field."""
-    hints = typing.get_type_hints(config_cls)
-    described = []
-    for f in dataclasses.fields(config_cls):
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            raise TypeError(f"{config_cls.__name__}.{f.name} needs a default")
-        described.append(
-            {
-                "name": f.name,
-                "type": hints[f.name],
-                "default": default,
-                "help": f.metadata.get("help", ""),
-                "choices": f.metadata.get("choices"),
-            }
-        )
-    return described
+    def load_checkpoint(self, ref: str) -> Checkpoint:
+        """Load a checkpoint: a file path, ``run:ID[/NAME]``, or ``METHOD/NAME`` (promoted, else shipped)."""
 
+    def checkpoints(self, method: str) -> list[CheckpointInfo]:
+        """Every checkpoint ``method``'s demo may use, promoted and shipped (as DemoContext.checkpoints)."""
 
-def _coerce(name: str, kind: Any, value: Any) -> Any:
-    origin = typing.get_origin(kind)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        args = [a for a in typing.get_args(kind) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
-            return None
-        return _coerce(name, args[0], value)
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{name}: expected true/false, got {value!r}")
-    if kind in (int, float, str):
-        if kind is int and isinstance(value, float) and not value.is_integer():
-            raise ConfigError(f"{name}: expected an integer, got {value!r}")
-        if kind is not str and isinstance(value, bool):
-            raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}")
-        try:
-            return kind(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}") from None
-    if origin in (list, tuple):
-        (item_kind, *_) = typing.get_args(kind) or (str,)
-        items = value if isinstance(value, (list, tuple)) else [v for v in str(value).split(",") if v]
-        return origin(_coerce(name, item_kind, v) for v in items)
-    return value
-
-
-def make_config(config_cls: type, values: Mapping[str, Any] | None = None) -> Any:
-    """Build a recipe config from ``values`` (strings or typed), validating keys, types and choices.
-
-    Raises :class:`ConfigError` with a one-line message naming the valid keys or choices.
-    """
-    described = {d["name"]: d for d in config_fields(config_cls)}
-    kwargs = {}
-    for key, value in (values or {}).items():
-        if key not in described:
-            valid = ", ".join(described) or "(none)"
-            raise ConfigError(f"unknown config key {key!r}; valid keys: {valid}")
-        d = described[key]
-        coerced = _coerce(key, d["type"], value)
-        if d["choices"] is not None and coerced not in d["choices"]:
-            valid = ", ".join(map(str, d["choices"]))
-            raise ConfigError(f"{key}: {coerced!r} is not one of: {valid}")
-        kwargs[key] = coerced
-    return config_cls(**kwargs)
-
-
-def parse_assignments(assignments: list[str] | tuple[str, ...]) -> dict[str, str]:
-    """Turn ``["epochs=3", "lr=0.1"]`` into a dict; a ConfigError for an item without ``=``."""
-    values = {}
-    for item in assignments:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"expected key=value, got {item!r}")
-        values[key.strip()] = value.strip()
-    return values
-
-
-def config_to_dict(config: Any) -> dict[str, Any]:
-    """A recipe config as a JSON-ready dict."""
-    return dataclasses.asdict(config)
-
-
-def iter_hooks() -> Iterator[tuple[str, Callable]]:
-    """The hook specifications defined in this module, by name."""
-    for name in HOOK_NAMES:
-        yield name, globals()[name]
+    def dataset(self, name: str, split: str, **options: Any) -> Any:
+        """Load a registered dataset split."""
 
 
 # Image input helpers for demos (any mode, any size, EXIF rotation; a UserError otherwise).
 from app.images import image_to_tensor, load_rgb_image  # noqa: E402
 
+# --------------------------------------------------------------------------------------------
+# Testing a plugin: a real studio (registry, run store, worker path, contexts) in a temporary home
+# --------------------------------------------------------------------------------------------
+
+
+def open_test_studio(home: Path | str, plugins: Sequence[Any] = (), *, installed: str | None = "") -> Any:
+    """A :class:`app.testing.StudioForTests` on ``home`` with ``plugins`` registered beside the built-ins.
+
+    ``plugins`` are modules or importable module names; ``installed`` selects entry-point plugins as
+    ``AVSTUDIO_PLUGINS`` does (``""``: none, None: all installed, ``"name"``: that one). Use it as a
+    context manager: ``with open_test_studio(tmp_path, [my_plugin]) as studio: studio.train(...)``.
+    """
+    from app.testing import StudioForTests
+
+    return StudioForTests(home, plugins, installed=installed)
+
 __all__ = [
-    "Checkpoint", "ConfigError", "DatasetSpec", "DemoContext", "Method", "Progress", "Recipe",
-    "TrainContext", "UserError", "config_field", "config_fields", "config_to_dict", "hookimpl",
-    "hookspec", "image_to_tensor", "load_rgb_image", "make_config", "parse_assignments",
+    "Arrays", "Checkpoint", "CheckpointInfo", "CheckpointSlot", "CommandContext", "ConfigError", "DatasetSpec",
+    "DemoContext", "ImageTensorDataset", "Method", "Progress", "Recipe", "TrainContext", "UserError",
+    "cached_splits", "config_field", "config_fields", "config_to_dict", "dataclass_from_dict",
+    "describe_constraints", "hook_names", "hookimpl", "hookspec", "image_to_tensor", "iter_hooks",
+    "load_checkpoint", "load_rgb_image", "make_config", "open_test_studio", "parse_assignments",
+    "save_checkpoint",
 ]

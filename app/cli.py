@@ -116,7 +116,10 @@ def _register_plugin_commands(registry) -> None:
         if status is not None and status.status != "ok":
             continue
         try:
-            impl.function(**{arg: cli for arg in impl.argnames})
+            from app.demo_context import StudioCommandContext
+
+            given = {"cli": cli, "ctx": StudioCommandContext(registry, _settings)}
+            impl.function(**{arg: given[arg] for arg in impl.argnames})
         except Exception as exc:
             log.exception("plugin %s failed in register_commands", impl.plugin_name)
             if status is not None:

@@ -1,4 +1,5 @@
-"""The DemoContext the studio hands to a method's ``build_demo(ctx)``.
+"""The contexts the studio hands to plugins outside training: ``DemoContext`` (a method's
+``build_demo(ctx)``) and ``CommandContext`` (a plugin's CLI commands).
 
 Checkpoints are looked up on every call (promoted first, then shipped), so promoting a run's
 checkpoint in the Runs tab changes what the demo uses without a restart; loaded checkpoints are
@@ -14,20 +15,47 @@ from typing import Any
 import torch
 
 from app.settings import Settings
-from trainer.checkpoints import Checkpoint, load_checkpoint, shipped_checkpoint
-from trainer.context import resolve_checkpoint
+from trainer.checkpoints import Checkpoint, CheckpointInfo, load_checkpoint, read_card, shipped_checkpoint
+from trainer.context import method_assets_dir, resolve_checkpoint
 
 
-def resolve_demo_checkpoint(method: str, name: str, store: Any, assets_dir: Path) -> Path | None:
-    """The promoted artifact of ``(method, slot=name)`` if its file exists, else the shipped one, else None.
+class CheckpointLookup:
+    """Where a method's checkpoints are: promoted ones in the run store, shipped ones in its assets."""
 
-    ``assets_dir`` is the root of the shipped assets (``assets/``, holding ``<method>/<name>.safetensors``).
-    A promotion whose file has gone falls back to the shipped checkpoint, so the demo keeps working.
-    """
-    try:
-        return resolve_checkpoint(f"{method}/{name}", store, assets_dir)
-    except FileNotFoundError:
-        return shipped_checkpoint(assets_dir, method, name)
+    def __init__(self, registry: Any, store: Any, assets_root: Path | str) -> None:
+        self.registry, self.store, self.assets_root = registry, store, Path(assets_root)
+
+    def assets_of(self, method: str) -> Path | None:
+        """The shipped assets directory of ``method``."""
+        return method_assets_dir(self.registry, self.assets_root, method)
+
+    def path(self, method: str, name: str) -> Path | None:
+        """The promoted file of ``method``/``name`` if it exists, else the shipped one, else None.
+
+        A promotion whose file has gone falls back to the shipped checkpoint, so the demo keeps working.
+        """
+        try:
+            return resolve_checkpoint(f"{method}/{name}", self.store, self.assets_of)
+        except FileNotFoundError:
+            return shipped_checkpoint(self.assets_of(method), name)
+
+    def resolve(self, ref: str) -> Path:
+        """The file of any checkpoint reference (path, ``run:ID[/NAME]``, ``METHOD/NAME``)."""
+        return resolve_checkpoint(ref, self.store, self.assets_of)
+
+    def available(self, method: str) -> list[CheckpointInfo]:
+        """Every checkpoint of ``method`` a demo may use, by name: promoted ones over shipped ones."""
+        found: dict[str, CheckpointInfo] = {}
+        assets = self.assets_of(method)
+        if assets is not None and assets.is_dir():
+            for path in sorted(assets.glob("*.safetensors")):
+                found[path.stem] = CheckpointInfo(path.stem, "shipped", path, read_card(path))
+        if self.store is not None:
+            for (_, slot), artifact in self.store.promotions(method).items():
+                path = Path(artifact.path)
+                if path.is_file():
+                    found[slot] = CheckpointInfo(slot, "promoted", path, read_card(path))
+        return [found[name] for name in sorted(found)]
 
 
 class StudioDemoContext:
@@ -37,17 +65,16 @@ class StudioDemoContext:
         self.method = method
         self.device = torch.device(settings.demo_device or "cpu")
         self.data_dir = Path(settings.data_dir)
-        self.assets_dir = Path(settings.assets_dir) / method
         self.training_enabled = bool(settings.enable_training)
-        self._assets_root = Path(settings.assets_dir)
         self._registry = registry
-        self._store = store
+        self._lookup = CheckpointLookup(registry, store, settings.assets_dir)
+        self.assets_dir = self._lookup.assets_of(method)
         self._cache: dict[str, tuple[Path, float, Checkpoint]] = {}
         self._lock = threading.Lock()
 
     def checkpoint_path(self, name: str) -> Path | None:
         """The file the demo should use for checkpoint ``name``: the promoted one, else the shipped one."""
-        return resolve_demo_checkpoint(self.method, name, self._store, self._assets_root)
+        return self._lookup.path(self.method, name)
 
     def load_checkpoint(self, name: str) -> Checkpoint | None:
         """Load :meth:`checkpoint_path` onto the demo device (cached until the file or promotion changes)."""
@@ -62,6 +89,60 @@ class StudioDemoContext:
             checkpoint = load_checkpoint(path, device=self.device)
             self._cache[name] = (path, mtime, checkpoint)
             return checkpoint
+
+    def checkpoints(self) -> list[CheckpointInfo]:
+        """Every checkpoint the demo may offer (promoted over shipped), by name, with its card."""
+        return self._lookup.available(self.method)
+
+    def dataset(self, name: str, split: str, **options: Any) -> Any:
+        """Load a registered dataset split from the studio's data directory."""
+        return self._registry.load_dataset(name, split, self.data_dir, **options)
+
+
+class StudioCommandContext:
+    """Implements :class:`app.api.CommandContext`: settings are read when a command uses them, so the
+    global options of ``avstudio`` (``--home``, ``--device``, ...) apply to plugin commands."""
+
+    def __init__(self, registry: Any, settings_factory: Any = Settings) -> None:
+        self._registry = registry
+        self._settings_factory = settings_factory
+        self._store = None
+
+    @property
+    def settings(self) -> Settings:
+        settings = self._settings_factory()
+        settings.ensure_dirs()
+        return settings
+
+    @property
+    def home(self) -> Path:
+        return self.settings.home
+
+    @property
+    def data_dir(self) -> Path:
+        return self.settings.data_dir
+
+    @property
+    def device(self) -> torch.device:
+        from trainer.devices import resolve_device
+
+        return resolve_device(self.settings.device)
+
+    def _lookup(self) -> CheckpointLookup:
+        settings = self.settings
+        if self._store is None or self._store.url != settings.db_url:
+            from trainer.store import RunStore
+
+            self._store = RunStore(settings.db_url)
+        return CheckpointLookup(self._registry, self._store, settings.assets_dir)
+
+    def load_checkpoint(self, ref: str) -> Checkpoint:
+        """Load a checkpoint: a file path, ``run:ID[/NAME]`` or ``METHOD/NAME`` (promoted, else shipped)."""
+        return load_checkpoint(self._lookup().resolve(ref))
+
+    def checkpoints(self, method: str) -> list[CheckpointInfo]:
+        """Every checkpoint ``method``'s demo may use (promoted over shipped)."""
+        return self._lookup().available(method)
 
     def dataset(self, name: str, split: str, **options: Any) -> Any:
         """Load a registered dataset split from the studio's data directory."""

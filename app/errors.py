@@ -1,9 +1,5 @@
-"""Errors a user can cause; the UI shows their message, never a traceback."""
+"""Errors a user can cause (defined in :mod:`trainer.errors`, so the worker shares them)."""
 
+from trainer.errors import ConfigError, UserError
 
-class UserError(ValueError):
-    """A problem the user can fix (bad config value, unreadable image, missing dataset files)."""
-
-
-class ConfigError(UserError):
-    """A recipe config key or value is invalid; the message names the valid choices."""
+__all__ = ["ConfigError", "UserError"]

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from app.errors import UserError
+from trainer.errors import UserError
 
 MAX_PIXELS = 40_000_000  # refuse decompression bombs before they eat the server's memory
 

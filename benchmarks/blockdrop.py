@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for the CPU timings")
     args = parser.parse_args()
 
-    from trainer.datasets import load_shapes
+    from plugins.datasets.shapes import load_shapes
 
     policy_path = Path(args.policy) if args.policy else pick_policy(ASSETS, Path(args.backbone))
     full_ckpt, bd_ckpt = load_checkpoint(args.backbone), load_checkpoint(policy_path)

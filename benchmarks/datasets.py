@@ -23,7 +23,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.report import write_report  # noqa: E402
-from trainer.datasets import ImageTensorDataset, load_shapes  # noqa: E402
+from plugins.datasets.shapes import load_shapes  # noqa: E402
+from trainer.datasets import ImageTensorDataset  # noqa: E402
 
 
 def pick_device(name: str) -> torch.device:
@@ -137,7 +138,7 @@ def run_shapes(cfg: dict, data_dir: Path, device: torch.device, log) -> dict:
 
 
 def run_persons(cfg: dict, data_dir: Path, device: torch.device, log) -> dict:
-    from trainer.datasets import load_persons
+    from plugins.datasets.persons import load_persons
 
     kwargs = dict(num_train=cfg["persons_train"], num_val=cfg["persons_val"], num_test=cfg["persons_test"])
     start = time.perf_counter()

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from trainer.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
+from trainer.checkpoints import Checkpoint, CheckpointInfo, load_checkpoint, read_card, save_checkpoint
 from trainer.datasets.tensor_dataset import ImageTensorDataset
 
 
@@ -122,6 +122,10 @@ class FakeDemoContext:
     def load_checkpoint(self, name: str) -> Checkpoint | None:
         path = self.checkpoint_path(name)
         return None if path is None else load_checkpoint(path)
+
+    def checkpoints(self) -> list[CheckpointInfo]:
+        return [CheckpointInfo(p.stem, "shipped", p, read_card(p))
+                for p in sorted(self.assets_dir.glob("*.safetensors"))]
 
     def dataset(self, name: str, split: str, **options: Any) -> Any:
         if self.datasets is not None:

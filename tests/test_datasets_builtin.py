@@ -10,19 +10,10 @@ import torch
 
 from app.errors import UserError
 from app.plugin_manager import load_registry
-from trainer.datasets import (
-    BODY_ATTRIBUTES,
-    HEAD_ATTRIBUTES,
-    PERSON_ATTRIBUTES,
-    SHAPE_CLASSES,
-    ImageTensorDataset,
-    load_persons,
-    load_shapes,
-    persons,
-    preview_grid_image,
-    save_preview_grid,
-    shapes,
-)
+from plugins.datasets import persons, shapes
+from plugins.datasets.persons import BODY_ATTRIBUTES, HEAD_ATTRIBUTES, PERSON_ATTRIBUTES, load_persons
+from plugins.datasets.shapes import SHAPE_CLASSES, load_shapes
+from trainer.datasets import ImageTensorDataset, preview_grid_image, save_preview_grid
 
 SMALL = dict(num_train=300, num_val=100, num_test=100)
 

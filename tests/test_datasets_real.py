@@ -14,17 +14,17 @@ from torchvision import datasets as tv
 
 from app.errors import UserError
 from app.plugin_manager import load_registry
-from trainer.datasets import (
+from plugins.datasets.real import (
     DatasetFilesMissing,
+    holdout_split,
     load_attribute_folder,
     load_cifar10,
     load_cifar100,
     load_image_folder,
     load_mnist,
     load_svhn,
-    save_preview_grid,
 )
-from trainer.datasets.real import holdout_split
+from trainer.datasets import save_preview_grid
 
 
 def _png(path, color, size=(20, 12)):

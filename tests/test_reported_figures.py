@@ -76,7 +76,7 @@ def test_blockdrop_tables_match_the_committed_reports(doc):
 
 @pytest.fixture(scope="module")
 def shapes_test(tmp_path_factory):
-    from trainer.datasets import load_shapes
+    from plugins.datasets.shapes import load_shapes
     return load_shapes("test", tmp_path_factory.mktemp("data"))
 
 

@@ -87,9 +87,10 @@ def test_execute_run_inline_records_metrics_and_checkpoint(store, store_url, dir
     checkpoint = load_checkpoint(artifact.path)
     assert checkpoint.tensors["step"].item() == 3
     card = checkpoint.card
-    assert (card["run_id"], card["method"], card["recipe"], card["config"]) == (run_id, "counter", "count", {"steps": 4})
-    assert card["step"] == 3 and card["commit"] == "c0ffee" and card["device"] == "cpu" and "torch" in card
-    assert card["metrics"]["loss"] == pytest.approx(0.25)  # the latest value when it was saved
+    studio = card["studio"]
+    assert (studio["run_id"], studio["method"], studio["recipe"], studio["config"]) == (run_id, "counter", "count", {"steps": 4})
+    assert card["metadata"]["step"] == 3 and studio["commit"] == "c0ffee" and studio["device"] == "cpu" and "torch" in studio
+    assert studio["metrics"]["loss"] == pytest.approx(0.25)  # the latest value when it was saved
 
 
 def test_execute_run_failure_records_message_and_traceback(store, store_url, dirs):
@@ -113,8 +114,10 @@ def test_execute_run_with_unknown_recipe_or_config_fails_cleanly(store, store_ur
 
 
 def test_resolve_checkpoint_refs(store, tmp_path):
-    assets = tmp_path / "assets"
-    shipped = save_checkpoint(assets / "counter" / "model.safetensors", {"step": __import__("torch").tensor([0])}, {})
+    def assets(method):
+        return tmp_path / "assets" / method
+
+    shipped = save_checkpoint(assets("counter") / "model.safetensors", {"step": __import__("torch").tensor([0])}, {})
     assert resolve_checkpoint("counter/model", store, assets) == shipped
     assert resolve_checkpoint(str(shipped), None, assets) == shipped
     run_id = store.enqueue("counter", "count", {})
@@ -170,7 +173,8 @@ def test_worker_runs_queued_jobs_end_to_end(store, store_url, dirs):
     assert run.status == "succeeded" and run.worker_id == "w-test" and _steps_logged(store, ok) == [0, 1, 2]
     assert Path(store.latest_checkpoint(ok).path).is_file()
     card = json.loads(Path(store.latest_checkpoint(ok).path).with_suffix(".json").read_text())
-    assert card["run_id"] == ok and card["method"] == "counter" and card["config"] == {"steps": 3}
+    assert card["studio"]["run_id"] == ok and card["studio"]["method"] == "counter"
+    assert card["studio"]["config"] == {"steps": 3}
     assert store.get_run(bad).status == "failed" and "boom at step 1" in store.get_run(bad).error
 
 

@@ -12,7 +12,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -28,18 +28,28 @@ FLUSH_EVERY_POINTS = 50
 FLUSH_EVERY_S = 2.0
 CANCEL_CHECK_EVERY_S = 1.0
 PROGRESS_EVERY_S = 1.0
+RESUME_STATE = "resume-state.safetensors"
 
 _RUN_REF = re.compile(r"^run:(?P<id>[^/]+)(?:/(?P<name>.+))?$")
 
 
-def resolve_checkpoint(ref: str, store: RunStore | None, assets_dir: Path | str) -> Path:
+def method_assets_dir(registry: Any, assets_root: Path | str | None, method: str) -> Path | None:
+    """Where ``method``'s shipped assets live: the method's own ``assets_dir`` (a plugin's package),
+    else ``assets_root/<method>`` (the studio's ``assets/``, for the built-ins)."""
+    registered = getattr(registry, "methods", {}).get(method) if registry is not None else None
+    own = getattr(registered, "assets_dir", None)
+    if own is not None:
+        return Path(own)
+    return Path(assets_root) / method if assets_root is not None else None
+
+
+def resolve_checkpoint(ref: str, store: RunStore | None, assets_of: Callable[[str], Path | None]) -> Path:
     """The checkpoint file ``ref`` names.
 
     ``ref`` is one of: a path to a ``.safetensors`` file; ``run:ID`` (that run's newest checkpoint);
     ``run:ID/NAME`` (its checkpoint NAME); ``METHOD/NAME`` (the checkpoint promoted for that method
-    and slot, else the shipped ``assets_dir/METHOD/NAME.safetensors``; ``assets_dir`` is the root of
-    the shipped assets). Raises ValueError for a malformed reference and FileNotFoundError, saying
-    what exists, when nothing matches.
+    and slot, else the shipped ``NAME.safetensors`` in ``assets_of(METHOD)``). Raises ValueError for
+    a malformed reference and FileNotFoundError, saying what exists, when nothing matches.
     """
     ref = str(ref).strip()
     match = _RUN_REF.match(ref)
@@ -73,10 +83,11 @@ def resolve_checkpoint(ref: str, store: RunStore | None, assets_dir: Path | str)
         promoted = store.promoted(method, name)
         if promoted is not None:
             return _existing(Path(promoted.path), ref)
-    shipped = checkpoints.shipped_checkpoint(assets_dir, method, name)
+    assets = assets_of(method)
+    shipped = checkpoints.shipped_checkpoint(assets, name)
     if shipped is None:
-        raise FileNotFoundError(f"no checkpoint {ref!r}: nothing promoted for {method}/{name} and no shipped "
-                                f"file {Path(assets_dir) / method / (name + '.safetensors')}")
+        where = f"no shipped file {Path(assets) / (name + '.safetensors')}" if assets else "no shipped assets"
+        raise FileNotFoundError(f"no checkpoint {ref!r}: nothing promoted for {method}/{name} and {where}")
     return shipped
 
 
@@ -131,7 +142,7 @@ class RunContext:
         self.data_dir = Path(data_dir)
         self.run_dir = Path(runs_dir) / str(run.id)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.assets_dir = Path(assets_dir)
+        self.assets_root = Path(assets_dir)
         self.config = config if config is not None else run.config
         self.commit = commit if commit is not None else run.commit
         self.show_progress = show_progress
@@ -140,7 +151,6 @@ class RunContext:
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._last_flush = time.monotonic()
-        self._stop = threading.Event()
         self._cancelled = False
         self._last_cancel_check = 0.0
 
@@ -176,20 +186,19 @@ class RunContext:
         metadata = _json_ready(dict(metadata or {}))
         latest = {k: v for k, v in self.store.get_run(self.run_id).latest_metrics.items() if math.isfinite(v)}
         config = self.run.config
-        card = {
+        card = checkpoints.make_card({
             "method": self.run.method, "recipe": self.run.recipe, "config": config,
             "dataset": config.get("dataset") if isinstance(config, dict) else None,
             "run_id": self.run_id, "checkpoint": name, "commit": self.commit, "device": str(self.device),
             "torch": torch.__version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "metrics": latest, **metadata,
-        }
+            "metrics": latest}, metadata)
         path = checkpoints.save_checkpoint(self.run_dir / f"{name}.safetensors", tensors, card)
         self.store.add_artifact(self.run_id, name, "checkpoint", str(path), metadata)
         return path
 
     def load_checkpoint(self, ref: str) -> Checkpoint:
         """Load a checkpoint (tensors on the CPU): a file path, ``run:ID[/NAME]`` or ``METHOD/NAME``."""
-        return checkpoints.load_checkpoint(resolve_checkpoint(ref, self.store, self.assets_dir))
+        return checkpoints.load_checkpoint(resolve_checkpoint(ref, self.store, self.assets_of))
 
     def resume_checkpoint(self, name: str | None = None) -> Checkpoint | None:
         """When this run is being resumed: its last saved checkpoint (of ``name``), else None."""
@@ -200,14 +209,27 @@ class RunContext:
             return None
         return checkpoints.load_checkpoint(artifact.path)
 
-    # -- control -----------------------------------------------------------------------------
-    def request_stop(self) -> None:
-        """Make :meth:`should_stop` true from now on (e.g. on a signal)."""
-        self._stop.set()
+    def save_state(self, tensors: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> Path:
+        """Save the resume state (weights, optimiser, schedule, RNG) as ``run_dir/resume-state.safetensors``."""
+        self.flush()  # the metrics logged so far belong with this state
+        return checkpoints.save_checkpoint(self.run_dir / RESUME_STATE, tensors,
+                                           checkpoints.make_card({"run_id": self.run_id}, _json_ready(dict(metadata or {}))))
 
+    def resume_state(self) -> Checkpoint | None:
+        """When this run is being resumed: what :meth:`save_state` saved last, else None."""
+        path = self.run_dir / RESUME_STATE
+        if self.run.resume_count <= 0 or not path.is_file():
+            return None
+        return checkpoints.load_checkpoint(path)
+
+    def assets_of(self, method: str) -> Path | None:
+        """The shipped assets directory of ``method`` (for ``METHOD/NAME`` references)."""
+        return method_assets_dir(self.registry, self.assets_root, method)
+
+    # -- control -----------------------------------------------------------------------------
     def should_stop(self, *, fresh: bool = False) -> bool:
-        """True once the run was cancelled (the store is asked at most once per second) or stopped locally."""
-        if self._stop.is_set() or self._cancelled:
+        """True once the run was cancelled (the store is asked at most once per second)."""
+        if self._cancelled:
             return True
         now = time.monotonic()
         if fresh or now - self._last_cancel_check >= CANCEL_CHECK_EVERY_S:

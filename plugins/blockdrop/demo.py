@@ -20,7 +20,6 @@ from plugins.blockdrop.recipes import backbone_from_card, policy_from_card
 
 DATASET = "shapes"
 PANEL_IMAGES = 2000  # the panel evaluates the first N test images (CPU-friendly); cached afterwards
-EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "blockdrop" / "examples"
 NO_CHECKPOINT = (
     "No BlockDrop checkpoint found. Train one (GPU: ~5 minutes) with:\n\n"
     "    avstudio train blockdrop backbone\n"
@@ -33,7 +32,10 @@ NO_CHECKPOINT = (
 
 def _gamma_of(name: str) -> float:
     match = re.fullmatch(r"policy-g([0-9.eE+-]+)", name)
-    return float(match.group(1)) if match else float("inf")
+    try:
+        return float(match.group(1)) if match else float("inf")
+    except ValueError:
+        return float("inf")
 
 
 def block_map_html(policy: list[int], stage_of_block: list[int]) -> str:
@@ -61,12 +63,11 @@ class BlockDropDemo:
     # -- checkpoints -------------------------------------------------------------------------
 
     def policy_names(self) -> list[str]:
-        """Available fine-tuned policies (``policy-g<γ>``), sorted by γ; ``policy`` (CL only) last."""
-        names = {p.stem for p in Path(self.ctx.assets_dir).glob("policy-g*.safetensors")}
-        names.update(n for n in ("policy-g0.5", "policy-g1", "policy-g2", "policy-g3", "policy-g5", "policy-g10")
-                     if self.ctx.checkpoint_path(n) is not None)
-        ordered = sorted((n for n in names if self.ctx.checkpoint_path(n) is not None), key=_gamma_of)
-        if not ordered and self.ctx.checkpoint_path("policy") is not None:
+        """Available fine-tuned policies (``policy-g<γ>``, shipped or promoted), sorted by γ; else the
+        curriculum-only ``policy`` when that is all there is."""
+        available = {c.name for c in self.ctx.checkpoints()}
+        ordered = sorted((n for n in available if _gamma_of(n) != float("inf")), key=_gamma_of)
+        if not ordered and "policy" in available:
             ordered = ["policy"]
         return ordered
 
@@ -257,7 +258,7 @@ def build_demo(ctx: Any) -> None:
                 sketch = gr.Sketchpad(label="Draw a shape", type="numpy")
                 run_sketch = gr.Button("Run on drawing", variant="primary")
             policy = gr.Dropdown(names, value=names[0], label="policy (penalty γ: larger keeps more blocks)")
-            examples = sorted(str(p) for p in EXAMPLES_DIR.glob("*.png"))
+            examples = sorted(str(p) for p in (Path(ctx.assets_dir) / "examples").glob("*.png"))
             if examples:
                 gr.Examples(examples=examples, inputs=[upload])
         with gr.Column():

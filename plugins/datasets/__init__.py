@@ -6,7 +6,18 @@ from pathlib import Path
 from typing import Any
 
 from app.api import DatasetSpec, UserError, hookimpl
-from trainer import datasets as ds
+from plugins.datasets.persons import PERSON_ATTRIBUTES, load_persons
+from plugins.datasets.real import (
+    DatasetFilesMissing,
+    load_attribute_folder,
+    load_celeba,
+    load_cifar10,
+    load_cifar100,
+    load_image_folder,
+    load_mnist,
+    load_svhn,
+)
+from plugins.datasets.shapes import SHAPE_CLASSES, load_shapes
 
 __version__ = "0.1.0"
 
@@ -42,16 +53,16 @@ def _user_errors(load, split: str, root: Path, download: bool, dataset: str, **k
     """Missing files and bad folders are the user's to fix: report them as a UserError."""
     try:
         return load(split, root, download=download, **kwargs) if download is not None else load(split, **kwargs)
-    except (ds.DatasetFilesMissing, ValueError) as exc:
+    except (DatasetFilesMissing, ValueError) as exc:
         raise UserError(f"{dataset}: {exc}") from None
 
 
 def _shapes(split: str, root: Path, download: bool = False, **options: Any):
-    return ds.load_shapes(split, root, **_options(options, _GENERATED, (), "shapes"))
+    return load_shapes(split, root, **_options(options, _GENERATED, (), "shapes"))
 
 
 def _persons(split: str, root: Path, download: bool = False, **options: Any):
-    return ds.load_persons(split, root, **_options(options, _GENERATED, (), "persons"))
+    return load_persons(split, root, **_options(options, _GENERATED, (), "persons"))
 
 
 def _torchvision(name: str, load, ints: tuple[str, ...] = ()):
@@ -65,7 +76,7 @@ def _imagefolder(split: str, root: Path, download: bool = False, **options: Any)
     if "path" not in opts:
         raise UserError("dataset 'imagefolder' needs the option path=DIR (a folder of class subfolders)")
     path = Path(opts.pop("path")).expanduser()
-    return _user_errors(lambda s, **kw: ds.load_image_folder(path, s, **kw), split, root, None, "imagefolder", **opts)
+    return _user_errors(lambda s, **kw: load_image_folder(path, s, **kw), split, root, None, "imagefolder", **opts)
 
 
 def _attributes_csv(split: str, root: Path, download: bool = False, **options: Any):
@@ -73,7 +84,7 @@ def _attributes_csv(split: str, root: Path, download: bool = False, **options: A
     if "path" not in opts or "csv" not in opts:
         raise UserError("dataset 'attributes-csv' needs the options path=IMAGES_DIR and csv=ATTRIBUTES.csv")
     images, table = Path(opts.pop("path")).expanduser(), Path(opts.pop("csv")).expanduser()
-    return _user_errors(lambda s, **kw: ds.load_attribute_folder(images, table, s, **kw), split, root, None,
+    return _user_errors(lambda s, **kw: load_attribute_folder(images, table, s, **kw), split, root, None,
                         "attributes-csv", **opts)
 
 
@@ -83,30 +94,30 @@ def register_datasets(register) -> None:
         name="shapes", title="Shapes (procedural)", task="classification",
         description="10 shape classes under colour, size, rotation, position, background, clutter, "
                     "occlusion, blur and noise nuisances; every image has a ground-truth difficulty in [0, 1].",
-        load=_shapes, labels=list(ds.SHAPE_CLASSES), image_size=(32, 32), builtin=True))
+        load=_shapes, labels=list(SHAPE_CLASSES), image_size=(32, 32), builtin=True))
     register(DatasetSpec(
         name="persons", title="Persons (procedural)", task="multilabel",
         description="Synthetic person figures with 14 binary attributes: 7 of the head (hat, glasses, beard, "
                     "smiling, long/blond hair, earrings) and 7 of the body (sleeves, stripes, red shirt, skirt, "
                     "bag, dark shoes, belt); pose, scale, skin tone, background and clutter vary.",
-        load=_persons, labels=list(ds.PERSON_ATTRIBUTES), image_size=(64, 64), builtin=True))
+        load=_persons, labels=list(PERSON_ATTRIBUTES), image_size=(64, 64), builtin=True))
     real = "torchvision's loader; files under the data directory, or --download"
     register(DatasetSpec(name="cifar10", title="CIFAR-10", task="classification", description=f"CIFAR-10 ({real}).",
-                         load=_torchvision("cifar10", ds.load_cifar10), labels=CIFAR10_CLASSES,
+                         load=_torchvision("cifar10", load_cifar10), labels=CIFAR10_CLASSES,
                          splits=("train", "test")))
     register(DatasetSpec(name="cifar100", title="CIFAR-100", task="classification",
                          description=f"CIFAR-100, 100 fine classes ({real}).",
-                         load=_torchvision("cifar100", ds.load_cifar100), splits=("train", "test")))
+                         load=_torchvision("cifar100", load_cifar100), splits=("train", "test")))
     register(DatasetSpec(name="mnist", title="MNIST", task="classification",
                          description=f"MNIST digits, 28×28 grey; option channels=3 repeats them to RGB ({real}).",
-                         load=_torchvision("mnist", ds.load_mnist, ("channels",)), labels=DIGITS,
+                         load=_torchvision("mnist", load_mnist, ("channels",)), labels=DIGITS,
                          image_size=(28, 28), channels=1, splits=("train", "test")))
     register(DatasetSpec(name="svhn", title="SVHN", task="classification",
                          description=f"Street View House Numbers, cropped digits ({real}).",
-                         load=_torchvision("svhn", ds.load_svhn), labels=DIGITS, splits=("train", "test", "extra")))
+                         load=_torchvision("svhn", load_svhn), labels=DIGITS, splits=("train", "test", "extra")))
     register(DatasetSpec(name="celeba", title="CelebA attributes", task="multilabel",
                          description=f"CelebA faces with 40 binary attributes, resized to 64×64 (option size) ({real}).",
-                         load=_torchvision("celeba", ds.load_celeba, ("size",)), labels=CELEBA_ATTRIBUTES,
+                         load=_torchvision("celeba", load_celeba, ("size",)), labels=CELEBA_ATTRIBUTES,
                          image_size=(64, 64)))
     register(DatasetSpec(name="imagefolder", title="Image folder (your data)", task="classification",
                          description="Your images in class subfolders: options path=DIR [size=64]. Uses "

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer.datasets.cache import Arrays, cached_splits
-from trainer.datasets.raster import (
+from app.api import Arrays, ImageTensorDataset, cached_splits
+from plugins.datasets.raster import (
     as_float32,
     blur,
     coverage,
@@ -27,7 +27,6 @@ from trainer.datasets.raster import (
     sd_box,
     sd_polygon,
 )
-from trainer.datasets.tensor_dataset import ImageTensorDataset
 
 SHAPE_CLASSES = ["circle", "square", "triangle", "star", "cross", "ring", "hexagon", "heart", "arrow",
                  "crescent"]

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer.datasets.cache import Arrays, cached_splits
-from trainer.datasets.raster import (
+from app.api import Arrays, ImageTensorDataset, cached_splits
+from plugins.datasets.raster import (
     as_float32,
     blur,
     coverage,
@@ -29,7 +29,6 @@ from trainer.datasets.raster import (
     sd_polygon,
     window,
 )
-from trainer.datasets.tensor_dataset import ImageTensorDataset
 
 HEAD_ATTRIBUTES = ["hat", "glasses", "beard", "smiling", "long_hair", "blond_hair", "earrings"]
 BODY_ATTRIBUTES = ["long_sleeves", "striped_shirt", "red_shirt", "skirt", "bag", "dark_shoes", "belt"]
