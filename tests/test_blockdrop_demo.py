@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -175,3 +176,97 @@ def test_upload_component_passes_corrupt_files_to_the_handler(demo, tmp_path):
     assert passed == str(bad)
     with pytest.raises(UserError, match="not a readable image"):
         demo.predict(passed, "policy-g1")
+
+
+# -- demo conventions (issue 9) ------------------------------------------------------------------
+
+
+def _example_assets(assets, size=32):
+    examples = assets / "examples"
+    examples.mkdir(exist_ok=True)
+    rgb = np.random.default_rng(1).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(examples / "0_noise.png")
+    return examples / "0_noise.png"
+
+
+def _built(assets, tmp_path):
+    import gradio as gr
+
+    with gr.Blocks() as blocks:
+        build_demo(FakeDemoContext(assets, data_dir=tmp_path / "data"))
+    by_id = {c["id"]: c for c in blocks.config["components"]}
+    by_elem = {c["props"]["elem_id"]: c for c in blocks.config["components"] if c["props"].get("elem_id")}
+    return blocks, by_id, by_elem
+
+
+def test_clicking_an_example_runs_the_prediction(assets, tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_CACHE_EXAMPLES", "true")  # as on a Space: still no caching at start-up
+    example = _example_assets(assets)
+    blocks, by_id, by_elem = _built(assets, tmp_path)
+    deps = blocks.config["dependencies"]
+    dataset_id = next(c["id"] for c in blocks.config["components"] if c["type"] == "dataset")
+    load = next(d for d in deps if (dataset_id, "click") in [tuple(t) for t in d["targets"]])
+    assert load["outputs"] == [by_elem["blockdrop-input"]["id"]]  # fills the upload, keeps the chosen γ
+    runs = [d for d in deps if d.get("trigger_after") == load["id"]]
+    assert len(runs) == 1, "clicking an example must also run the prediction"
+    run = runs[0]
+    assert run["api_name"] == "blockdrop_predict_example"
+    assert by_elem["blockdrop-policy"]["id"] in run["inputs"]
+    predict = next(d for d in deps if d.get("api_name") == "blockdrop_predict")
+    assert run["outputs"] == predict["outputs"]
+    assert {by_elem["blockdrop-block-map"]["id"], by_elem["blockdrop-model-input"]["id"]} <= set(run["outputs"])
+    fn = next(f for f in blocks.fns.values() if f.name == "blockdrop_predict_example")
+    full, bd, block_map, stats, seen = fn.fn(str(example), "policy-g1")
+    assert len(full) == 3 and len(bd) == 3 and block_map.count("<tr>") == 3 and "Blocks used" in stats
+
+
+def test_the_demo_shows_what_the_network_sees_at_a_readable_size(demo, assets, tmp_path):
+    from plugins.blockdrop.demo import READABLE_PX, enlarge, model_input_label
+
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 255, (37, 53, 3), dtype=np.uint8))
+    r = demo.predict(image, "policy-g1", latency_repeats=1)
+    assert r["input_resolution"] == (32, 32)
+    seen = r["model_input"]
+    assert seen.shape == (32, 32, 3) and seen.dtype == np.uint8
+    expected = np.asarray(image.resize((32, 32), Image.Resampling.BILINEAR))
+    assert np.abs(seen.astype(int) - expected.astype(int)).max() <= 1  # the resized image, not the upload
+    big = enlarge(seen)
+    assert big.shape == (READABLE_PX, READABLE_PX, 3) and READABLE_PX >= 128
+    assert (big[::8, ::8] == seen).all() and (big[7::8, 7::8] == seen).all()  # nearest neighbour, crisp
+    assert enlarge(np.zeros((512, 300, 3), np.uint8)).shape == (512, 300, 3)  # large inputs left alone
+    assert model_input_label(r) == "what the network sees: 32×32"
+    assert "32×32" in _built_stats(assets, tmp_path, image)
+
+    _, _, by_elem = _built(assets, tmp_path)
+    shown = by_elem["blockdrop-model-input"]
+    assert shown["type"] == "image" and shown["props"]["label"].startswith("what the network sees")
+    upload = by_elem["blockdrop-input"]["props"]
+    assert (upload.get("height") or 0) >= 128 or (upload.get("width") or 0) >= 128
+    from plugins.blockdrop.demo import PIXELATED_CSS
+
+    assert "#blockdrop-input img" in PIXELATED_CSS and "image-rendering: pixelated" in PIXELATED_CSS
+
+
+def _built_stats(assets, tmp_path, image):
+    blocks, _, _ = _built(assets, tmp_path)
+    fn = next(f for f in blocks.fns.values() if f.name == "run")
+    *_, stats, seen = fn.fn(image, "policy-g1")
+    assert seen["label"] == "what the network sees: 32×32" and seen["value"].shape[:2] == (256, 256)
+    return stats
+
+
+def test_the_policy_selector_opens_on_the_recommended_operating_point(assets, tmp_path):
+    import json
+    import shutil
+
+    from plugins.blockdrop.demo import RECOMMENDED_POLICY, default_policy
+
+    report = json.loads((Path(__file__).parent.parent / "benchmarks" / "results" / "blockdrop.json").read_text())
+    assert report["figures"]["policy"] == f"{RECOMMENDED_POLICY}.safetensors"  # the benchmarked choice
+    assert default_policy(["policy-g0.5", "policy-g1", "policy-g2"]) == "policy-g1"
+    assert default_policy(["policy-g0.5", "policy-g2"]) == "policy-g0.5"
+    assert default_policy([]) is None
+    shutil.copy(assets / "policy-g1.safetensors", assets / "policy-g0.5.safetensors")  # sorts first
+    _, _, by_elem = _built(assets, tmp_path)
+    dropdown = by_elem["blockdrop-policy"]["props"]
+    assert [c[0] for c in dropdown["choices"]][0] == "policy-g0.5" and dropdown["value"] == "policy-g1"

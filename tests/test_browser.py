@@ -77,20 +77,60 @@ def page(server, tmp_path):
             browser.close()
 
 
+def _shots(tmp_path: Path, page, name: str) -> None:
+    """A full-page screenshot, also copied to $AVSTUDIO_SCREENSHOT_DIR when set (for reviewing by eye)."""
+    path = tmp_path / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    if out := os.environ.get("AVSTUDIO_SCREENSHOT_DIR"):
+        Path(out).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(out) / path.name)
+
+
+def _natural_and_drawn_width(page, selector: str) -> tuple[float, float]:
+    return page.locator(selector).first.evaluate(
+        "img => [img.naturalWidth, img.getBoundingClientRect().width]")
+
+
 def test_blockdrop_example_click_shows_predictions_and_block_map(page, tmp_path):
     assets = Path(os.environ.get("AVSTUDIO_ASSETS", ROOT / "assets"))
     if not (assets / "blockdrop" / "backbone.safetensors").exists():
         pytest.skip("no shipped BlockDrop checkpoints")
     page.get_by_role("tab", name="BlockDrop").click()
-    # the first example fills the upload; Run computes both predictions and the block map
-    page.locator(".gallery-item, button.gallery-item, [data-testid='examples'] button").first.click()
-    page.get_by_role("button", name="Run", exact=True).click()
-    page.locator("text=stage 3 >> visible=true").first.wait_for(timeout=30_000)
+    # the selector opens on the recommended operating point (γ = 1)
+    assert page.locator("#blockdrop-policy input").first.input_value() == "policy-g1"
+    # clicking an example is enough: no Run press
+    page.locator("#blockdrop-examples .gallery-item, #blockdrop-examples button").first.click()
+    page.locator("#blockdrop-block-map >> text=stage 3").first.wait_for(timeout=60_000)
+    map_text = page.inner_text("#blockdrop-block-map")
+    assert "stage 1" in map_text and "stage 2" in map_text
+    stats = page.inner_text("#blockdrop-stats")
+    assert "Blocks used" in stats and "ms" in stats and "32×32" in stats
     body = page.inner_text("body")
-    assert "stage 1" in body and "stage 2" in body
-    assert "blocks" in body.lower() and "ms" in body  # blocks used / K and measured latency
-    page.screenshot(path=str(tmp_path / "blockdrop.png"), full_page=True)
-    shutil.copy(tmp_path / "blockdrop.png", os.environ.get("AVSTUDIO_SCREENSHOT", tmp_path / "copy.png"))
+    assert "BlockDrop" in body and "full ResNet" in body
+    # what the network sees: its 32×32 input, enlarged with crisp pixels, labelled with the resolution
+    page.locator("#blockdrop-model-input img").first.wait_for(timeout=30_000)
+    assert "what the network sees: 32×32" in page.inner_text("#blockdrop-model-input")
+    natural, drawn = _natural_and_drawn_width(page, "#blockdrop-model-input img")
+    assert natural >= 256 and drawn >= 200
+    # the 32×32 example in the input is drawn at a readable size too, not 32 pixels wide
+    natural, drawn = _natural_and_drawn_width(page, "#blockdrop-input img")
+    assert natural == 32 and drawn >= 128, (natural, drawn)
+    rendering = page.locator("#blockdrop-input img").first.evaluate("img => getComputedStyle(img).imageRendering")
+    assert rendering == "pixelated"
+    _shots(tmp_path, page, "blockdrop-example")
+    if legacy := os.environ.get("AVSTUDIO_SCREENSHOT"):
+        shutil.copy(tmp_path / "blockdrop-example.png", legacy)
+
+
+def test_datasets_tab_opens_on_shapes_with_a_preview(page, tmp_path):
+    page.get_by_role("tab", name="Datasets").click()
+    assert page.locator("#dataset-select input").first.input_value() == "shapes"
+    # the page's load event draws the grid (the first time it generates the split: allow for that)
+    page.locator("#dataset-grid img").first.wait_for(timeout=120_000)
+    assert "Shapes" in page.inner_text("#dataset-info") or "shapes" in page.inner_text("#dataset-info").lower()
+    natural, drawn = _natural_and_drawn_width(page, "#dataset-grid img")
+    assert natural >= 8 * 32 * 3 and drawn >= 8 * 64, (natural, drawn)  # 8 samples a row, each ≥ 64 px drawn
+    _shots(tmp_path, page, "datasets")
 
 
 def test_plugins_tab_lists_the_builtin_plugins(page):

@@ -188,6 +188,65 @@ def test_dataset_preview_draws_a_grid(settings):
 
 # -- the built app -------------------------------------------------------------------------------
 
+def test_dataset_preview_draws_small_samples_at_a_readable_size(settings):
+    from app.ui.datasets_tab import GRID_CSS, READABLE_SAMPLE_PX, sample_upscale
+
+    assert READABLE_SAMPLE_PX >= 64
+    assert [sample_upscale(s) for s in [(16, 16), (28, 28), (32, 32), (64, 64), (224, 224)]] == [6, 4, 3, 2, 1]
+    registry = make_registry()
+    samples = [(torch.full((3, 32, 32), i / 10), i % 2) for i in range(10)]
+    registry.datasets["small"] = api.DatasetSpec(name="small", title="Small", task="classification",
+                                                 description="32 px", load=lambda split, root: samples,
+                                                 labels=["a", "b"], image_size=(32, 32))
+    image, _ = DatasetActions(registry, settings).dataset_preview("small", "val", 8)
+    assert image.height >= 32 * 3 and image.width >= 8 * 32 * 3  # each 32 px sample drawn ≥ 96 px
+    assert "#dataset-grid img" in GRID_CSS and "image-rendering: pixelated" in GRID_CSS
+
+
+def test_datasets_tab_opens_on_the_first_builtin_dataset(settings):
+    from app.ui.datasets_tab import default_dataset
+
+    registry = make_registry()
+    assert sorted(registry.datasets)[0] != "shapes" and not registry.datasets[sorted(registry.datasets)[0]].builtin
+    assert default_dataset(registry) == "shapes" == next(n for n, s in registry.datasets.items() if s.builtin)
+    external = {n: dataclasses.replace(s, builtin=False) for n, s in registry.datasets.items()}
+    registry.datasets = external
+    assert default_dataset(registry) == sorted(external)[0]  # no built-in: the first by name
+    registry.datasets = {"zeta": dataclasses.replace(external["shapes"], name="zeta", builtin=True), **external}
+    assert default_dataset(registry) == "zeta"
+    registry.datasets = {}
+    assert default_dataset(registry) is None
+
+
+def test_datasets_tab_previews_its_default_on_page_load_not_at_build(store, settings):
+    registry = make_registry()
+    loaded = []
+    samples = [(torch.full((3, 32, 32), i / 40), i % 2) for i in range(40)]
+
+    def load(split, root, **options):
+        loaded.append(split)
+        return samples
+
+    registry.datasets["shapes"] = dataclasses.replace(registry.datasets["shapes"], load=load)
+    demo = build_app(settings, registry, store)
+    assert loaded == []  # building the app computed no preview
+    components = _components(demo)
+    assert components["dataset-select"]["props"]["value"] == "shapes"
+    assert components["dataset-split"]["props"]["value"] == "val"
+    assert components["dataset-grid"]["props"].get("value") is None
+    grid, info = components["dataset-grid"]["id"], components["dataset-info"]["id"]
+    loads = [d for d in demo.config["dependencies"]
+             if any(t[1] == "load" for t in d["targets"]) and d["outputs"] == [grid, info]]
+    assert len(loads) == 1, "the Datasets tab must draw its preview when the page loads"
+    assert loads[0]["api_name"] == "dataset_preview_on_load"
+    fn = demo.fns[loads[0]["id"]]
+    image, text = fn.fn(*[c.value for c in fn.inputs])  # what the page load runs
+    assert loaded == ["val"] and image is not None and image.width >= 8 * 32 * 3
+    assert "Shapes" in text and "Could not load" not in text
+
+
+# -- the built app -------------------------------------------------------------------------------
+
 def test_training_controls_only_when_enabled(store, settings):
     registry = make_registry()
     on = build_app(settings, registry, store)

@@ -8,6 +8,23 @@ import gradio as gr
 
 from app.errors import UserError
 
+READABLE_SAMPLE_PX = 96  # each sample of the grid is drawn at least about this big (crisp pixels)
+# Small samples (28–32 px) enlarged without blurring; the grid is shown at its own size, not shrunk.
+GRID_CSS = "<style>#dataset-grid img { image-rendering: pixelated; object-fit: contain; }</style>"
+
+
+def default_dataset(registry: Any) -> str | None:
+    """The dataset the tab opens on: the first built-in one (it previews offline, without user files),
+    else the first registered one."""
+    builtin = [name for name, spec in registry.datasets.items() if spec.builtin]
+    return builtin[0] if builtin else next(iter(sorted(registry.datasets)), None)
+
+
+def sample_upscale(image_size: Any) -> int:
+    """The integer pixel scale that draws a sample of ``image_size`` (H, W) at a readable size."""
+    longest = max(image_size or (READABLE_SAMPLE_PX,))
+    return max(1, -(-READABLE_SAMPLE_PX // max(int(longest), 1)))
+
 
 class DatasetActions:
     """Handlers of the Datasets tab (plain functions: tested without a browser)."""
@@ -42,7 +59,8 @@ class DatasetActions:
             dataset = self.registry.load_dataset(name, split, self.settings.data_dir)
             from trainer.datasets.preview import preview_grid_image
 
-            return preview_grid_image(dataset, int(count)), text
+            upscale = sample_upscale(self.registry.dataset_spec(name).image_size)
+            return preview_grid_image(dataset, int(count), upscale=upscale), text
         except Exception as exc:  # shown to the user instead of a traceback; the reason is the message
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             return None, f"**Could not load {name}/{split}:** {reason}\n\n{text}"
@@ -52,7 +70,7 @@ def build_datasets_tab(registry: Any, settings: Any) -> None:
     """Add the Datasets tab (call inside ``gr.Tab``)."""
     actions = DatasetActions(registry, settings)
     names = sorted(registry.datasets)
-    first = names[0] if names else None
+    first = default_dataset(registry)
     splits = list(registry.datasets[first].splits) if first else []
 
     def on_dataset(name: str | None) -> tuple[Any, str]:
@@ -65,14 +83,21 @@ def build_datasets_tab(registry: Any, settings: Any) -> None:
                                elem_id="dataset-split")
         count_in = gr.Slider(4, 64, value=32, step=4, label="Samples", elem_id="dataset-count")
         show_btn = gr.Button("Show samples", variant="primary", scale=0, elem_id="dataset-show")
+    gr.HTML(head=GRID_CSS, container=False, padding=False)
     with gr.Row():
         grid = gr.Image(label="Samples", type="pil", format="png", interactive=False, elem_id="dataset-grid",
-                        buttons=["download", "fullscreen"])
+                        buttons=["download", "fullscreen"], scale=2)
         info = gr.Markdown(actions.describe(first) if first else "No datasets are registered.",
                            elem_id="dataset-info")
     name_in.change(on_dataset, name_in, [split_in, info], api_visibility="private")
     show_btn.click(actions.dataset_preview, [name_in, split_in, count_in], [grid, info],
                    api_name="dataset_preview")
+    # The preview of the opening dataset is drawn when the page loads, not while the app is built (a
+    # generated dataset's first preview generates its split: start-up stays fast).
+    root = gr.context.Context.root_block
+    if root is not None and first is not None:
+        root.load(actions.dataset_preview, [name_in, split_in, count_in], [grid, info],
+                  api_name="dataset_preview_on_load", api_visibility="undocumented")
 
 
 def _preview_split(splits: list[str]) -> str | None:

@@ -19,6 +19,11 @@ from plugins.blockdrop import analysis
 from plugins.blockdrop.recipes import backbone_from_card, policy_from_card
 
 DATASET = "shapes"
+# The operating point the γ selector opens on: benchmarks/results/blockdrop.json (docs/blockdrop.md,
+# "Targets") picks γ = 1, the fine-tuned policy that meets every target of the issue (accuracy within
+# 1 pt of the full ResNet at < 50 % of the blocks). Other policies stay selectable.
+RECOMMENDED_POLICY = "policy-g1"
+READABLE_PX = 256  # small inputs are shown enlarged (nearest neighbour) to about this many pixels
 PANEL_IMAGES = 2000  # the panel evaluates the first N test images (CPU-friendly); cached afterwards
 NO_CHECKPOINT = (
     "No BlockDrop checkpoint found. Train one (GPU: ~5 minutes) with:\n\n"
@@ -36,6 +41,21 @@ def _gamma_of(name: str) -> float:
         return float(match.group(1)) if match else float("inf")
     except ValueError:
         return float("inf")
+
+
+def default_policy(names: list[str]) -> str | None:
+    """The policy the selector opens on: :data:`RECOMMENDED_POLICY` when available, else the first."""
+    return RECOMMENDED_POLICY if RECOMMENDED_POLICY in names else (names[0] if names else None)
+
+
+def enlarge(image: Any, target: int = READABLE_PX) -> Any:
+    """An H×W×3 uint8 array scaled by an integer factor (nearest neighbour: every model pixel stays a
+    crisp square) so that its longer side is about ``target`` pixels; large images are left as they are."""
+    import numpy as np
+
+    array = np.asarray(image)
+    factor = max(1, target // max(array.shape[0], array.shape[1], 1))
+    return array.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else array
 
 
 def block_map_html(policy: list[int], stage_of_block: list[int]) -> str:
@@ -117,6 +137,7 @@ class BlockDropDemo:
         bd_logits, policy = analysis.blockdrop_forward(m["backbone"], m["policy"], x, m["free_blocks"])
         bd_probs = bd_logits.softmax(1)[0]
         kept = [int(v) for v in policy[0].tolist()]
+        model_input = x[0].permute(1, 2, 0).mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
         latency = analysis.interleaved_latency_ms(
             {"full": lambda: m["full"](x),
              "blockdrop": lambda: analysis.blockdrop_forward(m["backbone"], m["policy"], x, m["free_blocks"])},
@@ -139,6 +160,8 @@ class BlockDropDemo:
             "flops_policy_net": m["flops"].policy,
             "latency_full_ms": latency["full"],
             "latency_blockdrop_ms": latency["blockdrop"],
+            "model_input": model_input,  # H×W×3 uint8: the resized image both networks see
+            "input_resolution": (h, w),  # (height, width) of the model input
         }
 
     def dataset_panel(self, policy_name: str | None = None) -> dict[str, Any]:
@@ -169,11 +192,25 @@ class BlockDropDemo:
 
 
 def _stats_markdown(r: dict[str, Any]) -> str:
-    return (f"**Blocks used:** {r['blocks_used']} / {r['num_blocks']}\n\n"
+    h, w = r["input_resolution"]
+    return (f"**Blocks used:** {r['blocks_used']} / {r['num_blocks']} · **input:** resized to {w}×{h}\n\n"
             f"| | FLOPs (1 MAC = 2 FLOPs) | latency (median ms, CPU, batch 1) |\n|---|---|---|\n"
             f"| full ResNet | {r['flops_full'] / 1e6:.1f} M | {r['latency_full_ms']:.2f} |\n"
             f"| BlockDrop (incl. policy net {r['flops_policy_net'] / 1e6:.1f} M) | "
             f"{r['flops_blockdrop'] / 1e6:.1f} M | {r['latency_blockdrop_ms']:.2f} |")
+
+
+def model_input_label(r: dict[str, Any]) -> str:
+    """The caption of the model-input image: the resolution the networks really see (width×height)."""
+    h, w = r["input_resolution"]
+    return f"what the network sees: {w}×{h}"
+
+
+# Small images (32×32 shapes) are drawn enlarged with crisp pixels, not as a 32-pixel speck.
+PIXELATED_CSS = """<style>
+#blockdrop-input img, #blockdrop-model-input img { object-fit: contain; image-rendering: pixelated; }
+#blockdrop-examples img { image-rendering: pixelated; }
+</style>"""
 
 
 def panel_frames(panel: dict[str, Any]) -> dict[str, Any]:
@@ -225,7 +262,12 @@ def build_demo(ctx: Any) -> None:
             r = demo.predict(image, policy_name)
         except UserError as exc:
             raise gr.Error(str(exc)) from None
-        return r["full_top3"], r["blockdrop_top3"], r["block_map_html"], _stats_markdown(r)
+        seen = gr.update(value=enlarge(r["model_input"]), label=model_input_label(r))
+        return r["full_top3"], r["blockdrop_top3"], r["block_map_html"], _stats_markdown(r), seen
+
+    def blockdrop_predict_example(image: Any, policy_name: str):
+        """Clicking an example runs the prediction (its event's api_name comes from this name)."""
+        return run(image, policy_name)
 
     def panel(policy_name: str):
         try:
@@ -249,24 +291,37 @@ def build_demo(ctx: Any) -> None:
         return (summary, frames["histogram"], frames["curve"], frames["per_class"],
                 gallery(sel["fewest"]), gallery(sel["most"]))
 
+    gr.HTML(head=PIXELATED_CSS, container=False, padding=False)
     with gr.Row():
         with gr.Column():
             with gr.Tab("Upload"):
-                upload = lenient_upload(gr.Image(type="filepath", label="Image"))
+                upload = lenient_upload(gr.Image(type="filepath", label="Image", height=READABLE_PX,
+                                                 elem_id="blockdrop-input"))
                 run_upload = gr.Button("Run", variant="primary")
             with gr.Tab("Draw"):
                 sketch = gr.Sketchpad(label="Draw a shape", type="numpy")
                 run_sketch = gr.Button("Run on drawing", variant="primary")
-            policy = gr.Dropdown(names, value=names[0], label="policy (penalty γ: larger keeps more blocks)")
+            policy = gr.Dropdown(names, value=default_policy(names), elem_id="blockdrop-policy",
+                                 label="policy (penalty γ: larger keeps more blocks; γ = 1 recommended)")
+            # the outputs exist before the examples that fill them; they are drawn in the right column
+            full_label = gr.Label(num_top_classes=3, label="full ResNet", render=False)
+            bd_label = gr.Label(num_top_classes=3, label="BlockDrop", render=False)
+            block_map = gr.HTML(label="block map", elem_id="blockdrop-block-map", render=False)
+            stats = gr.Markdown(elem_id="blockdrop-stats", render=False)
+            seen = gr.Image(label="what the network sees", type="numpy", format="png", interactive=False,
+                            height=READABLE_PX, elem_id="blockdrop-model-input", render=False)
+            outputs = [full_label, bd_label, block_map, stats, seen]
             examples = sorted(str(p) for p in (Path(ctx.assets_dir) / "examples").glob("*.png"))
             if examples:
-                gr.Examples(examples=examples, inputs=[upload])
+                # A click fills the upload and runs the prediction with the chosen policy (the policy
+                # column is None: left as the user set it). Never cached: start-up must not run models.
+                gr.Examples(examples=[[path, None] for path in examples], inputs=[upload, policy],
+                            outputs=outputs, fn=blockdrop_predict_example, run_on_click=True,
+                            cache_examples=False, label="Examples (click one to run it)",
+                            elem_id="blockdrop-examples", api_name="blockdrop_load_example")
         with gr.Column():
-            full_label = gr.Label(num_top_classes=3, label="full ResNet")
-            bd_label = gr.Label(num_top_classes=3, label="BlockDrop")
-            block_map = gr.HTML(label="block map")
-            stats = gr.Markdown()
-    outputs = [full_label, bd_label, block_map, stats]
+            for component in outputs:
+                component.render()
     run_upload.click(run, [upload, policy], outputs, api_name="blockdrop_predict")
     run_sketch.click(run, [sketch, policy], outputs, api_name="blockdrop_predict_sketch")
 
