@@ -89,6 +89,9 @@ from trainer.checkpoints import (  # noqa: E402  (re-exported)
 
 from trainer.datasets import Arrays, ImageTensorDataset, cached_splits  # noqa: E402  (re-exported)
 
+# The training loop: seeding, epochs and steps, stopping, progress, metrics, checkpoints, exact resume
+from trainer.loop import TrainLoop  # noqa: E402  (re-exported)
+
 # --------------------------------------------------------------------------------------------
 # What a plugin registers
 # --------------------------------------------------------------------------------------------
@@ -333,7 +336,7 @@ def open_test_studio(home: Path | str, plugins: Sequence[Any] = (), *, installed
 
 __all__ = [
     "Arrays", "Checkpoint", "CheckpointInfo", "CheckpointSlot", "CommandContext", "ConfigError", "DatasetSpec",
-    "DemoContext", "ImageTensorDataset", "Method", "Progress", "Recipe", "TrainContext", "UserError",
+    "DemoContext", "ImageTensorDataset", "Method", "Progress", "Recipe", "TrainContext", "TrainLoop", "UserError",
     "cached_splits", "config_field", "config_fields", "config_to_dict", "dataclass_from_dict",
     "describe_constraints", "hook_names", "hookimpl", "hookspec", "image_to_tensor", "iter_hooks",
     "load_checkpoint", "load_rgb_image", "make_config", "open_test_studio", "parse_assignments",

@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.report import REPO_ROOT, write_report  # noqa: E402
 from plugins.blockdrop import analysis  # noqa: E402
-from plugins.blockdrop.recipes import backbone_from_card, infer, policy_from_card  # noqa: E402
+from plugins.blockdrop.evaluation import infer  # noqa: E402
+from plugins.blockdrop.model import backbone_from_checkpoint, policy_from_checkpoint  # noqa: E402
 from trainer.checkpoints import load_checkpoint  # noqa: E402
 
 ASSETS = REPO_ROOT / "assets" / "blockdrop"
@@ -30,8 +31,8 @@ def pick_policy(assets: Path, backbone: Path) -> Path:
     candidates = sorted(assets.glob("policy-g*.safetensors"))
     if not candidates:
         raise SystemExit(f"no policy-g*.safetensors in {assets}: train them (docs/blockdrop.md) or pass --policy")
-    full = load_checkpoint(backbone).card.get("metrics", {}).get("accuracy", 1.0)
-    metrics = {path: load_checkpoint(path).card.get("metrics", {}) for path in candidates}
+    full = load_checkpoint(backbone).metadata.get("metrics", {}).get("accuracy", 1.0)
+    metrics = {path: load_checkpoint(path).metadata.get("metrics", {}) for path in candidates}
     close = [p for p in candidates if metrics[p].get("accuracy", 0.0) >= full - 0.01]
     if close:
         return min(close, key=lambda p: metrics[p].get("mean_blocks", 1e9))
@@ -68,9 +69,9 @@ def main() -> None:
 
     policy_path = Path(args.policy) if args.policy else pick_policy(ASSETS, Path(args.backbone))
     full_ckpt, bd_ckpt = load_checkpoint(args.backbone), load_checkpoint(policy_path)
-    backbone_full = backbone_from_card(full_ckpt.tensors, full_ckpt.card).eval()
-    backbone_bd = backbone_from_card(bd_ckpt.tensors, bd_ckpt.card).eval()
-    policy_net = policy_from_card(bd_ckpt.tensors, bd_ckpt.card).eval()
+    backbone_full = backbone_from_checkpoint(full_ckpt).eval()
+    backbone_bd = backbone_from_checkpoint(bd_ckpt).eval()
+    policy_net = policy_from_checkpoint(bd_ckpt).eval()
     test = load_shapes("test", Path(args.data_dir))
     images, targets, difficulty = test.images, test.targets, test.difficulty
     k = backbone_full.num_blocks
@@ -80,7 +81,7 @@ def main() -> None:
 
     full_logits, _ = infer(backbone_full, None, images)
     result = analysis.evaluate_policy(backbone_bd, policy_net, images, targets,
-                                      bd_ckpt.card.get("free_blocks"))
+                                      bd_ckpt.metadata.get("free_blocks"))
     used = result["policy"].sum(1)
     budget = used.mean().item()
     for net in (backbone_full, backbone_bd, policy_net):
@@ -89,7 +90,7 @@ def main() -> None:
     flops_ratio = table.blockdrop(result["policy"]).mean().item() / table.full
     figures: dict = {
         "policy": policy_path.name,
-        "gamma": bd_ckpt.card.get("gamma"),
+        "gamma": bd_ckpt.metadata.get("gamma"),
         "num_test_images": len(targets),
         "accuracy_full": (full_logits.argmax(1) == targets).float().mean().item(),
         "accuracy_blockdrop": result["correct"].float().mean().item(),

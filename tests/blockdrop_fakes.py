@@ -11,7 +11,14 @@ from typing import Any
 
 import torch
 
-from trainer.checkpoints import Checkpoint, CheckpointInfo, load_checkpoint, read_card, save_checkpoint
+from trainer.checkpoints import (
+    Checkpoint,
+    CheckpointInfo,
+    load_checkpoint,
+    make_card,
+    read_card,
+    save_checkpoint,
+)
 from trainer.datasets.tensor_dataset import ImageTensorDataset
 
 
@@ -45,8 +52,9 @@ class FakeTrainContext:
     """Implements app.api.TrainContext in memory; checkpoints land in ``run_dir``.
 
     ``refs`` maps checkpoint refs (``blockdrop/backbone``) to files; a ref ``blockdrop/NAME`` not in
-    ``refs`` falls back to ``run_dir/NAME.safetensors``. ``resuming=True`` makes
-    ``resume_checkpoint`` return what this run saved before. ``stop_after`` batches → should_stop.
+    ``refs`` falls back to ``run_dir/NAME.safetensors``. Cards are written as the studio writes them
+    (format 2: ``studio`` + ``metadata``). ``resuming=True`` makes ``resume_checkpoint`` and
+    ``resume_state`` return what this run saved before. ``stop_after`` batches → should_stop.
     """
 
     def __init__(self, root: Path, device: str = "cpu", datasets: dict | None = None,
@@ -63,6 +71,7 @@ class FakeTrainContext:
         self.resuming = False
         self.stop_after = stop_after
         self.stop_calls = 0
+        self.states_saved = 0
         self.bars: list[_Bar] = []
 
     def dataset(self, name: str, split: str, **options: Any) -> Any:
@@ -77,7 +86,7 @@ class FakeTrainContext:
         self.metrics.append((step, dict(values)))
 
     def save_checkpoint(self, name: str, tensors: Any, metadata: Any = None) -> Path:
-        card = {"method": "blockdrop", "run_id": self.run_id, **dict(metadata or {})}
+        card = make_card({"method": "blockdrop", "run_id": self.run_id, "checkpoint": name}, metadata)
         path = save_checkpoint(self.run_dir / f"{name}.safetensors", tensors, card)
         self.saved[name] = path
         return path
@@ -93,6 +102,15 @@ class FakeTrainContext:
         if not self.resuming or name not in self.saved:
             return None
         return load_checkpoint(self.saved[name], self.device)
+
+    def save_state(self, tensors: Any, metadata: Any = None) -> Path:
+        self.states_saved += 1
+        return save_checkpoint(self.run_dir / "resume-state.safetensors", tensors,
+                               make_card({"run_id": self.run_id}, metadata))
+
+    def resume_state(self) -> Checkpoint | None:
+        path = self.run_dir / "resume-state.safetensors"
+        return load_checkpoint(path) if self.resuming and path.is_file() else None
 
     def should_stop(self) -> bool:
         self.stop_calls += 1

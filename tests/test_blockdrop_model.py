@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from pathlib import Path
+
 import pytest
 import torch
 
 from plugins.blockdrop import analysis
-from plugins.blockdrop.model import build_policy, build_resnet, greedy_policy, load_prefixed, prefixed
+from plugins.blockdrop.model import (
+    MEAN,
+    STD,
+    BlockDropResNet,
+    PolicyConfig,
+    PolicyNet,
+    ResNetConfig,
+    backbone_from_checkpoint,
+    build_policy,
+    build_resnet,
+    greedy_policy,
+    legacy_configs,
+    load_prefixed,
+    model_configs,
+    policy_from_checkpoint,
+    prefixed,
+)
+from trainer.checkpoints import load_checkpoint, make_card, read_card, save_checkpoint
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets" / "blockdrop"
 
 
 @pytest.fixture
@@ -124,3 +146,40 @@ def test_spearman_and_budget_baselines():
     assert rand.sum(1).mean().item() == pytest.approx(7.4, abs=1e-3)
     assert (first[:, :7] == 1).all() and (first[:, 8:] == 0).all()
     assert rand[:, 10:].sum() > 0  # random blocks, not the first ones
+
+
+def test_card_records_the_architectures_and_models_are_rebuilt_from_them(tmp_path):
+    torch.manual_seed(0)
+    backbone = BlockDropResNet(ResNetConfig(depth=8, num_classes=3, width=8, input_size=(24, 24),
+                                            mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.4), labels=("a", "b", "c")))
+    policy = PolicyNet(PolicyConfig(num_blocks=3, input_size=12, width=4, mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.4)))
+    metadata = {"kind": "finetune", "backbone": asdict(backbone.config), "policy": asdict(policy.config)}
+    path = save_checkpoint(tmp_path / "p.safetensors", {**prefixed(backbone, "backbone"), **prefixed(policy, "policy")},
+                           make_card({"method": "blockdrop"}, metadata))
+    checkpoint = load_checkpoint(path)
+    rebuilt, rebuilt_policy = backbone_from_checkpoint(checkpoint).eval(), policy_from_checkpoint(checkpoint).eval()
+    assert rebuilt.config == backbone.config and rebuilt_policy.config == policy.config  # lists back to tuples
+    assert rebuilt.mean.flatten().tolist() == pytest.approx([0.4, 0.5, 0.6])  # the model uses its own mean/std
+    x = torch.rand(2, 3, 24, 24)
+    with torch.no_grad():
+        assert torch.allclose(rebuilt(x), backbone.eval()(x)) and torch.allclose(rebuilt_policy(x), policy.eval()(x))
+    with pytest.raises(ValueError, match="no field 'colour'"):
+        model_configs({"backbone": {**asdict(backbone.config), "colour": "red"}})
+    backbone_only = load_checkpoint(save_checkpoint(tmp_path / "b.safetensors", prefixed(backbone, "backbone"),
+                                                    make_card({}, {"backbone": asdict(backbone.config)})))
+    with pytest.raises(ValueError, match="no policy"):
+        policy_from_checkpoint(backbone_only)
+
+
+@pytest.mark.parametrize("name", ["backbone", "policy-g1"])
+def test_flat_cards_of_the_shipped_assets_still_load(name):
+    card = read_card(ASSETS / f"{name}.safetensors")
+    backbone, policy = legacy_configs(card)
+    assert model_configs(card) == (backbone, policy)
+    assert backbone == ResNetConfig(depth=32, num_classes=10, width=16, input_size=(32, 32), mean=MEAN, std=STD,
+                                    labels=tuple(card["labels"]))
+    assert policy == (None if name == "backbone" else PolicyConfig(num_blocks=15, input_size=16, width=16))
+    checkpoint = load_checkpoint(ASSETS / f"{name}.safetensors")
+    assert backbone_from_checkpoint(checkpoint).num_blocks == 15
+    if policy is not None:
+        assert policy_from_checkpoint(checkpoint).config.input_size == 16

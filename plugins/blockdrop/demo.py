@@ -16,7 +16,7 @@ import torch
 
 from app.api import UserError, image_to_tensor, load_rgb_image
 from plugins.blockdrop import analysis
-from plugins.blockdrop.recipes import backbone_from_card, policy_from_card
+from plugins.blockdrop.recipes import backbone_from_checkpoint, policy_from_checkpoint
 
 DATASET = "shapes"
 # The operating point the γ selector opens on: benchmarks/results/blockdrop.json (docs/blockdrop.md,
@@ -107,19 +107,19 @@ class BlockDropDemo:
             if key not in self._models:
                 full = self.ctx.load_checkpoint("backbone")
                 bd = self.ctx.load_checkpoint(policy_name)
-                try:
-                    full_net = backbone_from_card(full.tensors, full.card).eval()
-                    bd_net = backbone_from_card(bd.tensors, bd.card).eval()
-                    policy_net = policy_from_card(bd.tensors, bd.card).eval()
-                except (KeyError, ValueError, RuntimeError) as exc:
+                try:  # the architectures come from the cards (typed configs; flat legacy cards adapted)
+                    full_net = backbone_from_checkpoint(full).eval()
+                    bd_net = backbone_from_checkpoint(bd).eval()
+                    policy_net = policy_from_checkpoint(bd).eval()
+                except (KeyError, ValueError, TypeError, RuntimeError) as exc:
                     raise UserError(f"Checkpoint {policy_name!r} or 'backbone' is not a BlockDrop checkpoint "
                                     f"({exc.__class__.__name__}: {exc}); retrain it.") from None
-                size = tuple(bd.card.get("image_size", (32, 32)))
-                labels = list(bd.card.get("labels") or full.card.get("labels") or [])
+                size = tuple(bd_net.config.input_size)
+                labels = list(bd_net.config.labels or full_net.config.labels)
                 labels += [f"class {i}" for i in range(len(labels), full_net.config.num_classes)]
                 self._models[key] = {
                     "full": full_net, "backbone": bd_net, "policy": policy_net, "labels": labels,
-                    "image_size": size, "free_blocks": bd.card.get("free_blocks"),
+                    "image_size": size, "free_blocks": bd.metadata.get("free_blocks"),
                     "flops": analysis.flop_table(bd_net, policy_net, size),
                     "hash": analysis.file_hash(backbone_path, policy_path), "card": bd.card,
                 }

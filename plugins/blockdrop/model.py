@@ -5,34 +5,53 @@ Backbone: depth 6n+2 (20/32/56/110), K = 3n BasicBlocks in three stages of 16/32
 The shortcut of the first block of stages 2 and 3 is the paper's parameter-free ``DownsampleB``
 (2×2 average pooling, then zero channels appended), so a dropped block costs nothing at all and
 its shortcut (identity, or the cheap downsample) still runs. Inputs are float N×3×H×W in [0, 1];
-normalisation happens inside the model.
+normalisation (the config's ``mean``/``std``) happens inside the model.
+
+A checkpoint's card records both architectures as dataclasses (``metadata["backbone"]`` =
+``asdict(ResNetConfig)``, ``metadata["policy"]`` = ``asdict(PolicyConfig)``), and
+:func:`backbone_from_checkpoint` / :func:`policy_from_checkpoint` rebuild the models from them; the
+flat cards written before (the shipped assets) go through :func:`legacy_configs`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-MEAN = (0.5, 0.5, 0.5)
+from app.api import Checkpoint, dataclass_from_dict
+
+MEAN = (0.5, 0.5, 0.5)  # the normalisation every model of the flat (legacy) cards was trained with
 STD = (0.25, 0.25, 0.25)
 
 
 @dataclass
 class ResNetConfig:
+    """The backbone's architecture, and what it expects of its input."""
+
     depth: int = 32  # 6n+2
     num_classes: int = 10
     width: int = 16  # channels of stage 1; stages 2 and 3 double it
+    input_size: tuple[int, int] = (32, 32)  # H, W of the images it was trained on
+    mean: tuple[float, float, float] = MEAN  # per-channel normalisation of [0, 1] inputs
+    std: tuple[float, float, float] = STD
+    labels: tuple[str, ...] = ()  # class names, in output order
 
 
 @dataclass
 class PolicyConfig:
+    """The policy network's architecture."""
+
     num_blocks: int = 15  # K: one keep/drop output per backbone block
     input_size: int = 32  # the policy looks at the image resized to input_size × input_size
     width: int = 16
+    mean: tuple[float, float, float] = MEAN
+    std: tuple[float, float, float] = STD
 
 
 class BasicBlock(nn.Module):
@@ -64,10 +83,11 @@ class DownsampleB(nn.Module):
 class ResNetTrunk(nn.Module):
     """Normalise → 3×3 stem → stages of BasicBlocks → pooled features → linear head."""
 
-    def __init__(self, blocks_per_stage: int, num_outputs: int, width: int):
+    def __init__(self, blocks_per_stage: int, num_outputs: int, width: int,
+                 mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD):
         super().__init__()
-        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.blocks = nn.ModuleList()
@@ -104,7 +124,7 @@ class BlockDropResNet(ResNetTrunk):
     def __init__(self, config: ResNetConfig):
         if (config.depth - 2) % 6 or config.depth < 8:
             raise ValueError(f"ResNet depth must be 6n+2 (20, 32, 56, 110), got {config.depth}")
-        super().__init__((config.depth - 2) // 6, config.num_classes, config.width)
+        super().__init__((config.depth - 2) // 6, config.num_classes, config.width, config.mean, config.std)
         self.config = config
 
     def forward(self, x: torch.Tensor, policy: torch.Tensor | None = None) -> torch.Tensor:
@@ -167,7 +187,7 @@ class PolicyNet(ResNetTrunk):
     """ResNet-8 (one BasicBlock per stage) with K sigmoid outputs: the keep probability per block."""
 
     def __init__(self, config: PolicyConfig):
-        super().__init__(1, config.num_blocks, config.width)
+        super().__init__(1, config.num_blocks, config.width, config.mean, config.std)
         self.config = config
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -211,3 +231,55 @@ def load_prefixed(module: nn.Module, tensors: dict[str, Any], prefix: str) -> nn
         raise ValueError(f"checkpoint has no '{prefix}.*' tensors")
     module.load_state_dict(state)
     return module
+
+
+# --------------------------------------------------------------------------------------------
+# Rebuilding models from a checkpoint's card
+# --------------------------------------------------------------------------------------------
+
+
+def model_configs(metadata: Mapping[str, Any]) -> tuple[ResNetConfig, PolicyConfig | None]:
+    """The architectures a card records (the policy's is None for a backbone-only checkpoint).
+
+    Raises ValueError (or KeyError) when the card describes no BlockDrop model."""
+    if isinstance(metadata.get("backbone"), Mapping):
+        policy = metadata.get("policy")
+        return (dataclass_from_dict(ResNetConfig, metadata["backbone"]),
+                dataclass_from_dict(PolicyConfig, policy) if isinstance(policy, Mapping) else None)
+    return legacy_configs(metadata)
+
+
+def legacy_configs(card: Mapping[str, Any]) -> tuple[ResNetConfig, PolicyConfig | None]:
+    """The architectures of a flat card written before the typed configs (keys ``depth``, ``num_classes``,
+    ``num_blocks``, ``policy_input_size``, ``labels``, ``image_size``): width 16, MEAN/STD."""
+    backbone = ResNetConfig(depth=int(card["depth"]), num_classes=int(card["num_classes"]),
+                            input_size=tuple(card.get("image_size") or (32, 32)),
+                            labels=tuple(card.get("labels") or ()))
+    policy = None
+    if "num_blocks" in card and card.get("kind") != "backbone":
+        policy = PolicyConfig(num_blocks=int(card["num_blocks"]), input_size=int(card.get("policy_input_size", 32)))
+    return backbone, policy
+
+
+def backbone_from_checkpoint(checkpoint: Checkpoint, device: Any = "cpu") -> BlockDropResNet:
+    """The ResNet stored (``backbone.*``) in a checkpoint, built from the config its card records."""
+    config, _ = model_configs(checkpoint.metadata)
+    return load_prefixed(BlockDropResNet(config), checkpoint.tensors, "backbone").to(device)
+
+
+def policy_from_checkpoint(checkpoint: Checkpoint, device: Any = "cpu") -> PolicyNet:
+    """The policy network stored (``policy.*``) in a checkpoint, built from the config its card records."""
+    _, config = model_configs(checkpoint.metadata)
+    if config is None:
+        raise ValueError(f"{checkpoint.path.name or 'the checkpoint'} holds no policy network (a backbone?)")
+    return load_prefixed(PolicyNet(config), checkpoint.tensors, "policy").to(device)
+
+
+def backbone_from_card(tensors: dict, card: dict, device: Any = "cpu") -> BlockDropResNet:
+    """:func:`backbone_from_checkpoint` for tensors and a whole card (flat or format 2)."""
+    return backbone_from_checkpoint(Checkpoint(Path(""), tensors, card), device)
+
+
+def policy_from_card(tensors: dict, card: dict, device: Any = "cpu") -> PolicyNet:
+    """:func:`policy_from_checkpoint` for tensors and a whole card (flat or format 2)."""
+    return policy_from_checkpoint(Checkpoint(Path(""), tensors, card), device)

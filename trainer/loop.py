@@ -1,0 +1,276 @@
+"""TrainLoop: the bookkeeping every recipe needs, so a recipe is its training step and little else.
+
+It seeds (torch, Python ``random``, numpy, and a ``torch.Generator`` for shuffling), counts epochs
+and steps, checks ``ctx.should_stop()`` before every step, shows progress, logs the metrics of each
+epoch and, at the end of each one, saves the user's checkpoint (``ctx.save_checkpoint``) and the
+resume state (``ctx.save_state``: weights, optimisers, LR schedulers, step counter, every RNG). A
+resumed run restores all of it and continues the same trajectory as a run that was never stopped::
+
+    loop = TrainLoop(ctx, epochs=config.epochs, seed=config.seed, checkpoint="backbone")  # seeds
+    net = build_net().to(loop.device)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    loop.resume(modules={"backbone": net}, optimizers=[opt])  # restores them when resuming
+    total = config.epochs * loop.num_batches(len(images), config.batch_size)
+    for epoch in loop.epochs():                               # starts after the last saved epoch
+        net.train()
+        for idx in loop.batches(len(images), config.batch_size):  # shuffled; ends early on should_stop
+            set_lr(opt, cosine_lr(config.lr, loop.step, total))    # loop.step: the global step
+            loss = F.cross_entropy(net(images[idx]), targets[idx])
+            opt.zero_grad(); loss.backward(); opt.step()
+            loop.track(len(idx), train_loss=loss)                  # epoch mean, weighted by batch size
+        loop.end_epoch(evaluate=lambda: {"accuracy": accuracy(net)}, metadata={"kind": "demo"})
+    return loop.final_metrics
+
+Duck-typed on the TrainContext protocol (``app.api``): the trainer never imports ``app``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def num_batches(n: int, batch_size: int) -> int:
+    """Batches per epoch of :meth:`TrainLoop.batches`: the last partial batch is dropped when n > batch_size."""
+    return max(n // min(batch_size, n), 1) if n > 0 else 0
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch (CPU and CUDA), Python ``random`` and numpy; return a CPU generator for shuffling."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:  # numpy is optional
+        pass
+    return torch.Generator().manual_seed(seed)
+
+
+class TrainLoop:
+    """Epochs, steps, stopping, progress, metrics, checkpoints and exact resume for one recipe.
+
+    ``checkpoint`` names the checkpoint saved at the end of every epoch: the tensors of ``modules``
+    under their name (``backbone.conv1.weight``) plus the recipe's metadata, ``epoch`` and ``metrics``.
+    """
+
+    def __init__(self, ctx: Any, *, epochs: int, seed: int, checkpoint: str, name: str | None = None) -> None:
+        self.ctx = ctx
+        self.num_epochs = int(epochs)
+        self.checkpoint = checkpoint
+        self.name = name or checkpoint
+        self.device = torch.device(ctx.device)
+        self.generator = seed_everything(seed)
+        self.epoch = 0  # epochs completed
+        self.step = 0  # batches completed over the whole run (the global step)
+        self.final_metrics: dict[str, float] = {}  # the metrics of the last completed epoch
+        self.stopped = False  # should_stop() said so: the current epoch is abandoned
+        self.modules: dict[str, nn.Module] = {}
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self.schedulers: list[Any] = []
+        self.resumed = False
+        self._ready = False
+        self._sums: dict[str, torch.Tensor] = {}
+        self._count = 0
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def resume(self, modules: Mapping[str, nn.Module], optimizers: Sequence[torch.optim.Optimizer] = (),
+               schedulers: Sequence[Any] = ()) -> bool:
+        """Register what the loop saves (``modules`` by name, ``optimizers``, LR ``schedulers``) and, when
+        the run is being resumed, restore it all from ``ctx.resume_state()``, RNG states included.
+
+        Without a resume state but with a checkpoint of this run (a run saved before resume states
+        existed), the weights and epoch come from the checkpoint; optimisers and RNG start afresh.
+        Returns whether anything was restored.
+        """
+        self.modules, self.optimizers, self.schedulers = dict(modules), list(optimizers), list(schedulers)
+        self._ready = True
+        state = self.ctx.resume_state()
+        if state is not None:
+            self._load_state(state.tensors, state.metadata)
+        else:
+            checkpoint = self.ctx.resume_checkpoint(self.checkpoint)
+            if checkpoint is None:
+                return False
+            self._load_modules(checkpoint.tensors, "")
+            self.epoch = int(checkpoint.metadata.get("epoch", 0))
+            self.final_metrics = dict(checkpoint.metadata.get("metrics") or {})
+        self.resumed = True
+        return True
+
+    # -- the loop -------------------------------------------------------------------------------
+    @staticmethod
+    def num_batches(n: int, batch_size: int) -> int:
+        """Batches per epoch of :meth:`batches` (for the length of an LR schedule)."""
+        return num_batches(n, batch_size)
+
+    def epochs(self) -> Iterator[int]:
+        """The 0-based indices of the epochs still to run; ends early once the run was stopped."""
+        if not self._ready:
+            raise RuntimeError("call loop.resume(modules=..., optimizers=...) before loop.epochs()")
+        while self.epoch < self.num_epochs and not self.stopped:
+            current = self.epoch
+            yield current
+            if self.epoch == current and not self.stopped:
+                raise RuntimeError("call loop.end_epoch() at the end of every epoch")
+
+    def batches(self, n: int, batch_size: int, desc: str | None = None) -> Iterator[torch.Tensor]:
+        """One shuffled epoch of index batches (on ``loop.device``) over ``n`` items, with a progress bar.
+
+        Checks ``ctx.should_stop()`` before every batch and ends the epoch early when it says so;
+        ``loop.step`` is the global index of the batch being trained and advances after it.
+        """
+        order = torch.randperm(n, generator=self.generator).to(self.device)
+        size = min(batch_size, n)
+        chunks = order[: n - n % size].split(size) if n else ()
+        desc = desc or f"{self.name} epoch {self.epoch + 1}/{self.num_epochs}"
+        with self.ctx.progress(len(chunks), desc) as bar:
+            for idx in chunks:
+                if self.ctx.should_stop():
+                    self.stopped = True
+                    return
+                yield idx
+                self.step += 1
+                bar.update()
+
+    def track(self, n: int, **batch_means: Any) -> None:
+        """Accumulate batch means (tensors or numbers) over ``n`` samples; end_epoch logs their epoch means."""
+        for key, value in batch_means.items():
+            value = value.detach().float() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+            self._sums[key] = self._sums.get(key, 0) + value * n
+        self._count += n
+
+    def end_epoch(self, evaluate: Callable[[], Mapping[str, float]] | None = None,
+                  metadata: Mapping[str, Any] | None = None, **metrics: float) -> dict[str, float]:
+        """Finish the epoch: the tracked means, ``metrics`` and ``evaluate()`` (run without gradients)
+        are logged at step ``epoch + 1``; then the checkpoint (``metadata`` + ``epoch`` + ``metrics``)
+        and the resume state are saved. Does nothing once the run was stopped.
+        """
+        if self.stopped:
+            return {}
+        values = {key: float(total / max(self._count, 1)) for key, total in self._sums.items()}
+        values.update({key: float(value) for key, value in metrics.items()})
+        if evaluate is not None:
+            with torch.no_grad():
+                values.update({key: float(value) for key, value in evaluate().items()})
+        self._sums, self._count = {}, 0
+        self.epoch += 1
+        self.final_metrics = values
+        self.ctx.log_metrics(self.epoch, **values)
+        self.ctx.save_checkpoint(self.checkpoint, self.model_tensors(),
+                                 {**dict(metadata or {}), "epoch": self.epoch, "metrics": values})
+        self.ctx.save_state(*self.state())
+        return values
+
+    # -- state ----------------------------------------------------------------------------------
+    def model_tensors(self) -> dict[str, torch.Tensor]:
+        """The state dicts of the modules, each key under the module's name (``backbone.fc.weight``)."""
+        return {f"{name}.{key}": value for name, module in self.modules.items()
+                for key, value in module.state_dict().items()}
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """What ``save_state`` stores: tensors (weights, optimiser tensors, RNG states) and JSON metadata."""
+        tensors = {f"model.{key}": value for key, value in self.model_tensors().items()}
+        meta: dict[str, Any] = {"epoch": self.epoch, "step": self.step, "metrics": self.final_metrics}
+        for kind, objects in (("optimizer", self.optimizers), ("scheduler", self.schedulers)):
+            meta[kind] = [flatten(obj.state_dict(), f"{kind}.{i}", tensors) for i, obj in enumerate(objects)]
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.generator"] = self.generator.get_state()
+        if torch.cuda.is_available():
+            for i, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
+                tensors[f"rng.cuda.{i}"] = cuda_state
+        meta["rng"] = {"python": flatten(random.getstate(), "rng.python", tensors)}
+        try:
+            import numpy as np
+
+            meta["rng"]["numpy"] = flatten(np.random.get_state(), "rng.numpy", tensors)
+        except ImportError:
+            pass
+        return tensors, meta
+
+    def _load_state(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+        self._load_modules(tensors, "model.")
+        for kind, objects in (("optimizer", self.optimizers), ("scheduler", self.schedulers)):
+            saved = meta.get(kind) or []
+            if len(saved) != len(objects):
+                raise ValueError(f"the resume state has {len(saved)} {kind}(s), the recipe {len(objects)}")
+            for obj, skeleton in zip(objects, saved, strict=True):
+                obj.load_state_dict(unflatten(skeleton, tensors))
+        self.epoch, self.step = int(meta.get("epoch", 0)), int(meta.get("step", 0))
+        self.final_metrics = dict(meta.get("metrics") or {})
+        torch.set_rng_state(tensors["rng.torch"].cpu())
+        self.generator.set_state(tensors["rng.generator"].cpu())
+        if torch.cuda.is_available():  # a state saved on another machine restores the devices both have
+            for i in range(torch.cuda.device_count()):
+                if f"rng.cuda.{i}" in tensors:
+                    torch.cuda.set_rng_state(tensors[f"rng.cuda.{i}"].cpu(), i)
+        rng = meta.get("rng") or {}
+        if "python" in rng:
+            random.setstate(unflatten(rng["python"], tensors))
+        if "numpy" in rng:
+            import numpy as np
+
+            np.random.set_state(unflatten(rng["numpy"], tensors))
+
+    def _load_modules(self, tensors: Mapping[str, torch.Tensor], prefix: str) -> None:
+        for name, module in self.modules.items():
+            head = f"{prefix}{name}."
+            module.load_state_dict({k[len(head):]: v for k, v in tensors.items() if k.startswith(head)})
+
+
+# -- nested state (optimiser and scheduler state dicts, RNG states) as tensors + JSON ----------------
+
+
+def flatten(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """A JSON-able copy of ``value`` whose tensors (and numpy arrays) move into ``tensors`` under dotted
+    keys (``optimizer.0.state.3.momentum_buffer``); :func:`unflatten` reverses it exactly (int keys,
+    tuples and non-finite floats included)."""
+    if isinstance(value, torch.Tensor):
+        tensors[key] = value.detach()
+        return {"__tensor__": key}
+    if type(value).__module__ == "numpy" and hasattr(value, "dtype"):
+        if getattr(value, "ndim", 0):
+            tensors[key] = torch.from_numpy(value.astype("int64" if value.dtype.kind in "iub" else "float64"))
+            return {"__ndarray__": key, "dtype": str(value.dtype)}
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"__float__": repr(value)}
+    if isinstance(value, tuple):
+        return {"__tuple__": [flatten(v, f"{key}.{i}", tensors) for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [flatten(v, f"{key}.{i}", tensors) for i, v in enumerate(value)]
+    if isinstance(value, Mapping):
+        if all(isinstance(k, str) and not k.startswith("__") for k in value):
+            return {k: flatten(v, f"{key}.{k}", tensors) for k, v in value.items()}
+        return {"__items__": [[k, flatten(v, f"{key}.{k}", tensors)] for k, v in value.items()]}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"cannot save {key} ({type(value).__name__}) in a resume state")
+
+
+def unflatten(value: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+    """The value :func:`flatten` took apart, with its tensors taken from ``tensors``."""
+    if isinstance(value, list):
+        return [unflatten(v, tensors) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "__tensor__" in value:
+        return tensors[value["__tensor__"]]
+    if "__ndarray__" in value:
+        return tensors[value["__ndarray__"]].cpu().numpy().astype(value["dtype"])
+    if "__float__" in value:
+        return float(value["__float__"])
+    if "__tuple__" in value:
+        return tuple(unflatten(v, tensors) for v in value["__tuple__"])
+    if "__items__" in value:
+        return {k: unflatten(v, tensors) for k, v in value["__items__"]}
+    return {k: unflatten(v, tensors) for k, v in value.items()}
+
+
+__all__ = ["TrainLoop", "flatten", "num_batches", "seed_everything", "unflatten"]
