@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,22 +29,15 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                             timeout=10)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def write_report(name: str, out: Path | str, figures: dict[str, Any], targets: dict[str, Any],
                  **extra: Any) -> Path:
     """Write the report to ``out`` and return its path; ``command`` is this process's argv."""
+    from trainer.gitinfo import current_commit
+
     report = {
         "benchmark": name,
         "command": "python " + " ".join(sys.argv),
-        "commit": commit(),
+        "commit": current_commit(REPO_ROOT),
         "machine": machine(),
         "figures": figures,
         "targets": targets,

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.api import Arrays, ImageTensorDataset, cached_splits
+from app.api import Arrays, ImageTensorDataset
+from plugins.datasets.procedural import load_generated, render_chunks, split_rng
 from plugins.datasets.raster import (
     as_float32,
     blur,
     coverage,
     local_coords,
-    map_chunks,
     paint,
     pixel_grid,
     sd_box,
@@ -33,8 +33,8 @@ from plugins.datasets.raster import (
 HEAD_ATTRIBUTES = ["hat", "glasses", "beard", "smiling", "long_hair", "blond_hair", "earrings"]
 BODY_ATTRIBUTES = ["long_sleeves", "striped_shirt", "red_shirt", "skirt", "bag", "dark_shoes", "belt"]
 PERSON_ATTRIBUTES = HEAD_ATTRIBUTES + BODY_ATTRIBUTES
-SPLITS = ("train", "val", "test")
 GENERATOR_VERSION = 2
+SEED_SALT = 7  # part of every persons split seed stream (changing it changes every image)
 CHUNK = 500
 
 # P(attribute) given the latent flag: (if feminine, if not). Marginals are the means (flag ~ 50%).
@@ -55,10 +55,6 @@ _NOT_RED = np.array([[0.15, 0.35, 0.80], [0.20, 0.65, 0.30], [0.95, 0.95, 0.95],
 _TROUSERS = np.array([[0.15, 0.20, 0.45], [0.10, 0.10, 0.12], [0.45, 0.45, 0.48], [0.65, 0.55, 0.38]])
 _DARK_SHOES = np.array([[0.05, 0.05, 0.05], [0.25, 0.15, 0.08]])
 _LIGHT_SHOES = np.array([[0.95, 0.95, 0.95], [0.85, 0.2, 0.2], [0.85, 0.75, 0.55]])
-
-
-def _split_rng(seed: int, split: str) -> np.random.Generator:
-    return np.random.default_rng([seed, SPLITS.index(split), GENERATOR_VERSION, 7])
 
 
 def _pick(rng: np.random.Generator, palette: np.ndarray, n: int, jitter: float = 0.04) -> np.ndarray:
@@ -215,15 +211,10 @@ def render(p: dict[str, np.ndarray], size: int) -> np.ndarray:
     return np.clip(np.round(canvas * 255), 0, 255).astype(np.uint8).transpose(0, 3, 1, 2).copy()
 
 
-def _render_chunk(args: tuple[dict[str, np.ndarray], int]) -> np.ndarray:
-    return render(*args)
-
-
 def generate(split: str, n: int, size: int = 64, seed: int = 0, workers: int | None = None) -> Arrays:
     """Generate ``n`` figures of ``split`` (deterministic in split, n, size, seed; not in workers)."""
-    p = sample_params(n, _split_rng(seed, split))
-    chunks = [({k: v[i:i + CHUNK] for k, v in p.items()}, size) for i in range(0, n, CHUNK)]
-    parts = map_chunks(_render_chunk, chunks, workers)
+    p = sample_params(n, split_rng(seed, split, GENERATOR_VERSION, SEED_SALT))
+    parts = render_chunks(render, p, n, size, CHUNK, workers)
     images = np.concatenate(parts) if parts else np.zeros((0, 3, size, size), np.uint8)
     return {"images": images, "targets": p["attributes"]}
 
@@ -235,9 +226,7 @@ def load_persons(split: str, root: Path, *, size: int = 64, num_train: int = 200
     Same arguments → identical bytes; splits come from different seed streams. The first call
     generates every split.
     """
-    counts = {"train": num_train, "val": num_val, "test": num_test}
-    key = f"v{GENERATOR_VERSION}_s{size}_n{num_train}-{num_val}-{num_test}_seed{seed}"
-    arrays = cached_splits(Path(root) / "persons", key, split, SPLITS,
-                           lambda name: generate(name, counts[name], size=size, seed=seed))
+    arrays = load_generated("persons", GENERATOR_VERSION, generate, split, root, size=size, num_train=num_train,
+                            num_val=num_val, num_test=num_test, seed=seed)
     return ImageTensorDataset(torch.from_numpy(arrays["images"]), torch.from_numpy(arrays["targets"]),
                               PERSON_ATTRIBUTES, "multilabel", name=f"persons/{split}")

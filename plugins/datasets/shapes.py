@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.api import Arrays, ImageTensorDataset, cached_splits
+from app.api import Arrays, ImageTensorDataset
+from plugins.datasets.procedural import load_generated, render_chunks, split_rng
 from plugins.datasets.raster import (
     as_float32,
     blur,
     coverage,
     local_coords,
-    map_chunks,
     paint,
     pixel_grid,
     sd_box,
@@ -30,7 +30,6 @@ from plugins.datasets.raster import (
 
 SHAPE_CLASSES = ["circle", "square", "triangle", "star", "cross", "ring", "hexagon", "heart", "arrow",
                  "crescent"]
-SPLITS = ("train", "val", "test")
 GENERATOR_VERSION = 4  # bump when the images change, so old caches are not reused
 
 # Weight of each nuisance term (each in [0, 1]) in the difficulty; they sum to 1.
@@ -110,10 +109,6 @@ def shape_sdf(label: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 # Per-sample parameters (drawn for the whole split from one seed stream) and rendering
 # ------------------------------------------------------------------------------------------------
-
-
-def _split_rng(seed: int, split: str) -> np.random.Generator:
-    return np.random.default_rng([seed, SPLITS.index(split), GENERATOR_VERSION])
 
 
 def sample_params(n: int, rng: np.random.Generator) -> Arrays:
@@ -243,15 +238,10 @@ def difficulty(terms: Arrays) -> np.ndarray:
     return np.clip(sum(DIFFICULTY_WEIGHTS[k] * terms[k] for k in NUISANCES), 0, 1)
 
 
-def _render_chunk(args: tuple[Arrays, int]) -> Arrays:
-    return render(*args)
-
-
 def generate(split: str, n: int, size: int = 32, seed: int = 0, workers: int | None = None) -> Arrays:
     """Generate ``n`` samples of ``split`` (deterministic in split, n, size, seed; not in workers)."""
-    p = sample_params(n, _split_rng(seed, split))
-    chunks = [({k: v[i:i + CHUNK] for k, v in p.items()}, size) for i in range(0, n, CHUNK)]
-    parts = map_chunks(_render_chunk, chunks, workers)
+    p = sample_params(n, split_rng(seed, split, GENERATOR_VERSION))
+    parts = render_chunks(render, p, n, size, CHUNK, workers)
     out = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]} if parts else {
         "images": np.zeros((0, 3, size, size), np.uint8), "contrast": np.zeros(0), "occluded": np.zeros(0)}
     terms = difficulty_terms(p, out["contrast"], out["occluded"])
@@ -268,10 +258,8 @@ def load_shapes(split: str, root: Path, *, size: int = 32, num_train: int = 2000
     Same arguments → identical bytes. Splits come from different seed streams, so they are disjoint.
     ``meta`` holds each nuisance's difficulty term (``term_<name>``).
     """
-    counts = {"train": num_train, "val": num_val, "test": num_test}
-    key = f"v{GENERATOR_VERSION}_s{size}_n{num_train}-{num_val}-{num_test}_seed{seed}"
-    arrays = cached_splits(Path(root) / "shapes", key, split, SPLITS,
-                           lambda name: generate(name, counts[name], size=size, seed=seed))
+    arrays = load_generated("shapes", GENERATOR_VERSION, generate, split, root, size=size, num_train=num_train,
+                            num_val=num_val, num_test=num_test, seed=seed)
     meta = {k[5:]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith("term_")}
     return ImageTensorDataset(torch.from_numpy(arrays["images"]), torch.from_numpy(arrays["targets"]),
                               SHAPE_CLASSES, "classification", difficulty=torch.from_numpy(arrays["difficulty"]),
