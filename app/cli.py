@@ -78,6 +78,9 @@ def _set_env(name: str):
               help="Also load single-file plugins (*.py) from DIR (env AVSTUDIO_PLUGINS_DIR).")
 @click.option("--device", expose_value=False, callback=_set_env("AVSTUDIO_DEVICE"),
               help="Training device: auto, cpu, cuda, cuda:1, mps (env AVSTUDIO_DEVICE).")
+@click.option("--threads", expose_value=False, callback=_set_env("AVSTUDIO_THREADS"),
+              help="CPU threads for recipes, workers and demos: N or auto (env AVSTUDIO_THREADS). "
+                   "On a busy 2-core machine, 1 is often much faster.")
 @click.version_option(package_name="adaptive-vision-studio", prog_name="avstudio")
 def cli() -> None:
     """Adaptive Vision Studio: see and retrain adaptive, efficient vision networks."""
@@ -89,7 +92,10 @@ def cli() -> None:
 
 
 def _settings() -> Settings:
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValueError as exc:  # a malformed AVSTUDIO_* value
+        raise CliError(str(exc), exit_code=2) from None
     settings.ensure_dirs()
     return settings
 
@@ -108,23 +114,11 @@ def _registry(ctx: click.Context | None = None):
 
 
 def _register_plugin_commands(registry) -> None:
-    """Call every plugin's ``register_commands(cli)``; a failing plugin is reported, not fatal."""
-    builtins = dict(cli.commands)
-    by_name = {p.name: p for p in registry.plugins}
-    for impl in registry.pm.hook.register_commands.get_hookimpls():
-        status = by_name.get(impl.plugin_name)
-        if status is not None and status.status != "ok":
-            continue
-        try:
-            from app.demo_context import StudioCommandContext
+    """Call every plugin's ``register_commands(cli, ctx)``; a failing plugin is reported, not fatal."""
+    from app.demo_context import StudioCommandContext
 
-            given = {"cli": cli, "ctx": StudioCommandContext(registry, _settings)}
-            impl.function(**{arg: given[arg] for arg in impl.argnames})
-        except Exception as exc:
-            log.exception("plugin %s failed in register_commands", impl.plugin_name)
-            if status is not None:
-                status.status = "failed"
-                status.error = f"register_commands: {exc.__class__.__name__}: {exc}".splitlines()[0][:300]
+    builtins = dict(cli.commands)
+    registry.run_hook("register_commands", cli=cli, ctx=StudioCommandContext(registry, _settings))
     for name, command in builtins.items():
         if cli.commands.get(name) is not command:  # plugins add commands; they never replace ours
             log.warning("a plugin tried to replace the built-in command %r; keeping the built-in", name)
@@ -162,17 +156,6 @@ def _on_run(action, run_id: int):
 
 def _get_run(store, run_id: int):
     return _on_run(store.get_run, run_id)
-
-
-def _commit() -> str | None:
-    try:
-        from trainer.gitinfo import current_commit
-    except ImportError:
-        return None
-    try:
-        return current_commit()
-    except Exception:
-        return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,7 +244,7 @@ def worker(exit_when_idle: bool, max_runs: int | None, grace_s: float, poll_inte
         result = run_worker(settings.db_url, registry_from_env, data_dir=settings.data_dir,
                             runs_dir=settings.runs_dir, assets_dir=settings.assets_dir,
                             device=settings.device, poll_interval_s=poll_interval_s, grace_s=grace_s,
-                            exit_when_idle=exit_when_idle, max_runs=max_runs)
+                            exit_when_idle=exit_when_idle, max_runs=max_runs, threads=settings.threads)
     except KeyboardInterrupt:
         click.echo("worker stopped", err=True)
         sys.exit(130)
@@ -276,6 +259,8 @@ def worker(exit_when_idle: bool, max_runs: int | None, grace_s: float, poll_inte
 @contextmanager
 def _cancel_on_ctrl_c(store, run_id: int):
     """First Ctrl-C asks the run to stop (cooperatively); a second one cancels it at once."""
+    from trainer.store import RunStatus
+
     previous = signal.getsignal(signal.SIGINT)
     pressed = []
 
@@ -285,7 +270,7 @@ def _cancel_on_ctrl_c(store, run_id: int):
             click.echo("\ncancelling… (Ctrl-C again to stop at once)", err=True)
             _in_thread(store.request_cancel, run_id, wait=False)
             return
-        _in_thread(store.finish, run_id, "cancelled", wait=True, error="cancelled with Ctrl-C")
+        _in_thread(store.finish, run_id, RunStatus.CANCELLED, wait=True, error="cancelled with Ctrl-C")
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, handler)
@@ -315,8 +300,8 @@ def _in_thread(fn, *args: Any, wait: bool, **kwargs: Any) -> None:
 
 def _run_inline(store, settings: Settings, registry, run_id: int, device: str) -> None:
     """Claim a queued run and execute it here with a progress bar; exit non-zero unless it succeeded."""
+    from trainer.store import RunStatus
     from trainer.worker import execute_run
-
 
     host, pid = socket.gethostname(), os.getpid()
     if store.claim_run(run_id, f"cli-{host}-{pid}", host=host, pid=pid) is None:
@@ -325,16 +310,16 @@ def _run_inline(store, settings: Settings, registry, run_id: int, device: str) -
         with _cancel_on_ctrl_c(store, run_id):
             execute_run(settings.db_url, run_id, lambda: registry, data_dir=settings.data_dir,
                         runs_dir=settings.runs_dir, assets_dir=settings.assets_dir, device=device,
-                        show_progress=True)
+                        show_progress=True, threads=settings.threads)
     except KeyboardInterrupt:
-        store.finish(run_id, "cancelled", error="cancelled with Ctrl-C")  # no-op if it has finished
+        store.finish(run_id, RunStatus.CANCELLED, error="cancelled with Ctrl-C")  # no-op if it has finished
     run = store.get_run(run_id)
     click.echo(f"run {run.id} {run.status} on {run.device}")
     for key in sorted(run.latest_metrics):
         click.echo(f"  {key} = {_fmt(run.latest_metrics[key])}")
-    if run.status != "succeeded":
+    if run.status != RunStatus.SUCCEEDED:
         raise CliError(f"run {run.id} {run.status}" + (f": {run.error}" if run.error else ""),
-                       exit_code=130 if run.status == "cancelled" else 1)
+                       exit_code=130 if run.status == RunStatus.CANCELLED else 1)
 
 
 @cli.command(context_settings={"ignore_unknown_options": False})
@@ -348,20 +333,27 @@ def _run_inline(store, settings: Settings, registry, run_id: int, device: str) -
 def train(method: str, recipe: str, assignments: tuple[str, ...], device: str | None, detach: bool,
           help_config: bool) -> None:
     """Train METHOD with RECIPE: inline with a progress bar, or queued with --detach."""
-    from app.api import config_fields, config_to_dict, make_config, parse_assignments
+    from trainer.config import (
+        config_fields,
+        config_to_dict,
+        describe_constraints,
+        make_config,
+        parse_assignments,
+    )
+    from trainer.gitinfo import current_commit
 
     settings = _settings()
     registry = _registry()
     chosen = registry.recipe(method, recipe)
     if help_config:
-        rows = [[f["name"], getattr(f["type"], "__name__", str(f["type"])), f["default"], f["help"]]
-                for f in config_fields(chosen.config_cls)]
-        click.echo(_table(["key", "type", "default", "help"], rows))
+        rows = [[f["name"], getattr(f["type"], "__name__", str(f["type"])), f["default"],
+                 describe_constraints(f) or "-", f["help"]] for f in config_fields(chosen.config_cls)]
+        click.echo(_table(["key", "type", "default", "allowed", "help"], rows))
         return
     config = make_config(chosen.config_cls, parse_assignments(assignments))
     device = device or settings.device
     store = _store(settings)
-    run_id = store.enqueue(method, recipe, config_to_dict(config), device=device, commit=_commit())
+    run_id = store.enqueue(method, recipe, config_to_dict(config), device=device, commit=current_commit())
     if detach:
         click.echo(f"queued run {run_id} ({method}/{recipe}); a worker will pick it up "
                    "(`avstudio worker`, or the one `avstudio serve` starts)")
@@ -387,10 +379,10 @@ def runs() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def runs_list(method: str | None, status: str | None, limit: int, as_json: bool) -> None:
     """The newest runs first."""
-    from trainer.store import RUN_STATUSES
+    from trainer.store import RunStatus
 
-    if status is not None and status not in RUN_STATUSES:
-        raise CliError(f"unknown status {status!r}; valid statuses: {', '.join(RUN_STATUSES)}", exit_code=2)
+    if status is not None and status not in list(RunStatus):
+        raise CliError(f"unknown status {status!r}; valid statuses: {', '.join(RunStatus)}", exit_code=2)
     found = _store(_settings()).list_runs(method=method, status=status, limit=limit)
     if as_json:
         _echo_json([asdict(r) for r in found])
@@ -408,12 +400,18 @@ def runs_list(method: str | None, status: str | None, limit: int, as_json: bool)
 @click.option("--json", "as_json", is_flag=True)
 def runs_show(run_id: int, as_json: bool) -> None:
     """Config, params, status, error, latest metrics and artifacts of one run."""
+    from trainer.store import RunStatus
+
     store = _store(_settings())
     run = _get_run(store, run_id)
     params = store.params(run_id)
     artifacts = store.artifacts(run_id)
+    from app.promotion import promotions_of_run
+
+    promoted = promotions_of_run(store, run_id)
     if as_json:
-        _echo_json({**asdict(run), "params": params, "artifacts": [asdict(a) for a in artifacts]})
+        _echo_json({**asdict(run), "params": params,
+                    "artifacts": [{**asdict(a), "promoted_as": promoted.get(a.id, [])} for a in artifacts]})
         return
     click.echo(f"run {run.id}: {run.method}/{run.recipe}  [{run.status}]")
     for label, value in [("device", run.device), ("commit", run.commit), ("worker", run.worker_id),
@@ -421,7 +419,7 @@ def runs_show(run_id: int, as_json: bool) -> None:
                          ("finished", run.finished_at), ("resumed", run.resume_count or None)]:
         if value is not None:
             click.echo(f"  {label:<9}{_fmt(value)}")
-    if run.status == "running":
+    if run.status == RunStatus.RUNNING:
         click.echo(f"  progress {run.progress:.0%} {run.progress_desc}")
     if run.error:
         click.echo(f"  error    {run.error}")
@@ -438,7 +436,9 @@ def runs_show(run_id: int, as_json: bool) -> None:
         click.echo(f"  {key} = {_fmt(run.latest_metrics[key])}")
     click.echo("artifacts:" if artifacts else "artifacts: (none)")
     for artifact in artifacts:
-        click.echo(f"  #{artifact.id} {artifact.name} ({artifact.kind}) {artifact.path}")
+        slots = promoted.get(artifact.id)
+        where = f"  [promoted as {', '.join(slots)}]" if slots else ""
+        click.echo(f"  #{artifact.id} {artifact.name} ({artifact.kind}) {artifact.path}{where}")
 
 
 @runs.command("compare")
@@ -476,8 +476,10 @@ def runs_compare(run_ids: tuple[int, ...], metric_keys: tuple[str, ...], as_json
 @click.argument("run_id", type=int)
 def runs_cancel(run_id: int) -> None:
     """Cancel a queued run, or ask a running one to stop."""
+    from trainer.store import RunStatus
+
     run = _on_run(_store(_settings()).request_cancel, run_id)
-    if run.status == "cancelled":
+    if run.status == RunStatus.CANCELLED:
         click.echo(f"run {run_id} cancelled")
     else:
         click.echo(f"run {run_id}: cancel requested; it stops at its next check")
@@ -500,25 +502,30 @@ def runs_resume(run_id: int, inline: bool) -> None:
 @runs.command("promote")
 @click.argument("run_id", type=int)
 @click.option("--name", default=None, help="The checkpoint artifact (needed when the run saved several).")
-@click.option("--slot", default=None, help="The demo's checkpoint slot (default: the artifact name).")
+@click.option("--slot", default=None, help="The demo's checkpoint slot (default: the artifact name); "
+                                           "one the method declares.")
 def runs_promote(run_id: int, name: str | None, slot: str | None) -> None:
     """Make a run's checkpoint the one its method's demo uses."""
+    from app.promotion import choose_artifact, promote_artifact
+    from trainer.store import RunStatus
+
     store = _store(_settings())
-    run = _get_run(store, run_id)
-    checkpoints = store.artifacts(run_id, kind="checkpoint")
-    names = ", ".join(a.name for a in checkpoints) or "(none)"
-    if not checkpoints:
-        raise CliError(f"run {run_id} saved no checkpoint")
-    if name is None and len(checkpoints) > 1:
-        raise CliError(f"run {run_id} saved several checkpoints; pass --name, one of: {names}", 2)
-    chosen = checkpoints[0] if name is None else next((a for a in checkpoints if a.name == name), None)
-    if chosen is None:
-        raise CliError(f"run {run_id} has no checkpoint {name!r}; checkpoints: {names}", 2)
-    slot = slot or chosen.name
-    store.promote(run.method, slot, chosen.id)
-    if run.status != "succeeded":
-        click.echo(f"Warning: run {run_id} is {run.status}", err=True)
-    click.echo(f"promoted run {run_id}'s checkpoint {chosen.name!r} as {run.method}/{slot}: {chosen.path}")
+    _get_run(store, run_id)
+    chosen = choose_artifact(store, run_id, name)
+    done = promote_artifact(store, _registry(), chosen.id, slot)
+    if done.run_status != RunStatus.SUCCEEDED:
+        click.echo(f"Warning: run {run_id} is {done.run_status}", err=True)
+    click.echo(done.message())
+
+
+@runs.command("unpromote")
+@click.argument("method")
+@click.argument("slot")
+def runs_unpromote(method: str, slot: str) -> None:
+    """Stop using a promoted checkpoint: METHOD's demo goes back to the shipped one for SLOT."""
+    from app.promotion import unpromote
+
+    click.echo(unpromote(_store(_settings()), method, slot))
 
 
 # --------------------------------------------------------------------------------------------
@@ -528,12 +535,24 @@ def runs_promote(run_id: int, name: str | None, slot: str | None) -> None:
 
 @cli.command()
 @click.option("--all", "show_all", is_flag=True, help="Include the built-in plugins.")
-def plugins(show_all: bool) -> None:
-    """The loaded plugins as JSON: name, version, hooks, status, error, source."""
+@click.option("--no-demos", is_flag=True, help="Do not build the demos to check them (faster).")
+def plugins(show_all: bool, no_demos: bool) -> None:
+    """The loaded plugins as JSON: name, version, hooks, status, error, source, methods, datasets.
+
+    Exits with status 1 when a plugin failed to load, to register, or (unless --no-demos) to
+    build its demo.
+    """
     registry = _registry()
+    if not no_demos:
+        from app.ui import check_demos
+
+        check_demos(_settings(), registry)
     shown = [p.as_dict() for p in registry.plugins
              if show_all or p.source != "builtin" or p.status != "ok"]
     _echo_json(shown)
+    failed = registry.failed()
+    if failed:
+        raise CliError(f"{len(failed)} plugin(s) failed: " + "; ".join(f"{p.name} ({p.error})" for p in failed))
 
 
 @cli.group(invoke_without_command=True)
@@ -561,15 +580,19 @@ def datasets(ctx: click.Context, as_json: bool) -> None:
               help="PNG to write (default: HOME/previews/NAME-SPLIT.png).")
 @click.option("-n", "count", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--download", is_flag=True, help="Let the loader download missing files.")
-def datasets_show(name: str, split: str, out: Path | None, count: int, download: bool) -> None:
+@click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="A dataset option (repeatable), e.g. -o path=DIR for imagefolder; see `avstudio datasets`.")
+def datasets_show(name: str, split: str, out: Path | None, count: int, download: bool,
+                  options: tuple[str, ...]) -> None:
     """Save a grid of NAME's first images as a PNG and print its path."""
+    from trainer.config import parse_assignments
+    from trainer.datasets.preview import save_preview_grid
+
     settings = _settings()
-    options = {"download": True} if download else {}
-    dataset = _registry().load_dataset(name, split, settings.data_dir, **options)
-    try:
-        from trainer.datasets.preview import save_preview_grid
-    except ImportError:
-        raise CliError("dataset previews are not available: trainer.datasets.preview is missing") from None
+    values: dict[str, Any] = dict(parse_assignments(options))
+    if download:
+        values["download"] = True
+    dataset = _registry().load_dataset(name, split, settings.data_dir, **values)
 
     out = out or settings.home / "previews" / f"{name}-{split}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -582,11 +605,12 @@ def datasets_show(name: str, split: str, out: Path | None, count: int, download:
               show_default=True, help="Where to create avstudio-NAME/.")
 def new_plugin(name: str, directory: Path) -> None:
     """Scaffold an installable plugin package avstudio-NAME/ with a method, a recipe and a test."""
-    from app.scaffold import create_plugin
+    from app.scaffold import check_name_is_free, create_plugin
 
+    check_name_is_free(name, _registry())
     root = create_plugin(name, directory)
     click.echo(f"created {root}")
-    click.echo(f"next: pip install -e {root} && avstudio plugins && python -m pytest {root / 'tests'}")
+    click.echo(f"next: pip install -e '{root}[test]' && avstudio plugins && python -m pytest {root / 'tests'}")
 
 
 def main() -> None:

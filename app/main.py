@@ -23,11 +23,16 @@ if str(REPO_ROOT) not in sys.path:
 
 
 def server_options(env: Mapping[str, str], enable_training: bool) -> tuple[str, int, bool]:
-    """(host, port, start_worker) for this environment, as described at the top of this file."""
+    """(host, port, start_worker) for this environment, as described at the top of this file.
+
+    Raises ValueError (naming the variable) when AVSTUDIO_NO_WORKER is not a yes/no value.
+    """
+    from app.settings import env_flag
+
     on_space = bool(env.get("SPACE_ID"))
     host = env.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if on_space else "127.0.0.1")
     port = int(env.get("GRADIO_SERVER_PORT") or env.get("PORT") or 7860)
-    no_worker = env.get("AVSTUDIO_NO_WORKER", "").strip().lower() in ("1", "true", "yes", "on")
+    no_worker = env_flag("AVSTUDIO_NO_WORKER", env)
     return host, port, not no_worker and not (on_space and not enable_training)
 
 
@@ -37,8 +42,11 @@ def main() -> None:
     from app.settings import Settings
     from app.ui import launch
 
-    settings = Settings()
-    host, port, start_worker = server_options(os.environ, settings.enable_training)
+    try:
+        settings = Settings()
+        host, port, start_worker = server_options(os.environ, settings.enable_training)
+    except ValueError as exc:  # a malformed AVSTUDIO_* value: one line, not a traceback
+        sys.exit(f"avstudio: {exc}")
     launch(settings, registry_from_env(), host=host, port=port, start_worker=start_worker)
 
 

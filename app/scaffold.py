@@ -10,6 +10,7 @@ import re
 from importlib import resources
 from pathlib import Path
 from string import Template
+from typing import Any
 
 from app.errors import UserError
 
@@ -32,6 +33,17 @@ def template_values(name: str) -> dict[str, str]:
     ident = name.replace("-", "_")
     title = " ".join(part.capitalize() for part in re.split(r"[-_]", name))
     return {"name": name, "ident": ident, "module": f"avstudio_{ident}", "title": title}
+
+
+def check_name_is_free(name: str, registry: Any) -> None:
+    """A UserError when ``name`` is already a loaded plugin, method or dataset (it would then collide)."""
+    for status in registry.plugins:
+        if name in (status.name, *status.methods, *status.datasets):
+            what = "plugin" if name == status.name else "method" if name in status.methods else "dataset"
+            raise UserError(f"{name!r} is already taken: {what} of the {status.source} plugin {status.name!r}; "
+                            "choose another name")
+    if name in registry.methods or name in registry.datasets:
+        raise UserError(f"{name!r} is already a registered method or dataset; choose another name")
 
 
 def render(name: str) -> dict[str, str]:

@@ -3,15 +3,37 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from trainer.config import parse_flag
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ASSETS_DIR = REPO_ROOT / "assets"
 
 
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+def env_flag(name: str, env: Mapping[str, str] | None = None) -> bool:
+    """The yes/no variable ``name`` of ``env`` (default: the environment); unset or empty is off.
+
+    Raises ValueError naming the variable for anything but 1/true/yes/on or 0/false/no/off (any
+    case), so a typo such as ``AVSTUDIO_ENABLE_TRAINING=ture`` never silently reads as off.
+    """
+    value = (os.environ if env is None else env).get(name, "")
+    try:
+        return parse_flag(value)
+    except ValueError:
+        raise ValueError(f"{name} must be 1, true, yes or on (or 0, false, no, off), got {value!r}") from None
+
+
+def parse_threads(value: str | int | None) -> int | None:
+    """``AVSTUDIO_THREADS`` / ``--threads``: a positive integer, or empty / "auto" for torch's default."""
+    text = "" if value is None else str(value).strip().lower()
+    if text in ("", "auto", "0"):
+        return None
+    if not text.isdigit():
+        raise ValueError(f"AVSTUDIO_THREADS must be a positive integer or 'auto', got {value!r}")
+    return int(text)
 
 
 @dataclass
@@ -22,12 +44,14 @@ class Settings:
     db_url: str = ""
     device: str = field(default_factory=lambda: os.environ.get("AVSTUDIO_DEVICE", "auto"))
     demo_device: str = field(default_factory=lambda: os.environ.get("AVSTUDIO_DEMO_DEVICE", "cpu"))
-    enable_training: bool = field(default_factory=lambda: _flag("AVSTUDIO_ENABLE_TRAINING"))
+    enable_training: bool = field(default_factory=lambda: env_flag("AVSTUDIO_ENABLE_TRAINING"))
     plugins: str | None = field(default_factory=lambda: os.environ.get("AVSTUDIO_PLUGINS"))
     plugins_dir: Path | None = field(
         default_factory=lambda: Path(d) if (d := os.environ.get("AVSTUDIO_PLUGINS_DIR")) else None
     )
     assets_dir: Path = field(default_factory=lambda: Path(os.environ.get("AVSTUDIO_ASSETS", str(ASSETS_DIR))))
+    threads: int | None = field(default_factory=lambda: parse_threads(os.environ.get("AVSTUDIO_THREADS")))
+    """CPU threads for recipes, workers and demos (None: torch's default, one per core)."""
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).expanduser()

@@ -22,6 +22,8 @@ def worker_env(settings: Settings) -> dict[str, str]:
     env["AVSTUDIO_DEVICE"] = settings.device
     env["AVSTUDIO_DATA"] = str(settings.data_dir.resolve())
     env["AVSTUDIO_ASSETS"] = str(settings.assets_dir.resolve())
+    if settings.threads is not None:
+        env["AVSTUDIO_THREADS"] = str(settings.threads)
     if settings.plugins is not None:
         env["AVSTUDIO_PLUGINS"] = settings.plugins
     if settings.plugins_dir is not None:

@@ -39,3 +39,14 @@ def store(store_url: str) -> Iterator[RunStore]:
         yield opened
     finally:
         opened.close()
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """torch on one CPU thread for the test (tiny models train faster and repeatably so on 2 cores)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

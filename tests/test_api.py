@@ -55,3 +55,30 @@ def test_assignment_without_equals_is_an_error():
 def test_every_hook_has_a_docstring():
     for name, hook in api.iter_hooks():
         assert hook.__doc__ and hook.__doc__.strip(), f"hook {name} is undocumented"
+
+
+@dataclass
+class Ranged:
+    epochs: int = api.config_field(3, "training epochs", min=1)
+    rate: float = api.config_field(0.5, "a fraction", min=0.0, max=1.0)
+    widths: list[int] = api.config_field([16], "channels per stage", min=1)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"epochs": "0"}, "epochs: 0 is out of range (must be ≥ 1)"),
+    ({"rate": "1.5"}, "rate: 1.5 is out of range (must be 0 … 1)"),
+    ({"widths": "16,0"}, "widths: 0 is out of range (must be ≥ 1)"),
+])
+def test_values_out_of_range_are_refused_before_anything_is_queued(values, message):
+    with pytest.raises(api.ConfigError) as info:
+        api.make_config(Ranged, values)
+    assert str(info.value) == message
+
+
+def test_ranges_are_described():
+    described = {d["name"]: d for d in api.config_fields(Ranged)}
+    assert (described["rate"]["min"], described["rate"]["max"]) == (0.0, 1.0)
+    assert api.describe_constraints(described["epochs"]) == "≥ 1"
+    assert api.describe_constraints(described["rate"]) == "0 … 1"
+    assert api.describe_constraints({"choices": ("a", "b")}) == "one of: a, b"
+    assert api.make_config(Ranged, {"epochs": "1", "rate": "1"}) == Ranged(epochs=1, rate=1.0)

@@ -71,9 +71,67 @@ def _images():
     }
 
 
-@pytest.mark.parametrize("kind", list(_images()))
-def test_predict_accepts_any_image(demo, kind):
-    result = demo.predict(_images()[kind], "policy-g1", latency_repeats=2)
+def _uploads_and_what_the_model_must_see() -> dict[str, tuple[object, np.ndarray]]:
+    """Each kind of upload, with the 8-bit RGB pixels (H×W×3) it must reach the model as.
+
+    The expected pixels are computed here independently of app/images.py, and every case has an effect
+    to get right: transparent pixels (→ white), a palette's transparent index, an EXIF rotation, 16-bit
+    and float values (scaled, not clipped), a sketchpad's composite layer."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (37, 53, 3), dtype=np.uint8)
+    white = np.full_like(rgb, 255)
+    alpha = np.where(np.arange(53)[None, :] < 20, 0, 255).astype(np.uint8).repeat(37, 0)  # left 20 columns clear
+    rgba = np.dstack([rgb, alpha])
+    composited = np.where(alpha[..., None] == 0, white, rgb)
+    palette = Image.fromarray(rgb).convert("P")
+    clear_index = int(np.asarray(palette)[0, 0])
+    palette.info["transparency"] = clear_index
+    palette_rgb = np.where((np.asarray(palette) == clear_index)[..., None], 255, np.asarray(palette.convert("RGB")))
+    sixteen = np.arange(40 * 30, dtype=np.uint16).reshape(40, 30) * 50  # 0 .. 59950
+    sixteen_rgb = (sixteen / sixteen.max() * 255).astype(np.uint8)[..., None].repeat(3, 2)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: rotate 90° clockwise to display
+    rotated = _png(Image.fromarray(rgb), format="JPEG", exif=exif)
+    rotated_rgb = np.asarray(Image.open(io.BytesIO(rotated)).convert("RGB").transpose(Image.Transpose.ROTATE_270))
+    cmyk = _png(Image.fromarray(rgb).convert("CMYK"), format="JPEG")
+    unit = rgb / 255.0
+    grey = Image.fromarray(rgb).convert("L")
+    return {
+        "rgba": (Image.fromarray(rgba, "RGBA"), composited),
+        "grey": (grey, np.asarray(grey)[..., None].repeat(3, 2)),
+        "palette with a transparent index": (palette, palette_rgb),
+        "16-bit png": (_png(Image.fromarray(sixteen)), sixteen_rgb),
+        "16-bit array": (sixteen, sixteen_rgb),
+        "float array in [0, 1]": (unit, (np.clip(unit, 0, 1) * 255).astype(np.uint8)),
+        "cmyk jpeg": (cmyk, np.asarray(Image.open(io.BytesIO(cmyk)).convert("RGB"))),
+        "exif-rotated jpeg": (rotated, rotated_rgb),
+        "odd size array": (rgb, rgb),
+        "sketchpad": ({"composite": rgba, "background": rgb, "layers": []}, composited),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_uploads_and_what_the_model_must_see()))
+def test_predict_accepts_any_image(demo, kind, monkeypatch):
+    from plugins.blockdrop import demo as demo_module
+
+    upload, expected = _uploads_and_what_the_model_must_see()[kind]
+    seen = []
+    real_load = demo_module.load_rgb_image
+
+    def spy(source):
+        seen.append(real_load(source))
+        return seen[-1]
+
+    monkeypatch.setattr(demo_module, "load_rgb_image", spy)
+    result = demo.predict(upload, "policy-g1", latency_repeats=2)
+    # the model saw exactly the upright, opaque-on-white, full-range 8-bit RGB image
+    (image,) = seen
+    assert image.mode == "RGB" and np.asarray(image).shape == expected.shape
+    assert np.array_equal(np.asarray(image), expected), f"{kind}: the pixels that reached the model are wrong"
+    reference = demo.predict(Image.fromarray(expected), "policy-g1", latency_repeats=1)
+    assert result["full_top3"] == pytest.approx(reference["full_top3"])
+    assert result["blockdrop_top3"] == pytest.approx(reference["blockdrop_top3"])
+    assert result["policy"] == reference["policy"]
     assert len(result["full_top3"]) == 3 and len(result["blockdrop_top3"]) == 3
     assert set(result["full_top3"]) <= set(LABELS)
     assert sum(result["full_top3"].values()) <= 1.0 + 1e-6

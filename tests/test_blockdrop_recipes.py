@@ -14,13 +14,7 @@ from plugins.blockdrop import recipes as R
 from plugins.blockdrop.model import build_resnet
 from tests.blockdrop_fakes import FakeTrainContext, random_dataset
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small nets: one thread is fastest and repeatable
 
 
 def test_reward_values():

@@ -144,8 +144,18 @@ def test_detach_then_a_worker_runs_it_and_compare(env, store):
     assert bad.returncode == 2 and "loss" in _one_line_error(bad)
 
 
+def _train_inline(env: dict[str, str], store: RunStore, steps: int = 2):
+    """A run of its own that succeeded (the module's home is shared: never rely on another test's run)."""
+    before = {r.id for r in store.list_runs(method="counter", limit=1000)}
+    trained = avstudio("train", "counter", "count", "--set", f"steps={steps}", env=env)
+    assert trained.returncode == 0, trained.stderr
+    (run,) = [r for r in store.list_runs(method="counter", limit=1000) if r.id not in before]
+    assert run.status == "succeeded"
+    return run
+
+
 def test_promote_a_runs_checkpoint(env, store):
-    run = store.list_runs(status="succeeded", limit=1)[0]
+    run = _train_inline(env, store)
     result = avstudio("runs", "promote", str(run.id), env=env)
     assert result.returncode == 0, result.stderr
     promoted = store.promoted("counter", "model")
@@ -154,8 +164,10 @@ def test_promote_a_runs_checkpoint(env, store):
     other = avstudio("runs", "promote", str(run.id), "--name", "nothing", env=env)
     assert other.returncode == 2
     assert _one_line_error(other) == f"Error: run {run.id} has no checkpoint 'nothing'; checkpoints: model"
-    slot = avstudio("runs", "promote", str(run.id), "--slot", "best", env=env)
-    assert slot.returncode == 0 and store.promoted("counter", "best").run_id == run.id
+    slot = avstudio("runs", "promote", str(run.id), "--slot", "best", env=env)  # a slot no demo reads
+    assert slot.returncode == 2
+    assert _one_line_error(slot) == "Error: counter has no checkpoint slot 'best'; its demo reads: model"
+    assert store.promoted("counter", "best") is None
 
 
 def test_cancel_a_queued_run_and_unknown_runs(env, store):
@@ -211,16 +223,19 @@ def test_plugins_json_lists_failures_and_plugin_commands_work(env, tmp_path):
         "import click\nfrom app.api import Method, hookimpl\n\n"
         "@hookimpl\ndef register_methods(register):\n"
         "    register(Method(slug='hello', title='Hello', paper='-', summary='hi'))\n\n"
-        "@hookimpl\ndef register_commands(cli):\n"
+        "@hookimpl\ndef register_commands(cli, ctx):\n"
         "    @cli.command()\n    @click.argument('who')\n"
-        "    def greet(who):\n        click.echo(f'hello {who}')\n\n"
+        "    def greet(who):\n        click.echo(f'hello {who} from {ctx.home.name}')\n\n"
         "    @cli.command()\n    def train():\n        click.echo('hijacked')\n"
     )
     (tmp_path / "badcommands.py").write_text(
         "from app.api import hookimpl\n\n@hookimpl\ndef register_commands(cli):\n    raise ValueError('no commands today')\n"
     )
     result = avstudio("--plugins-dir", str(tmp_path), "plugins", env=env)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # a failed plugin is a failure of `avstudio plugins`
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Error: 2 plugin(s) failed: badcommands (register_commands: ValueError: no commands today); "
+        "broken (RuntimeError: broken on purpose)")
     plugins = {p["name"]: p for p in json.loads(result.stdout)}
     assert set(plugins) == {"broken", "hello", "badcommands"}  # built-ins hidden without --all
     assert plugins["broken"]["status"] == "failed" and "broken on purpose" in plugins["broken"]["error"]
@@ -236,7 +251,10 @@ def test_plugins_json_lists_failures_and_plugin_commands_work(env, tmp_path):
 
     greet = avstudio("--plugins-dir", str(tmp_path), "greet", "world", env=env)
     assert greet.returncode == 0, greet.stderr
-    assert greet.stdout.strip() == "hello world"
+    assert greet.stdout.strip() == f"hello world from {Path(env['AVSTUDIO_HOME']).name}"
+    elsewhere = avstudio("--plugins-dir", str(tmp_path), "--home", str(tmp_path / "other-home"), "greet", "you",
+                         env=env)
+    assert elsewhere.stdout.strip() == "hello you from other-home"  # the command sees the global options
     # A plugin cannot replace a built-in command.
     kept = avstudio("--plugins-dir", str(tmp_path), "train", "counter", "nope", env=env)
     assert kept.returncode == 2 and "hijacked" not in kept.stdout

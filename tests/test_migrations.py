@@ -60,14 +60,54 @@ def test_database_at_0001_is_upgraded_without_losing_rows(store_url):
         store.close()
 
 
-def test_reopening_at_head_is_a_no_op(store_url):
-    RunStore(store_url).close()
+def _spy_on_alembic_upgrade(monkeypatch) -> list[str]:
+    """Record every ``alembic.command.upgrade`` call (its target revision), still running it."""
+    from alembic import command
+
+    calls: list[str] = []
+    real_upgrade = command.upgrade
+
+    def spy(config, revision, *args, **kwargs):
+        calls.append(revision)
+        return real_upgrade(config, revision, *args, **kwargs)
+
+    monkeypatch.setattr(command, "upgrade", spy)
+    return calls
+
+
+def test_reopening_at_head_is_a_no_op(store_url, monkeypatch):
+    from alembic.script import ScriptDirectory
+
+    from trainer.store import MIGRATIONS_DIR, alembic_config
+
+    # the constant RunStore compares with is the head of the migration scripts themselves
+    scripts = ScriptDirectory.from_config(alembic_config())
+    assert scripts.get_heads() == [SCHEMA_REVISION]
+    assert {script.revision for script in scripts.walk_revisions()} == {
+        path.name.split("_")[0] for path in (MIGRATIONS_DIR / "versions").glob("[0-9]*_*.py")}
+
+    upgrades = _spy_on_alembic_upgrade(monkeypatch)
+    first = RunStore(store_url)
+    try:
+        assert upgrades == ["head"]  # a new database is migrated, once
+        run_id = first.enqueue("m", "r", {"k": 1})
+    finally:
+        first.close()
+
     store = RunStore(store_url)
     try:
-        store.enqueue("m", "r", {})
-        assert current_revision(store.engine) == "0002"
+        assert upgrades == ["head"], "reopening a database at head ran Alembic again"
+        assert current_revision(store.engine) == SCHEMA_REVISION
+        assert [(r.id, r.method, r.config) for r in store.list_runs()] == [(run_id, "m", {"k": 1})]
+        assert store.enqueue("m", "r", {}) == run_id + 1
     finally:
         store.close()
+    engine = make_engine(store_url)
+    try:
+        upgrade_to_head(engine)
+    finally:
+        engine.dispose()
+    assert upgrades == ["head"]
 
 
 def _open(url: str) -> None:

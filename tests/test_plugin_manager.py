@@ -39,12 +39,18 @@ def register_methods(register):
 def test_builtins_are_registered_through_the_hooks():
     registry = load_registry(plugins="")
     names = [p.name for p in registry.plugins]
-    assert names[: len(DEFAULT_PLUGINS)] == list(DEFAULT_PLUGINS)
+    assert names == list(DEFAULT_PLUGINS)
     assert all(p.source == "builtin" for p in registry.plugins)
-    # the built-in plugins were called through pluggy, so they report the hooks they implement
-    for status in registry.plugins:
-        if status.status == "ok":
-            assert status.hooks, f"{status.name} implements no hook"
+    assert registry.failed() == [], [p.error for p in registry.failed()]
+    # what each built-in registered came through its hook implementations, attributed to it
+    by_name = {p.name: p for p in registry.plugins}
+    assert by_name["plugins.blockdrop"].hooks == ["register_methods"]
+    assert by_name["plugins.blockdrop"].methods == ["blockdrop"]
+    assert by_name["plugins.datasets"].hooks == ["register_datasets"]
+    assert {"shapes", "persons", "cifar10", "imagefolder"} <= set(by_name["plugins.datasets"].datasets)
+    assert set(registry.datasets) == set(by_name["plugins.datasets"].datasets)
+    assert registry.owner("blockdrop").name == "plugins.blockdrop"
+    assert [impl.plugin_name for impl in registry.pm.hook.register_methods.get_hookimpls()] == ["plugins.blockdrop"]
 
 
 def test_plugins_dir_loads_single_file_plugins(tmp_path):
@@ -132,3 +138,82 @@ def test_plugin_selection_filters_entry_points(monkeypatch):
     loaded = {p.name: p for p in load_registry(plugins="avstudio-fake").plugins}
     assert loaded["fake"].version == "9.9" and loaded["fake"].source == "entrypoint"
     assert "fake" in [p.name for p in load_registry(plugins=None).plugins]
+
+
+def test_registration_is_all_or_nothing_per_plugin(tmp_path):
+    write_plugin(tmp_path, "half", """
+        from app.api import DatasetSpec, Method, hookimpl
+
+        @hookimpl
+        def register_datasets(register):
+            register(DatasetSpec(name="half-data", title="Half", task="classification", description="-",
+                                 load=lambda split, root, **o: None))
+
+        @hookimpl
+        def register_methods(register):
+            register(Method(slug="half-method", title="Half", paper="-", summary="-"))
+            raise RuntimeError("second method broke")
+    """)
+    registry = load_registry(plugins="", plugins_dir=tmp_path)
+    status = registry.status("half")
+    assert status.status == "failed" and status.error == "register_methods: RuntimeError: second method broke"
+    assert "half-data" not in registry.datasets and "half-method" not in registry.methods
+    assert status.methods == [] and status.datasets == []
+
+
+def test_a_duplicate_names_both_plugins(tmp_path):
+    write_plugin(tmp_path, "good", GOOD)
+    write_plugin(tmp_path, "zz_again", GOOD)
+    registry = load_registry(plugins="", plugins_dir=tmp_path)
+    assert registry.status("zz_again").error == (
+        "register_methods: ValueError: method 'good' is registered twice: by plugin 'good' and by 'zz_again'")
+    assert registry.owner("good").name == "good"
+
+
+def test_an_unknown_method_mentions_the_plugins_that_failed(tmp_path):
+    write_plugin(tmp_path, "edges", "import this_module_does_not_exist\n")
+    registry = load_registry(plugins="", plugins_dir=tmp_path)
+    with pytest.raises(UserError) as info:
+        registry.method("edges")
+    message = str(info.value)
+    assert message.startswith("unknown method 'edges'; valid methods: blockdrop")
+    assert "edges (ModuleNotFoundError: No module named 'this_module_does_not_exist')" in message
+
+
+def test_an_unknown_name_in_the_selection_is_a_failed_plugin(monkeypatch):
+    import importlib.metadata as md
+
+    monkeypatch.setattr(md, "entry_points", lambda group: [])
+    registry = load_registry(plugins="edgez")
+    status = registry.status("edgez")
+    assert status is not None and status.status == "failed"
+    assert "no installed plugin has that entry-point or distribution name" in status.error
+
+
+def test_call_hook_isolates_failures_and_formats_them_once(tmp_path, caplog):
+    write_plugin(tmp_path, "cmds", """
+        from app.api import hookimpl
+
+        @hookimpl
+        def register_commands(cli, ctx):
+            cli.append(("cmds", ctx))
+    """)
+    write_plugin(tmp_path, "onlycli", """
+        from app.api import Method, hookimpl
+
+        @hookimpl
+        def register_methods(register):
+            register(Method(slug="onlycli", title="-", paper="-", summary="-"))
+
+        @hookimpl
+        def register_commands(cli):
+            raise KeyError("nope")
+    """)
+    registry = load_registry(plugins="", plugins_dir=tmp_path)
+    seen: list = []
+    results = list(registry.call_hook("register_commands", cli=seen, ctx="CTX"))
+    assert seen == [("cmds", "CTX")] and [name for name, _ in results] == ["cmds"]
+    status = registry.status("onlycli")
+    assert status.status == "failed" and status.error == "register_commands: KeyError: 'nope'"
+    assert "onlycli" not in registry.methods  # all or nothing: its method is withdrawn too
+    assert caplog.text.count("plugin onlycli failed in register_commands") == 1

@@ -48,7 +48,7 @@ def test_scaffolded_plugin_installs_is_discovered_and_passes_its_tests(tmp_path)
     # Not installed: the entry-point test must fail (so it tests something); the others pass.
     bare = _generated_tests(package, cwd=tmp_path, env={**env, "PYTHONPATH": str(package)})
     assert bare.returncode == 1, bare.stdout
-    assert "1 failed, 3 passed" in bare.stdout
+    assert "1 failed, 5 passed" in bare.stdout
 
     # Installed into a private target (never the shared site-packages): everything passes.
     site = tmp_path / "site"
@@ -58,13 +58,14 @@ def test_scaffolded_plugin_installs_is_discovered_and_passes_its_tests(tmp_path)
     env_installed = {**env, "PYTHONPATH": str(site)}
     result = _generated_tests(package, cwd=tmp_path, env=env_installed)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 passed" in result.stdout
+    assert "6 passed" in result.stdout
 
     # ... and `avstudio plugins` lists it as a working entry-point plugin with its hook.
     listed = _run([sys.executable, "-m", "app.cli", "plugins"], cwd=REPO_ROOT, env=env_installed)
     assert listed.returncode == 0, listed.stderr
     assert '"name": "edge-gain"' in listed.stdout and '"source": "entrypoint"' in listed.stdout
     assert '"register_methods"' in listed.stdout and '"failed"' not in listed.stdout
+    assert '"register_commands"' in listed.stdout and '"edge-gain-patches"' in listed.stdout
 
 
 def test_names_map_to_a_distribution_a_module_and_a_title():
@@ -91,6 +92,20 @@ def test_an_existing_directory_is_never_overwritten(tmp_path):
     with pytest.raises(UserError, match="already exists"):
         create_plugin("thing", tmp_path)
     assert (root / "README.md").read_text() == "mine"
+
+
+def test_a_name_that_would_collide_is_refused_saying_with_whom(tmp_path):
+    result = _run([sys.executable, "-m", "app.cli", "new-plugin", "blockdrop", "--dir", str(tmp_path)],
+                  cwd=REPO_ROOT, env=_env(AVSTUDIO_HOME=str(tmp_path / "home"), AVSTUDIO_PLUGINS=""))
+    assert result.returncode == 2, result.stderr
+    assert "'blockdrop' is already taken: method of the builtin plugin 'plugins.blockdrop'" in result.stderr
+    assert not (tmp_path / "avstudio-blockdrop").exists()
+
+
+def test_the_scaffold_declares_its_test_extra_and_ships_its_assets():
+    pyproject = tomllib.loads(render("edge-gain")["pyproject.toml"])
+    assert any(dep.startswith("pytest") for dep in pyproject["project"]["optional-dependencies"]["test"])
+    assert "assets/*.safetensors" in pyproject["tool"]["setuptools"]["package-data"]["avstudio_edge_gain"]
 
 
 def test_cli_reports_a_bad_name_in_one_line(tmp_path):

@@ -92,12 +92,7 @@ def dirs(tmp_path: Path) -> dict[str, str]:
     return {name: str(tmp_path / name) for name in ("data_dir", "runs_dir", "assets_dir")}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small nets: one thread is fastest and repeatable
 
 
 def _execute(store, store_url, dirs, run_id: int) -> str:

@@ -147,16 +147,29 @@ def test_cancel_resume_promote(actions, store, tmp_path):
     with pytest.raises(gr.Error, match="pick a run"):
         actions.resume_run(None)
 
+    from trainer.checkpoints import save_checkpoint
+
+    save_checkpoint(tmp_path / "m.safetensors", {"step": torch.tensor([3])}, {})
     artifact = store.add_artifact(run_id, "model", "checkpoint", str(tmp_path / "m.safetensors"))
     figure = store.add_artifact(run_id, "curve", "figure", str(tmp_path / "c.png"))
     assert actions.checkpoint_choices(run_id) == [(f"model (artifact {artifact})", artifact)]
-    assert "'best'" in actions.promote_checkpoint(artifact, "best")
-    assert store.promoted("counter", "best").id == artifact
+    with pytest.raises(gr.Error, match="counter has no checkpoint slot 'best'; its demo reads: model"):
+        actions.promote_checkpoint(artifact, "best")  # a slot no demo reads
+    assert store.promotions() == {}
     actions.promote_checkpoint(artifact, "")  # the slot defaults to the artifact's name
     assert store.promoted("counter", "model").id == artifact
+    assert actions.promotion_choices() == [(f"counter/model ← run #{run_id} model", "counter/model")]
+    assert "no longer promoted" in actions.unpromote_checkpoint("counter/model")
+    assert store.promotions() == {} and actions.promotion_choices() == []
+    with pytest.raises(gr.Error, match="nothing is promoted as counter/model"):
+        actions.unpromote_checkpoint("counter/model")
+    save_checkpoint(tmp_path / "other.safetensors", {"weights": torch.ones(2)}, {})
+    wrong = store.add_artifact(run_id, "other", "checkpoint", str(tmp_path / "other.safetensors"))
+    with pytest.raises(gr.Error, match="not a counter checkpoint"):
+        actions.promote_checkpoint(wrong, "model")  # another kind of checkpoint
     with pytest.raises(gr.Error, match="not a checkpoint"):
         actions.promote_checkpoint(figure, "x")
-    with pytest.raises(gr.Error, match="no artifact"):
+    with pytest.raises(gr.Error, match="no checkpoint artifact 12345"):
         actions.promote_checkpoint(12345, "x")
 
 
@@ -175,18 +188,34 @@ def test_dataset_preview_reports_a_load_failure_instead_of_raising(settings):
 
 
 def test_dataset_preview_draws_a_grid(settings):
-    pytest.importorskip("trainer.datasets.preview")
+    import numpy as np
+
     registry = make_registry()
-    samples = [(torch.full((3, 16, 16), i / 10), i % 2) for i in range(10)]
+    samples = [(torch.full((3, 16, 16), i / 10), i % 2) for i in range(10)]  # sample i: grey level i/10
+    loaded = []
+
+    def load(split, root):
+        loaded.append(split)
+        return samples
+
     registry.datasets["tiny"] = api.DatasetSpec(name="tiny", title="Tiny squares", task="classification",
-                                                description="grey squares", load=lambda split, root: samples,
+                                                description="grey squares", load=load,
                                                 labels=["dark", "light"], image_size=(16, 16))
     image, text = DatasetActions(registry, settings).dataset_preview("tiny", "val", 8)
-    assert image is not None and image.width > 4 * 16 and image.height >= 16  # 8 of 16 px, in a grid
     assert "Tiny squares" in text and "dark, light" in text and "Could not load" not in text
+    assert loaded == ["val"]
+    # the first 8 samples in one row of 8 with 2 px white padding, every pixel drawn as a k×k block
+    assert image is not None and image.mode == "RGB"
+    k = image.height // (2 + 16 + 2)
+    assert k >= 1 and image.size == (k * (2 + 8 * (16 + 2)), k * (2 + 16 + 2))
+    pixels = np.asarray(image)
+    for i in range(8):
+        left = k * (2 + i * 18)
+        tile = pixels[2 * k:18 * k, left:left + 16 * k]
+        assert np.abs(tile.astype(float) - i / 10 * 255).max() <= 0.5, f"tile {i} is not sample {i}'s grey"
+        assert (pixels[:, left - 2 * k:left] == 255).all()  # the white padding before it
+    assert (pixels[:2 * k] == 255).all() and (pixels[-2 * k:] == 255).all() and (pixels[:, -2 * k:] == 255).all()
 
-
-# -- the built app -------------------------------------------------------------------------------
 
 def test_dataset_preview_draws_small_samples_at_a_readable_size(settings):
     from app.ui.datasets_tab import GRID_CSS, READABLE_SAMPLE_PX, sample_upscale
@@ -290,7 +319,7 @@ def test_a_failing_demo_leaves_the_app_up_and_is_listed(store, settings):
     table = plugins_table(registry, demo.studio_demo_errors)
     failed = table[table["status"] == "failed"]
     assert set(failed["error"]) == {"ImportError: no module named nowhere",
-                                    "RuntimeError: the demo could not find its weights"}
+                                    "build_demo of broken: RuntimeError: the demo could not find its weights"}
 
 
 def _free_port() -> int:

@@ -60,16 +60,66 @@ def _worker_in_thread(store_url: str, dirs: dict[str, str], **options) -> tuple[
 # -- in this process ------------------------------------------------------------------------------
 
 
-def test_resolve_device_and_commit(tmp_path):
-    assert resolve_device("cpu").type == "cpu"
-    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
-    with pytest.raises(ValueError, match="unknown device"):
+def _fake_accelerators(monkeypatch, *, cuda: int = 0, mps: bool = False) -> None:
+    """Pretend this machine has ``cuda`` CUDA devices and (or not) Apple MPS."""
+    import torch
+
+    from trainer import devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda)
+    monkeypatch.setattr(devices, "_mps_available", lambda: mps)
+
+
+def _git(*args: str, cwd: Path) -> str:
+    import subprocess
+
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com", "GIT_CONFIG_GLOBAL": os.devnull}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_resolve_device_and_commit(tmp_path, monkeypatch):
+    import torch
+
+    # a CPU-only machine: auto is the CPU; asking for an accelerator says what to use instead
+    _fake_accelerators(monkeypatch)
+    assert resolve_device("auto") == resolve_device("") == resolve_device(" CPU ") == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"'tpu'.*use one of: auto, cpu, cuda, cuda:N, mps"):
         resolve_device("tpu")
-    with pytest.raises(ValueError, match="cuda"):
-        resolve_device("cuda:99")
-    commit = current_commit(Path(__file__).parent)
-    assert commit is None or len(commit) == 40
-    assert current_commit(tmp_path) is None and current_commit(tmp_path / "missing") is None
+    with pytest.raises(ValueError, match=r"'cuda:x'.*use auto, cpu, cuda, cuda:N"):
+        resolve_device("cuda:x")
+    with pytest.raises(ValueError, match=r"'cuda'.*CUDA is not available here; use cpu or auto"):
+        resolve_device("cuda")
+    with pytest.raises(ValueError, match=r"'mps'.*MPS is not available here; use cpu or auto"):
+        resolve_device("mps")
+    # two GPUs: auto prefers CUDA; a missing index names the ones that exist
+    _fake_accelerators(monkeypatch, cuda=2, mps=True)
+    assert resolve_device("auto") == torch.device("cuda") and resolve_device("CUDA:1") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match=r"'cuda:2' does not exist.*2 CUDA device\(s\) \(cuda:0 \.\. cuda:1\)"):
+        resolve_device("cuda:2")
+    _fake_accelerators(monkeypatch, mps=True)  # a Mac: auto is MPS
+    assert resolve_device("auto") == resolve_device("mps") == torch.device("mps")
+
+    # the commit is the checkout's real HEAD, from any folder inside it; None outside a repository
+    repo = tmp_path / "repo"
+    (repo / "sub").mkdir(parents=True)
+    _git("init", "-q", cwd=repo)
+    (repo / "f.txt").write_text("one")
+    _git("add", "f.txt", cwd=repo)
+    _git("commit", "-q", "-m", "one", cwd=repo)
+    first = _git("rev-parse", "HEAD", cwd=repo)
+    assert current_commit(repo) == current_commit(str(repo / "sub")) == first and len(first) == 40
+    (repo / "f.txt").write_text("two")
+    _git("commit", "-q", "-am", "two", cwd=repo)
+    second = _git("rev-parse", "HEAD", cwd=repo)
+    assert second != first and current_commit(repo / "sub") == second
+    here = Path(__file__).resolve().parent.parent
+    assert current_commit() == current_commit(here / "tests") == _git("rev-parse", "HEAD", cwd=here)
+    (tmp_path / "plain").mkdir()
+    assert current_commit(tmp_path / "plain") is None and current_commit(tmp_path / "missing") is None
+    monkeypatch.setenv("PATH", str(tmp_path / "plain"))  # no git at all: None, not an exception
+    assert current_commit(repo) is None
 
 
 def test_execute_run_inline_records_metrics_and_checkpoint(store, store_url, dirs):

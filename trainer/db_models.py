@@ -5,6 +5,7 @@ Timestamps are stored as naive UTC and read back as timezone-aware UTC datetimes
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime, timezone
 from typing import Any
 
@@ -26,7 +27,34 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
+
+class RunStatus(str, enum.Enum):
+    """The status of a run, stored as its value; the one list the store, worker, CLI and UI use.
+
+    ``trainer.store`` re-exports it (it lives here because the schema's check constraint needs it).
+    A member compares equal to its value and prints as it (``f"{RunStatus.QUEUED}"`` is ``queued``).
+    """
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def finished(cls) -> tuple[RunStatus, ...]:
+        """The final statuses: the run has ended and will not change unless resumed."""
+        return (cls.SUCCEEDED, cls.FAILED, cls.CANCELLED, cls.INTERRUPTED)
+
+    @classmethod
+    def resumable(cls) -> tuple[RunStatus, ...]:
+        """The final statuses a run can be resumed from (queued again)."""
+        return (cls.FAILED, cls.CANCELLED, cls.INTERRUPTED)
+
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -65,7 +93,7 @@ class Base(DeclarativeBase):
 class Run(Base):
     __tablename__ = "runs"
     __table_args__ = (
-        CheckConstraint("status IN ('" + "', '".join(RUN_STATUSES) + "')", name="status"),
+        CheckConstraint("status IN ('" + "', '".join(s.value for s in RunStatus) + "')", name="status"),
         Index("ix_runs_status_id", "status", "id"),
     )
 
@@ -73,7 +101,7 @@ class Run(Base):
     method: Mapped[str] = mapped_column(String(100))
     recipe: Mapped[str] = mapped_column(String(100))
     config: Mapped[dict] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(20), default="queued")
+    status: Mapped[str] = mapped_column(String(20), default=RunStatus.QUEUED.value)
     device: Mapped[str] = mapped_column(String(50), default="auto")
     commit: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

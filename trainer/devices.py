@@ -44,20 +44,11 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise ValueError(f"unknown device {name!r}; use one of: {', '.join(DEVICE_CHOICES)}")
 
 
-def available_devices() -> list[str]:
-    """The device names that :func:`resolve_device` accepts on this machine, "auto" first."""
-    names = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        names += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    if _mps_available():
-        names.append("mps")
-    return names
+def apply_threads(threads: int | None) -> None:
+    """Use ``threads`` CPU threads for torch's math in this process (None: leave torch's default).
 
-
-def describe_device(device: torch.device | str) -> str:
-    """A human label, e.g. "cuda:0 (NVIDIA H100 80GB HBM3)" or "cpu"."""
-    device = torch.device(device)
-    if device.type == "cuda" and torch.cuda.is_available():
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
-    return str(device)
+    On 2 cores with another process busy, a default recipe took 2 min 42 s with torch's default
+    threads against 14 s with one: oversubscribed OpenMP threads spin-wait on each other.
+    """
+    if threads is not None:
+        torch.set_num_threads(int(threads))

@@ -19,11 +19,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from trainer.db_models import Artifact, LatestMetric, Metric, Param, Promotion, Run, utcnow
+from trainer.db_models import Artifact, LatestMetric, Metric, Param, Promotion, Run, RunStatus, utcnow
 
-RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
-FINISHED_STATUSES = ("succeeded", "failed", "cancelled", "interrupted")
-RESUMABLE_STATUSES = ("failed", "cancelled", "interrupted")
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 MIGRATION_LOCK_KEY = 0x61767374  # "avst": the PostgreSQL advisory lock held while migrating
 SCHEMA_REVISION = "0002"  # the head migration (a test checks it), so opening a current database skips alembic
@@ -37,7 +34,7 @@ class RunInfo:
     method: str
     recipe: str
     config: dict[str, Any]
-    status: str
+    status: RunStatus
     device: str  # requested ("auto", "cpu", "cuda:0") until started, then the one used
     commit: str | None
     created_at: datetime
@@ -96,7 +93,7 @@ class RunStore:
         """Add a queued run; its config is also stored as params. Returns the run id."""
         config = dict(config)
         with self._sessions.begin() as session:
-            run = Run(method=method, recipe=recipe, config=config, status="queued", device=device,
+            run = Run(method=method, recipe=recipe, config=config, status=RunStatus.QUEUED, device=device,
                       commit=commit, created_at=utcnow(), cancel_requested=False, progress=0.0,
                       progress_desc="", resume_count=0)
             session.add(run)
@@ -112,7 +109,7 @@ class RunStore:
         for _ in range(100):  # each lost race means someone else took a run: try the next one
             with self._sessions() as session:
                 candidate = session.scalar(
-                    select(Run.id).where(Run.status == "queued").order_by(Run.id).limit(1))
+                    select(Run.id).where(Run.status == RunStatus.QUEUED).order_by(Run.id).limit(1))
             if candidate is None:
                 return None
             if self._take(candidate, worker_id, host, pid):
@@ -128,8 +125,8 @@ class RunStore:
         now = utcnow()
         with self._sessions.begin() as session:
             result = session.execute(
-                update(Run).where(Run.id == run_id, Run.status == "queued").values(
-                    status="running", worker_id=worker_id, host=host, pid=pid, heartbeat_at=now,
+                update(Run).where(Run.id == run_id, Run.status == RunStatus.QUEUED).values(
+                    status=RunStatus.RUNNING, worker_id=worker_id, host=host, pid=pid, heartbeat_at=now,
                     started_at=now, finished_at=None, error=None))
             return result.rowcount == 1
 
@@ -147,18 +144,20 @@ class RunStore:
         fraction = min(1.0, max(0.0, float(fraction))) if math.isfinite(fraction) else 0.0
         self._update(run_id, progress=fraction, progress_desc=str(desc)[:500])
 
-    def finish(self, run_id: int, status: str, *, error: str | None = None) -> None:
+    def finish(self, run_id: int, status: RunStatus | str, *, error: str | None = None) -> None:
         """Set a final status (succeeded / failed / cancelled / interrupted) and the end time.
 
         The first final status wins: a run that already finished keeps its status.
         """
-        if status not in FINISHED_STATUSES:
-            raise ValueError(f"{status!r} is not a final status; use one of: {', '.join(FINISHED_STATUSES)}")
+        final = RunStatus.finished()
+        if status not in final:
+            raise ValueError(f"{str(status)!r} is not a final status; use one of: {', '.join(final)}")
+        status = RunStatus(status)
         values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error}
-        if status == "succeeded":
+        if status is RunStatus.SUCCEEDED:
             values["progress"] = 1.0
         with self._sessions.begin() as session:
-            session.execute(update(Run).where(Run.id == run_id, Run.status.in_(("queued", "running")))
+            session.execute(update(Run).where(Run.id == run_id, Run.status.in_((RunStatus.QUEUED, RunStatus.RUNNING)))
                             .values(**values))
 
     def request_cancel(self, run_id: int) -> RunInfo:
@@ -168,16 +167,14 @@ class RunStore:
         """
         with self._sessions.begin() as session:
             cancelled = session.execute(
-                update(Run).where(Run.id == run_id, Run.status == "queued").values(
-                    status="cancelled", cancel_requested=True, finished_at=utcnow())).rowcount
+                update(Run).where(Run.id == run_id, Run.status == RunStatus.QUEUED).values(
+                    status=RunStatus.CANCELLED, cancel_requested=True, finished_at=utcnow())).rowcount
             if not cancelled:
                 flagged = session.execute(
-                    update(Run).where(Run.id == run_id, Run.status == "running").values(
+                    update(Run).where(Run.id == run_id, Run.status == RunStatus.RUNNING).values(
                         cancel_requested=True)).rowcount
                 if not flagged:
-                    status = session.scalar(select(Run.status).where(Run.id == run_id))
-                    if status is None:
-                        raise KeyError(f"no run {run_id}")
+                    status = _status_of(session, run_id)
                     raise ValueError(f"run {run_id} already finished ({status}); nothing to cancel")
         return self.get_run(run_id)
 
@@ -197,7 +194,7 @@ class RunStore:
         with self._sessions() as session:
             running = session.execute(
                 select(Run.id, Run.host, Run.pid, Run.heartbeat_at, Run.started_at)
-                .where(Run.status == "running")).all()
+                .where(Run.status == RunStatus.RUNNING)).all()
         gone = []
         for run_id, run_host, pid, heartbeat_at, started_at in running:
             last_seen = heartbeat_at or started_at
@@ -208,8 +205,8 @@ class RunStore:
         marked = []
         for run_id, reason in gone:
             with self._sessions.begin() as session:
-                done = session.execute(update(Run).where(Run.id == run_id, Run.status == "running").values(
-                    status="interrupted", finished_at=utcnow(), error=f"interrupted: {reason}")).rowcount
+                done = session.execute(update(Run).where(Run.id == run_id, Run.status == RunStatus.RUNNING).values(
+                    status=RunStatus.INTERRUPTED, finished_at=utcnow(), error=f"interrupted: {reason}")).rowcount
             if done:
                 marked.append(run_id)
         return marked
@@ -219,16 +216,15 @@ class RunStore:
 
         Increments ``resume_count``. Raises KeyError (unknown) or ValueError (queued / running / succeeded).
         """
+        resumable = RunStatus.resumable()
         with self._sessions.begin() as session:
             done = session.execute(
-                update(Run).where(Run.id == run_id, Run.status.in_(RESUMABLE_STATUSES)).values(
-                    status="queued", resume_count=Run.resume_count + 1, finished_at=None, error=None,
+                update(Run).where(Run.id == run_id, Run.status.in_(resumable)).values(
+                    status=RunStatus.QUEUED, resume_count=Run.resume_count + 1, finished_at=None, error=None,
                     cancel_requested=False, worker_id=None, host=None, pid=None, heartbeat_at=None)).rowcount
             if not done:
-                status = session.scalar(select(Run.status).where(Run.id == run_id))
-                if status is None:
-                    raise KeyError(f"no run {run_id}")
-                raise ValueError(f"run {run_id} is {status}; only {', '.join(RESUMABLE_STATUSES)} runs can resume")
+                status = _status_of(session, run_id)
+                raise ValueError(f"run {run_id} is {status}; only {', '.join(resumable)} runs can resume")
         return self.get_run(run_id)
 
     def delete_run(self, run_id: int) -> None:
@@ -240,7 +236,7 @@ class RunStore:
             run = session.get(Run, run_id)
             if run is None:
                 raise KeyError(f"no run {run_id}")
-            if run.status == "running":
+            if run.status == RunStatus.RUNNING:
                 raise ValueError(f"run {run_id} is running; cancel it first")
             session.delete(run)
 
@@ -253,7 +249,7 @@ class RunStore:
                 raise KeyError(f"no run {run_id}")
             return _run_info(run, self._latest(session, [run_id]).get(run_id, {}))
 
-    def list_runs(self, *, method: str | None = None, status: str | None = None,
+    def list_runs(self, *, method: str | None = None, status: RunStatus | str | None = None,
                   limit: int = 100) -> list[RunInfo]:
         """Newest first."""
         query = select(Run).order_by(Run.id.desc()).limit(limit)
@@ -516,9 +512,17 @@ def _from_db(value: float | None) -> float:
     return float("nan") if value is None else float(value)
 
 
+def _status_of(session: Session, run_id: int) -> RunStatus:
+    """The run's status; KeyError when there is no such run."""
+    status = session.scalar(select(Run.status).where(Run.id == run_id))
+    if status is None:
+        raise KeyError(f"no run {run_id}")
+    return RunStatus(status)
+
+
 def _run_info(run: Run, latest: dict[str, float]) -> RunInfo:
     return RunInfo(
-        id=run.id, method=run.method, recipe=run.recipe, config=dict(run.config or {}), status=run.status,
+        id=run.id, method=run.method, recipe=run.recipe, config=dict(run.config or {}), status=RunStatus(run.status),
         device=run.device, commit=run.commit, created_at=run.created_at, started_at=run.started_at,
         finished_at=run.finished_at, error=run.error, worker_id=run.worker_id, progress=float(run.progress or 0.0),
         progress_desc=run.progress_desc or "", cancel_requested=bool(run.cancel_requested),

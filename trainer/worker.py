@@ -20,9 +20,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from trainer.config import make_config
 from trainer.context import RunContext
-from trainer.devices import resolve_device
-from trainer.store import RunStore
+from trainer.devices import apply_threads, resolve_device
+from trainer.store import RunStatus, RunStore
 
 log = logging.getLogger("avstudio.worker")
 
@@ -76,14 +77,16 @@ def _final_metrics(result: Any) -> dict[str, float]:
 
 def execute_run(store_url: str, run_id: int, registry_factory: Callable[[], Any], *,
                 data_dir: Path | str, runs_dir: Path | str, assets_dir: Path | str,
-                device: str = "auto", show_progress: bool = False) -> str:
+                device: str = "auto", show_progress: bool = False, threads: int | None = None) -> RunStatus:
     """Execute an already-claimed run in this process and record how it ended; returns the final status.
 
     The run's own device wins unless it is "auto", in which case ``device`` (the worker's) is used.
     Ends as "succeeded", "cancelled" (when a stop was requested by the time train returned), or
-    "failed" with the error message as the first line of ``error`` and the traceback below it.
+    "failed" with the error message as the first line of ``error`` and the traceback below it (a
+    stored config that no longer validates fails the run with the :class:`ConfigError`'s one line).
     A KeyboardInterrupt / SystemExit marks the run "interrupted" and propagates.
     """
+    apply_threads(threads)
     store = RunStore(store_url)
     ctx: RunContext | None = None
     try:
@@ -92,7 +95,7 @@ def execute_run(store_url: str, run_id: int, registry_factory: Callable[[], Any]
             try:
                 registry = registry_factory()
                 recipe = registry.recipe(run.method, run.recipe)
-                config = recipe.config_cls(**run.config)
+                config = make_config(recipe.config_cls, run.config)
                 torch_device = resolve_device(run.device if run.device not in ("", "auto") else device)
                 store.set_started(run_id, device=str(torch_device))
                 ctx = RunContext(store, run, registry, device=torch_device, data_dir=data_dir, runs_dir=runs_dir,
@@ -104,15 +107,15 @@ def execute_run(store_url: str, run_id: int, registry_factory: Callable[[], Any]
                 if final:
                     ctx.log_metrics(ctx.last_step, **final)
                 ctx.close()
-                status = "cancelled" if ctx.should_stop(fresh=True) else "succeeded"
+                status = RunStatus.CANCELLED if ctx.should_stop(fresh=True) else RunStatus.SUCCEEDED
                 store.finish(run_id, status)
             except Exception as exc:
                 log.error("run %s failed: %s", run_id, exc, exc_info=True)
                 _close_quietly(ctx)
-                store.finish(run_id, "failed", error=_error_text(exc))
+                store.finish(run_id, RunStatus.FAILED, error=_error_text(exc))
             except BaseException as exc:  # Ctrl-C or exit while running inline
                 _close_quietly(ctx)
-                store.finish(run_id, "interrupted", error=f"stopped ({type(exc).__name__}) while running")
+                store.finish(run_id, RunStatus.INTERRUPTED, error=f"stopped ({type(exc).__name__}) while running")
                 raise
         final_status = store.get_run(run_id).status
         log.info("run %s %s", run_id, final_status)
@@ -167,7 +170,7 @@ def _pid_alive(pid: int | None) -> bool:
 
 
 def _alive_pids(store: RunStore, host: str) -> set[int]:
-    return {r.pid for r in store.list_runs(status="running", limit=100_000)
+    return {r.pid for r in store.list_runs(status=RunStatus.RUNNING, limit=100_000)
             if r.host == host and r.pid is not None and _pid_alive(r.pid)}
 
 
@@ -205,16 +208,16 @@ def _supervise(store: RunStore, child: Any, run_id: int, stop: threading.Event, 
             log.warning("worker could not reach the run store while supervising run %s", run_id, exc_info=True)
         if kill_at is not None and now >= kill_at:
             _stop_child(child)
-            store.finish(run_id, "cancelled", error=f"stopped by force: still running {grace_s:g} s after the cancel request")
+            store.finish(run_id, RunStatus.CANCELLED, error=f"stopped by force: still running {grace_s:g} s after the cancel request")
             log.warning("run %s did not stop within %.0f s of the cancel request; killed", run_id, grace_s)
             return
         if stop.is_set():
             _stop_child(child)
-            store.finish(run_id, "interrupted", error="the worker was stopped (SIGTERM/SIGINT); resume the run to continue")
+            store.finish(run_id, RunStatus.INTERRUPTED, error="the worker was stopped (SIGTERM/SIGINT); resume the run to continue")
             log.warning("run %s interrupted: worker stopping", run_id)
             return
-    if store.get_run(run_id).status == "running":
-        store.finish(run_id, "failed", error=f"worker child exited with code {child.exitcode}")
+    if store.get_run(run_id).status == RunStatus.RUNNING:
+        store.finish(run_id, RunStatus.FAILED, error=f"worker child exited with code {child.exitcode}")
         log.error("run %s: worker child exited with code %s without a final status", run_id, child.exitcode)
 
 
@@ -222,7 +225,8 @@ def run_worker(store_url: str, registry_factory: Callable[[], Any], *, data_dir:
                runs_dir: Path | str, assets_dir: Path | str, device: str = "auto",
                poll_interval_s: float = 1.0, grace_s: float = 30.0, heartbeat_s: float = 2.0,
                stale_after_s: float = 60.0, exit_when_idle: bool = False, max_runs: int | None = None,
-               worker_id: str | None = None, stop_event: threading.Event | None = None) -> int:
+               worker_id: str | None = None, stop_event: threading.Event | None = None,
+               threads: int | None = None) -> int:
     """Claim and execute queued runs until stopped; returns how many runs it processed.
 
     On start, running runs whose worker is gone (dead pid on this host, or no heartbeat for
@@ -234,7 +238,7 @@ def run_worker(store_url: str, registry_factory: Callable[[], Any], *, data_dir:
     host, pid = socket.gethostname(), os.getpid()
     worker_id = worker_id or f"{host}:{pid}"
     options = {"data_dir": str(data_dir), "runs_dir": str(runs_dir), "assets_dir": str(assets_dir),
-               "device": device, "show_progress": False}
+               "device": device, "show_progress": False, "threads": threads}
     spawn = mp.get_context("spawn")
     stop = stop_event if stop_event is not None else threading.Event()
     previous_handlers = _install_signal_handlers(stop)
@@ -260,7 +264,7 @@ def run_worker(store_url: str, registry_factory: Callable[[], Any], *, data_dir:
                 _supervise(store, child, run.id, stop, grace_s=grace_s, heartbeat_s=heartbeat_s)
             except BaseException:
                 _stop_child(child)
-                store.finish(run.id, "interrupted", error="the worker failed while supervising this run")
+                store.finish(run.id, RunStatus.INTERRUPTED, error="the worker failed while supervising this run")
                 raise
             processed += 1
     finally:

@@ -7,16 +7,21 @@ run store, starts the background worker, and serves the app.
 from __future__ import annotations
 
 import atexit
+import functools
+import inspect
 import logging
 import signal
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
 
 from app.demo_context import StudioDemoContext
+from app.errors import UserError
+from app.plugin_manager import failure_line
 from app.settings import Settings
 from app.ui.about_tab import build_about_tab
 from app.ui.datasets_tab import build_datasets_tab
@@ -30,25 +35,95 @@ CSS = """
 .demo-error { border-left: 4px solid #dc2626; padding-left: 0.75rem; }
 """
 
-__all__ = ["build_app", "launch"]
+__all__ = ["build_app", "build_method_demo", "check_demos", "launch"]
 
 
-def _build_method_tab(method: Any, ctx: StudioDemoContext, demo_errors: dict[str, str]) -> None:
+def _one_line_user_errors(fn: Callable) -> Callable:
+    """Wrap a demo event function: a UserError (or gr.Error) reaches the user as its message and the
+    log as one line, not a traceback; anything else is left to Gradio (traceback in the log)."""
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        return fn  # errors surface while iterating; left to Gradio
+
+    def convert(exc: Exception) -> gr.Error:
+        message = str(exc).strip() or type(exc).__name__
+        log.info("user error in a demo (%s): %s", getattr(fn, "__qualname__", fn), message.splitlines()[0])
+        if isinstance(exc, gr.Error):
+            exc.print_exception = False
+            return exc
+        return gr.Error(message, print_exception=False)
+
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def wrapped_async(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await fn(*args, **kwargs)
+            except (UserError, gr.Error) as exc:
+                raise convert(exc) from None
+
+        return wrapped_async
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (UserError, gr.Error) as exc:
+            raise convert(exc) from None
+
+    return wrapped
+
+
+def build_method_demo(blocks: gr.Blocks, method: Any, ctx: Any, registry: Any) -> str | None:
+    """Build ``method``'s demo in the current tab; returns the one-line error if it failed to build.
+
+    A failure is recorded on the owning plugin (its status becomes failed everywhere: Plugins tab,
+    ``avstudio plugins``) and shown in the tab; the rest of the app still builds. The demo's event
+    functions are wrapped so user errors are one line in the log.
+    """
     if method.summary:
         gr.Markdown(f"{method.summary}" + (f" — [{method.paper}]({method.paper_url})" if method.paper_url
                                            else f" — {method.paper}"))
     if method.build_demo is None:
         gr.Markdown("This method has no demo.")
-        return
+        return None
+    before = set(blocks.fns)
     try:
         method.build_demo(ctx)
     except Exception as exc:  # one broken demo must not take the studio down
-        message = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-        demo_errors[method.slug] = message
-        log.error("demo of %s failed to build:\n%s", method.slug, traceback.format_exc())
+        owner = registry.owner(method.slug)
+        where = f"build_demo of {method.slug}"
+        if owner is not None:
+            registry.fail(owner.name, where, exc, withdraw=False)
+        else:
+            log.error("demo of %s failed to build:\n%s", method.slug, traceback.format_exc())
+        message = failure_line(where, exc)
         gr.Markdown(f"**This demo failed to build.** {message}\n\nThe traceback is in the server log; "
                     "the Plugins tab lists the failure.", elem_classes=["demo-error"],
                     elem_id=f"demo-error-{method.slug}")
+        return message
+    finally:
+        for key in set(blocks.fns) - before:
+            blocks.fns[key].fn = _one_line_user_errors(blocks.fns[key].fn) if blocks.fns[key].fn else None
+    return None
+
+
+def check_demos(settings: Settings, registry: Any) -> dict[str, str]:
+    """Build every method's demo in throw-away Blocks (nothing is served or loaded eagerly), so that
+    ``avstudio plugins`` reports the demos that fail to build. Returns slug → one-line error."""
+    from trainer.store import RunStore
+
+    store = RunStore(settings.db_url)
+    errors: dict[str, str] = {}
+    try:
+        with gr.Blocks() as blocks:
+            for slug, method in registry.methods.items():
+                with gr.Tab(method.title):
+                    error = build_method_demo(blocks, method, StudioDemoContext(slug, settings, registry, store),
+                                              registry)
+                    if error:
+                        errors[slug] = error
+    finally:
+        store.close()
+    return errors
 
 
 def build_app(settings: Settings, registry: Any, store: Any) -> gr.Blocks:
@@ -64,7 +139,10 @@ def build_app(settings: Settings, registry: Any, store: Any) -> gr.Blocks:
         with gr.Tabs():
             for slug, method in registry.methods.items():
                 with gr.Tab(method.title, id=f"method-{slug}"):
-                    _build_method_tab(method, StudioDemoContext(slug, settings, registry, store), demo_errors)
+                    error = build_method_demo(demo, method, StudioDemoContext(slug, settings, registry, store),
+                                              registry)
+                    if error:
+                        demo_errors[slug] = error
             with gr.Tab("Runs", id="runs"):
                 build_runs_tab(demo, RunsActions(store, registry, settings), registry, settings)
             with gr.Tab("Datasets", id="datasets"):
@@ -75,6 +153,19 @@ def build_app(settings: Settings, registry: Any, store: Any) -> gr.Blocks:
                 build_about_tab(settings, registry)
     demo.studio_demo_errors = demo_errors  # for tests and diagnostics
     return demo
+
+
+def _asset_paths(settings: Settings, registry: Any) -> list[str]:
+    """The directories Gradio may serve files from: the studio's assets and each method's own
+    (a third-party plugin's examples live in its package)."""
+    from trainer.context import method_assets_dir
+
+    paths = {str(settings.assets_dir)}
+    for slug in registry.methods:
+        own = method_assets_dir(registry, settings.assets_dir, slug)
+        if own is not None:
+            paths.add(str(own))
+    return sorted(paths)
 
 
 def launch(settings: Settings, registry: Any, *, host: str = "127.0.0.1", port: int = 7860,
@@ -100,6 +191,10 @@ def launch(settings: Settings, registry: Any, *, host: str = "127.0.0.1", port: 
         import torch
 
         torch.set_num_threads(1)
+    if settings.threads is not None:  # the studio's setting wins
+        from trainer.devices import apply_threads
+
+        apply_threads(settings.threads)
 
     def shutdown() -> None:
         if worker is not None:
@@ -117,7 +212,7 @@ def launch(settings: Settings, registry: Any, *, host: str = "127.0.0.1", port: 
         demo = build_app(settings, registry, store)
         demo.queue(default_concurrency_limit=2)
         demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=prevent_thread_lock,
-                    css=CSS, allowed_paths=[str(settings.assets_dir)], footer_links=["api", "gradio", "settings"],
+                    css=CSS, allowed_paths=_asset_paths(settings, registry), footer_links=["api", "gradio", "settings"],
                     ssr_mode=False, show_error=True)
     except BaseException:
         shutdown()

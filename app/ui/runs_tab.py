@@ -16,8 +16,11 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from app import api
 from app.errors import UserError
+from app.promotion import promote_artifact, promotions_of_run, unpromote
+from trainer import config as configs
+from trainer.gitinfo import current_commit
+from trainer.store import RunStatus
 
 POLL_S = 2.0
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -35,7 +38,9 @@ def user_errors(fn: Callable) -> Callable:
             raise
         except (UserError, KeyError, ValueError, FileNotFoundError) as exc:
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-            raise gr.Error(str(message).splitlines()[0] if str(message) else type(exc).__name__) from None
+            # a user's mistake: one line for the user, and no traceback in the server log
+            raise gr.Error(str(message).splitlines()[0] if str(message) else type(exc).__name__,
+                           print_exception=False) from None
 
     return wrapper
 
@@ -90,10 +95,10 @@ class RunsActions:
         if rid is None:
             return {}
         run = self.store.get_run(rid)
-        promoted = {a.id: f"{m}/{slot}" for (m, slot), a in self.store.promotions(run.method).items()}
+        promoted = promotions_of_run(self.store, rid)
         # "file", not "path": gradio_client takes any {"path": ...} dict for a file to download.
         artifacts = [{"id": a.id, "name": a.name, "kind": a.kind, "file": a.path,
-                      "promoted_as": promoted.get(a.id)} for a in self.store.artifacts(rid)]
+                      "promoted_as": ", ".join(promoted.get(a.id, [])) or None} for a in self.store.artifacts(rid)]
         return {
             "id": run.id, "method": run.method, "recipe": run.recipe, "status": run.status,
             "progress": f"{100.0 * (run.progress or 0.0):.1f}% {run.progress_desc or ''}".strip(),
@@ -174,14 +179,15 @@ class RunsActions:
                 raise UserError(f"config is not valid JSON: {exc.msg} (line {exc.lineno})") from None
         if config is not None and not isinstance(config, dict):
             raise UserError("config must be a JSON object like {\"epochs\": 3}")
-        typed = api.make_config(spec.config_cls, config or {})
-        return self.store.enqueue(method, recipe, api.config_to_dict(typed), device=device or "auto")
+        typed = configs.make_config(spec.config_cls, config or {})
+        return self.store.enqueue(method, recipe, configs.config_to_dict(typed), device=device or "auto",
+                                  commit=current_commit())
 
     @user_errors
     def cancel_run(self, run_id: Any) -> str:
         """Ask a run to stop (a queued one is cancelled at once)."""
         run = self.store.request_cancel(_run_id(run_id))
-        if run.status == "cancelled":
+        if run.status == RunStatus.CANCELLED:
             return f"Run #{run.id} cancelled."
         return f"Run #{run.id} will stop at its next check."
 
@@ -193,16 +199,27 @@ class RunsActions:
 
     @user_errors
     def promote_checkpoint(self, artifact_id: Any, slot: str | None = None) -> str:
-        """Make a checkpoint artifact the one its method's demo uses for ``slot`` (default: the artifact's name)."""
+        """Make a checkpoint artifact the one its method's demo uses for ``slot`` (default: the artifact's name).
+
+        Only a slot the method declares, and only a checkpoint the slot accepts (same architecture).
+        """
         if artifact_id is None or artifact_id == "":
             raise UserError("pick a checkpoint artifact first")
-        artifact = self.store.get_artifact(int(artifact_id))
-        if artifact.kind != "checkpoint":
-            raise UserError(f"artifact {artifact.id} is a {artifact.kind}, not a checkpoint")
-        run = self.store.get_run(artifact.run_id)
-        slot = (slot or "").strip() or artifact.name
-        self.store.promote(run.method, slot, artifact.id)
-        return f"Promoted {artifact.name} of run #{run.id}: the {run.method} demo now uses it for {slot!r}."
+        done = promote_artifact(self.store, self.registry, artifact_id, slot)
+        return (f"Promoted {done.artifact_name} of run #{done.run_id}: the {done.method} demo now uses it "
+                f"for {done.slot!r}.")
+
+    def promotion_choices(self) -> list[tuple[str, str]]:
+        """(label, "method/slot") of every current promotion, for the un-promote picker."""
+        return [(f"{m}/{s} ← run #{a.run_id} {a.name}", f"{m}/{s}") for (m, s), a in self.store.promotions().items()]
+
+    @user_errors
+    def unpromote_checkpoint(self, promotion: str | None) -> str:
+        """Forget a promotion (``"method/slot"``): the demo goes back to the shipped checkpoint."""
+        method, sep, slot = (promotion or "").partition("/")
+        if not sep or not method or not slot:
+            raise UserError("pick a promotion (method/slot) first")
+        return unpromote(self.store, method, slot)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,10 +235,11 @@ def _field_component(method: str, recipe: str, d: dict[str, Any]) -> gr.componen
         return gr.Dropdown(choices=list(d["choices"]), value=default, **common)
     if kind is bool:
         return gr.Checkbox(value=bool(default), **common)
+    bounds = {"minimum": d.get("min"), "maximum": d.get("max")}
     if kind is int:
-        return gr.Number(value=default, precision=0, **common)
+        return gr.Number(value=default, precision=0, **bounds, **common)
     if kind is float:
-        return gr.Number(value=default, **common)
+        return gr.Number(value=default, **bounds, **common)
     if isinstance(default, (list, tuple)):
         default = ",".join(map(str, default))
     return gr.Textbox(value="" if default is None else str(default), **common)
@@ -257,7 +275,7 @@ def _build_queue_form(actions: RunsActions, registry: Any, settings: Any,
                 if recipe.description:
                     gr.Markdown(recipe.description)
                 with gr.Row():
-                    for d in api.config_fields(recipe.config_cls):
+                    for d in configs.config_fields(recipe.config_cls):
                         fields.append((slug, recipe.name, d["name"], _field_component(slug, recipe.name, d)))
             groups[(slug, recipe.name)] = group
     queue_btn = gr.Button("Queue run", variant="primary", elem_id="queue-button")
@@ -329,11 +347,19 @@ def build_runs_tab(demo: gr.Blocks, actions: RunsActions, registry: Any, setting
                 slot_in = gr.Textbox(label="Slot", info="the demo checkpoint it replaces, e.g. backbone",
                                      elem_id="promote-slot")
                 promote_btn = gr.Button("Promote", elem_id="promote-button", scale=0)
+            with gr.Row():
+                promotion_select = gr.Dropdown(choices=actions.promotion_choices(), label="Promoted checkpoints",
+                                               elem_id="unpromote-select", allow_custom_value=True)
+                unpromote_btn = gr.Button("Un-promote", elem_id="unpromote-button", scale=0)
             action_msg = gr.Markdown(elem_id="action-message")
         cancel_btn.click(actions.cancel_run, run_select, action_msg, api_name="cancel_run")
         resume_btn.click(actions.resume_run, run_select, action_msg, api_name="resume_run")
+        refresh_promotions = {"fn": lambda: gr.update(choices=actions.promotion_choices()), "inputs": None,
+                              "outputs": promotion_select, "api_visibility": "private"}
         promote_btn.click(actions.promote_checkpoint, [artifact_select, slot_in], action_msg,
-                          api_name="promote_checkpoint")
+                          api_name="promote_checkpoint").then(**refresh_promotions)
+        unpromote_btn.click(actions.unpromote_checkpoint, promotion_select, action_msg,
+                            api_name="unpromote_checkpoint").then(**refresh_promotions)
         run_select.change(lambda rid: gr.update(choices=actions.checkpoint_choices(rid), value=None),
                           run_select, artifact_select, api_visibility="private")
         artifact_select.change(lambda aid: _default_slot(actions, aid), artifact_select, slot_in,

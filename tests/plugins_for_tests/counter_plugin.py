@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from app.api import Method, Recipe, config_field, hookimpl
+from app.api import CheckpointSlot, Method, Recipe, UserError, config_field, hookimpl
 
 
 @dataclass
@@ -64,6 +64,11 @@ def build_demo(ctx) -> None:
     gr.Button("Echo").click(echo, number, text, api_name="counter_echo")
 
 
+def _check_model(checkpoint) -> None:
+    if "step" not in checkpoint.tensors:
+        raise UserError("not a counter checkpoint: it has no 'step' tensor")
+
+
 @hookimpl
 def register_methods(register) -> None:
     register(Method(
@@ -71,4 +76,5 @@ def register_methods(register) -> None:
         build_demo=build_demo,
         recipes=[Recipe("count", CountConfig, train_count, "count to `steps`, checkpointing each step"),
                  Recipe("stubborn", CountConfig, train_stubborn, "like count, but never checks should_stop")],
+        checkpoint_slots=[CheckpointSlot("model", "the counter's step", check=_check_model)],
     ))
