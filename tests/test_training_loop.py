@@ -10,6 +10,10 @@ from __future__ import annotations
 import math
 import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +41,7 @@ class FitConfig:
     batch_size: int = config_field(8, "batch size", min=1)
     lr: float = config_field(0.05, "SGD learning rate", min=0)
     seed: int = config_field(0, "random seed")
+    step_sleep_s: float = config_field(0.0, "seconds to sleep after each step (to kill a run mid-epoch)", min=0)
 
 
 def train_fit(config: FitConfig, ctx) -> dict[str, float]:
@@ -59,6 +64,7 @@ def train_fit(config: FitConfig, ctx) -> dict[str, float]:
             schedule.step()
             ctx.log_metrics(loop.step, step_loss=loss.item(), lr=schedule.get_last_lr()[0])
             loop.track(len(idx), train_loss=loss)
+            time.sleep(config.step_sleep_s)
         net.eval()
         loop.end_epoch(evaluate=lambda: {"val_loss": F.mse_loss(net(x).squeeze(1), y)}, metadata={"kind": "fit"})
     return loop.final_metrics
@@ -167,6 +173,53 @@ def test_blockdrop_backbone_resumes_exactly(store, store_url, dirs, monkeypatch)
     a = load_checkpoint(Path(dirs["runs_dir"]) / str(straight) / "backbone.safetensors")
     b = load_checkpoint(Path(dirs["runs_dir"]) / str(killed) / "backbone.safetensors")
     assert all(torch.allclose(a.tensors[k], b.tensors[k], atol=1e-5) for k in a.tensors)
+
+
+def test_a_run_killed_with_sigkill_resumes_on_the_same_trajectory(tmp_path):
+    """The real thing: `avstudio train` killed with SIGKILL mid-epoch, then `avstudio runs resume --inline`."""
+    from app.settings import REPO_ROOT
+    from trainer.store import RunStore
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AVSTUDIO_")}
+    env.update(AVSTUDIO_HOME=str(tmp_path / "home"), AVSTUDIO_PLUGINS="", AVSTUDIO_EXTRA_PLUGINS=__name__,
+               AVSTUDIO_DEVICE="cpu", AVSTUDIO_THREADS="1", PYTHONPATH=str(REPO_ROOT))
+
+    def avstudio(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "app.cli", *args], env=env, cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=180)
+
+    straight = avstudio("train", "looptest", "fit", "--set", "epochs=4")
+    assert straight.returncode == 0, straight.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "train", "looptest", "fit", "--set", "epochs=4",
+                             "--set", "step_sleep_s=0.1"], env=env, cwd=REPO_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = RunStore(f"sqlite:///{tmp_path / 'home' / 'runs.db'}")
+    try:
+        state = tmp_path / "home" / "runs" / "2" / "resume-state.safetensors"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (state.is_file() and _logged_steps(store, 2) >= 12):
+            time.sleep(0.05)
+        assert state.is_file(), "the run did not reach the end of its first epoch"
+        proc.send_signal(signal.SIGKILL)  # mid-epoch 2: no chance to clean up
+        proc.wait(timeout=30)
+        assert store.get_run(2).status == "running"  # nobody could record the end
+        marked = avstudio("worker", "--exit-when-idle")  # a worker notices the dead process
+        assert marked.returncode == 0, marked.stderr
+        assert store.get_run(2).status == "interrupted"
+        resumed = avstudio("runs", "resume", "2", "--inline")
+        assert resumed.returncode == 0, resumed.stderr
+        assert store.get_run(2).status == "succeeded" and store.get_run(2).resume_count == 1
+        _assert_same_trajectory(store, 1, 2)
+    finally:
+        proc.kill()
+        store.close()
+
+
+def _logged_steps(store, run_id: int) -> int:
+    try:
+        return len({p.step for p in store.metrics(run_id, ["step_loss"])})
+    except Exception:  # the run is not in the store yet
+        return 0
 
 
 # -- TrainLoop on its own -------------------------------------------------------------------------------
