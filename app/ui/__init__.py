@@ -46,7 +46,7 @@ def _one_line_user_errors(fn: Callable) -> Callable:
 
     def convert(exc: Exception) -> gr.Error:
         message = str(exc).strip() or type(exc).__name__
-        log.info("user error in a demo (%s): %s", getattr(fn, "__qualname__", fn), message.splitlines()[0])
+        log.warning("user error in a demo (%s): %s", getattr(fn, "__qualname__", fn), message.splitlines()[0])
         if isinstance(exc, gr.Error):
             exc.print_exception = False
             return exc
