@@ -1,0 +1,245 @@
+"""S3Pool: pooling with stochastic spatial sampling (Zhai et al., CVPR 2017, arXiv:1611.05138).
+
+The paper splits ordinary 2x2 max pooling into two steps: (1) a 2x2 max window slides over the map with
+stride 1, which keeps the resolution; (2) the map is downsampled by keeping one pixel per non-overlapping
+window in a fixed pattern (the top-left one). S3Pool keeps step 1 and randomises step 2 ("stochastic
+spatial sampling"): the rows are cut into strips of ``g`` rows (the *grid size*), ``g/2`` rows of every
+strip are drawn uniformly without replacement and kept in order, and the same is done for the columns.
+The paper reads the random, non-uniform stretching and squeezing of the feature map as a strong
+regulariser and as implicit data augmentation; ``g`` sets how much distortion there is (``g = 2`` is a
+one-pixel jitter, ``g = H`` may keep any ``H/2`` of the ``H`` rows).
+
+The layer needs only torch. Everything is vectorised: no Python loop runs over strips or samples.
+
+Sizes. The stride-1 max pool pads the right and bottom with -inf (``kernel_size - 1`` rows/columns), so it
+keeps the input size ``H x W`` and negative inputs are handled correctly (the official code drops that
+border instead). Every path then returns ``ceil(H/2) x ceil(W/2)``, the size of
+``nn.MaxPool2d(2, ceil_mode=True)`` (for even sizes exactly ``nn.MaxPool2d(2)``). A map of length ``L``
+along an axis is cut into ``L // g`` full strips of ``g`` positions, which keep ``g/2`` each, and, when
+``g`` does not divide ``L``, one last short strip of ``r = L % g`` positions, which keeps ``ceil(r/2)`` of
+them drawn the same way. A grid larger than the map is therefore one short strip over the whole axis.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+EVAL_MODES = ("deterministic", "uniform", "ensemble")
+
+__all__ = [
+    "EVAL_MODES",
+    "S3Pool2d",
+    "deterministic_downsample",
+    "gather_positions",
+    "s3pool",
+    "s3pool_with_indices",
+    "sample_grid",
+    "sample_indices",
+    "stride1_max_pool",
+]
+
+
+def _check_grid_size(grid_size: int) -> None:
+    if not isinstance(grid_size, int) or grid_size < 2 or grid_size % 2:
+        raise ValueError(f"grid_size must be an even integer >= 2, got {grid_size!r}")
+
+
+def _check_kernel_size(kernel_size: int) -> None:
+    if not isinstance(kernel_size, int) or kernel_size < 1:
+        raise ValueError(f"kernel_size must be an integer >= 1, got {kernel_size!r}")
+
+
+def stride1_max_pool(x: Tensor, kernel_size: int = 2) -> Tensor:
+    """Step 1: ``kernel_size`` max pooling with stride 1 that keeps the size ``H x W`` of ``x``.
+
+    Output ``[.., r, c]`` is the max of ``x[.., r:r+k, c:c+k]``; windows running off the right or bottom edge
+    see only the pixels inside (the pad is -inf). ``kernel_size = 1`` switches the max pool off (the
+    official ``maxpool=False``)."""
+    _check_kernel_size(kernel_size)
+    if kernel_size == 1:
+        return x
+    padded = F.pad(x, (0, kernel_size - 1, 0, kernel_size - 1), value=float("-inf"))
+    return F.max_pool2d(padded, kernel_size, stride=1)
+
+
+def sample_indices(length: int, grid_size: int, n: int = 1, *, generator: torch.Generator | None = None,
+                   device: torch.device | str | None = None) -> Tensor:
+    """``n`` independent draws of the positions kept along one axis of length ``length``.
+
+    Returns a long tensor ``(n, ceil(length / 2))``; each row is sorted. Every full strip
+    ``[s*g, (s+1)*g)`` contributes ``g/2`` positions drawn uniformly without replacement; a last short strip
+    of ``r = length % g`` positions contributes ``ceil(r/2)``. The random keys are drawn on the generator's
+    device when ``generator`` is given (else on ``device``) and the result is moved to ``device``."""
+    _check_grid_size(grid_size)
+    if length < 1 or n < 1:
+        raise ValueError(f"length and n must be >= 1, got length={length}, n={n}")
+    key_device = generator.device if generator is not None else device
+    n_full, rest = divmod(length, grid_size)
+    parts = []
+    if n_full:
+        keys = torch.rand(n, n_full, grid_size, generator=generator, device=key_device)
+        picked = keys.argsort(-1)[..., : grid_size // 2].sort(-1).values  # (n, n_full, g/2)
+        offsets = torch.arange(n_full, device=picked.device).mul_(grid_size).view(1, n_full, 1)
+        parts.append((picked + offsets).flatten(1))
+    if rest:
+        keys = torch.rand(n, rest, generator=generator, device=key_device)
+        parts.append(keys.argsort(-1)[:, : (rest + 1) // 2].sort(-1).values + n_full * grid_size)
+    indices = torch.cat(parts, dim=1)
+    return indices if device is None else indices.to(device)
+
+
+def sample_grid(height: int, width: int, grid_size: int, n: int = 1, *,
+                generator: torch.Generator | None = None,
+                device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+    """One S3Pool draw for an ``height x width`` map: ``(rows (n, ceil(H/2)), cols (n, ceil(W/2)))``.
+
+    Rows are drawn before columns (this fixes the sequence a seeded generator yields)."""
+    rows = sample_indices(height, grid_size, n, generator=generator, device=device)
+    cols = sample_indices(width, grid_size, n, generator=generator, device=device)
+    return rows, cols
+
+
+def gather_positions(pooled: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """``pooled[b, c, rows[b, i], cols[b, j]]`` for a map ``(N, C, H, W)``.
+
+    ``rows`` ``(n, Ho)`` and ``cols`` ``(n, Wo)`` with ``n = 1`` (one draw shared by the batch) or ``n = N``
+    (one draw per sample); with a leading ensemble axis, ``(K, n, Ho)`` and ``(K, n, Wo)`` give
+    ``(K, N, C, Ho, Wo)``. All channels share the positions. Differentiable with respect to ``pooled``."""
+    if rows.dim() == 2 and rows.shape[0] == 1:  # the paper's case: plain index_select, cheapest
+        return pooled.index_select(-2, rows[0]).index_select(-1, cols[0])
+    batch, channels, _, width = pooled.shape
+    lead = rows.shape[:-2]  # () or (K,)
+    ho, wo = rows.shape[-1], cols.shape[-1]
+    source = pooled.expand(*lead, *pooled.shape)
+    row_index = rows[..., :, None, :, None].expand(*lead, batch, channels, ho, width)
+    picked = source.gather(-2, row_index)
+    col_index = cols[..., :, None, None, :].expand(*lead, batch, channels, ho, wo)
+    return picked.gather(-1, col_index)
+
+
+def deterministic_downsample(pooled: Tensor) -> Tensor:
+    """The official test path on a stride-1 max-pooled map ``P`` of size ``H x W``; returns ceil(H/2) x ceil(W/2).
+
+    ``out[i, j]`` is the mean of ``P[r, c]`` over ``r in {2i-1, 2i}`` and ``c in {2j-1, 2j}``, leaving out
+    positions outside ``[0, H-2] x [0, W-2]`` (``[0, 0]`` for a length-1 axis). This is Lasagne's
+    ``Pool2DLayer(pool_size=2, stride=2, pad=1, mode='average_exc_pad')`` applied to the border-less
+    stride-1 max pool of the official code (for ``kernel_size = 2``, rows ``0..H-2`` of ``P`` are exactly
+    that map)."""
+    height, width = pooled.shape[-2:]
+    kept = pooled[..., : max(height - 1, 1), : max(width - 1, 1)]
+    return F.avg_pool2d(kept, 2, stride=2, padding=1, count_include_pad=False)
+
+
+def s3pool_with_indices(x: Tensor, grid_size: int, *, kernel_size: int = 2, per_sample: bool = False,
+                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """One stochastic (training-mode) S3Pool pass that also returns where it sampled.
+
+    Returns ``(out, rows, cols)``: ``out`` ``(N, C, ceil(H/2), ceil(W/2))``; ``rows`` ``(n, ceil(H/2))`` and
+    ``cols`` ``(n, ceil(W/2))`` index the stride-1 max-pooled map, ``n = 1`` (shared) or ``N`` (per sample).
+    For a visualisation: output pixel ``(i, j)`` of sample ``b`` is the max of the ``kernel_size`` window
+    of ``x`` whose top-left corner is ``(rows[b or 0, i], cols[b or 0, j])``."""
+    pooled = stride1_max_pool(x, kernel_size)
+    batch, _, height, width = pooled.shape
+    rows, cols = sample_grid(height, width, grid_size, batch if per_sample else 1,
+                             generator=generator, device=x.device)
+    return gather_positions(pooled, rows, cols), rows, cols
+
+
+def s3pool(x: Tensor, grid_size: int, training: bool, *, kernel_size: int = 2, per_sample: bool = False,
+           eval_mode: str = "deterministic", ensemble_k: int = 4,
+           generator: torch.Generator | None = None) -> Tensor:
+    """Functional S3Pool on ``x`` ``(N, C, H, W)`` (or ``(C, H, W)``); output ``ceil(H/2) x ceil(W/2)``.
+
+    ``training=True``: stride-1 max pool, then one random draw of rows and columns per strip (shared by
+    the batch, or one per sample with ``per_sample=True``). ``training=False`` follows ``eval_mode``:
+
+    - ``"deterministic"``: the official test path, :func:`deterministic_downsample` (the average of the
+      candidate positions);
+    - ``"uniform"``: the regular pattern, ``stride1_max_pool(x)[..., ::2, ::2]`` (equal to
+      ``MaxPool2d(2, ceil_mode=True)`` for ``kernel_size = 2``);
+    - ``"ensemble"``: the mean of ``ensemble_k`` stochastic passes (rows for all K passes are drawn before
+      the columns, through :func:`sample_grid` with ``n = ensemble_k`` or ``ensemble_k * N``).
+    """
+    if eval_mode not in EVAL_MODES:
+        raise ValueError(f"eval_mode must be one of {EVAL_MODES}, got {eval_mode!r}")
+    _check_grid_size(grid_size)
+    if x.dim() == 3:
+        return s3pool(x.unsqueeze(0), grid_size, training, kernel_size=kernel_size, per_sample=per_sample,
+                      eval_mode=eval_mode, ensemble_k=ensemble_k, generator=generator).squeeze(0)
+    if x.dim() != 4:
+        raise ValueError(f"expected a (N, C, H, W) or (C, H, W) tensor, got shape {tuple(x.shape)}")
+    if training:
+        return s3pool_with_indices(x, grid_size, kernel_size=kernel_size, per_sample=per_sample,
+                                   generator=generator)[0]
+    pooled = stride1_max_pool(x, kernel_size)
+    if eval_mode == "uniform":
+        return pooled[..., ::2, ::2]
+    if eval_mode == "deterministic":
+        return deterministic_downsample(pooled)
+    if ensemble_k < 1:
+        raise ValueError(f"ensemble_k must be >= 1, got {ensemble_k}")
+    batch, _, height, width = pooled.shape
+    n = batch if per_sample else 1
+    rows, cols = sample_grid(height, width, grid_size, ensemble_k * n, generator=generator, device=x.device)
+    passes = gather_positions(pooled, rows.view(ensemble_k, n, -1), cols.view(ensemble_k, n, -1))
+    return passes.mean(0)
+
+
+class S3Pool2d(nn.Module):
+    """S3Pool, pooling with stochastic spatial sampling (arXiv:1611.05138); a drop-in for ``nn.MaxPool2d(2)``.
+
+    Training: ``kernel_size`` max pooling with stride 1, then per strip of ``grid_size`` rows ``grid_size/2``
+    rows drawn uniformly without replacement and sorted, and the same for the columns; one draw per forward
+    pass shared by the whole batch and all channels (as in the paper's code), or one per sample with
+    ``per_sample=True``. The paper calls this stochastic spatial sampling and reads it as a regulariser that
+    does implicit data augmentation (random distortions of the feature maps); it adds no parameters.
+
+    Evaluation (``eval_mode``): ``"deterministic"`` is the official test path, a 2x2/stride-2 average
+    (pad 1, padding excluded) of the stride-1 max-pooled map, i.e. the average of the candidate positions;
+    ``"uniform"`` keeps every 2nd row and column; ``"ensemble"`` averages ``ensemble_k`` stochastic passes.
+
+    Output: ``ceil(H/2) x ceil(W/2)`` in every mode, like ``nn.MaxPool2d(2, ceil_mode=True)``; a last strip
+    shorter than ``grid_size`` (``r = L % grid_size`` positions) keeps ``ceil(r/2)`` of them. See the module
+    docstring. ``generator`` (optional) makes the draws reproducible; otherwise torch's global RNG is used.
+    """
+
+    def __init__(self, kernel_size: int = 2, *, grid_size: int, per_sample: bool = False,
+                 eval_mode: str = "deterministic", ensemble_k: int = 4,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        _check_kernel_size(kernel_size)
+        _check_grid_size(grid_size)
+        if eval_mode not in EVAL_MODES:
+            raise ValueError(f"eval_mode must be one of {EVAL_MODES}, got {eval_mode!r}")
+        if ensemble_k < 1:
+            raise ValueError(f"ensemble_k must be >= 1, got {ensemble_k}")
+        self.kernel_size = kernel_size
+        self.grid_size = grid_size
+        self.per_sample = per_sample
+        self.eval_mode = eval_mode
+        self.ensemble_k = ensemble_k
+        self.generator = generator
+
+    def forward(self, x: Tensor) -> Tensor:
+        return s3pool(x, self.grid_size, self.training, kernel_size=self.kernel_size,
+                      per_sample=self.per_sample, eval_mode=self.eval_mode, ensemble_k=self.ensemble_k,
+                      generator=self.generator)
+
+    def forward_with_indices(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """A stochastic pass (whatever the mode) returning ``(out, rows, cols)``; see :func:`s3pool_with_indices`."""
+        return s3pool_with_indices(x, self.grid_size, kernel_size=self.kernel_size,
+                                   per_sample=self.per_sample, generator=self.generator)
+
+    @staticmethod
+    def output_size(height: int, width: int) -> tuple[int, int]:
+        """The output's spatial size for an ``height x width`` input: ``(ceil(H/2), ceil(W/2))``."""
+        return math.ceil(height / 2), math.ceil(width / 2)
+
+    def extra_repr(self) -> str:
+        text = (f"kernel_size={self.kernel_size}, grid_size={self.grid_size}, per_sample={self.per_sample}, "
+                f"eval_mode={self.eval_mode!r}")
+        return text + (f", ensemble_k={self.ensemble_k}" if self.eval_mode == "ensemble" else "")
