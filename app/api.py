@@ -80,6 +80,8 @@ from trainer.checkpoints import (  # noqa: E402  (re-exported)
     CheckpointInfo,
     dataclass_from_dict,
     load_checkpoint,
+    load_module_tensors,
+    module_tensors,
     save_checkpoint,
 )
 
@@ -339,6 +341,6 @@ __all__ = [
     "DemoContext", "ImageTensorDataset", "Method", "Progress", "Recipe", "TrainContext", "TrainLoop", "UserError",
     "cached_splits", "config_field", "config_fields", "config_to_dict", "dataclass_from_dict",
     "describe_constraints", "hook_names", "hookimpl", "hookspec", "image_to_tensor", "iter_hooks",
-    "load_checkpoint", "load_rgb_image", "make_config", "open_test_studio", "parse_assignments",
-    "save_checkpoint",
+    "load_checkpoint", "load_module_tensors", "load_rgb_image", "make_config", "module_tensors", "open_test_studio",
+    "parse_assignments", "save_checkpoint",
 ]

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from app.errors import UserError
 from app.settings import Settings
 from trainer.checkpoints import Checkpoint, CheckpointInfo, load_checkpoint, read_card, shipped_checkpoint
 from trainer.context import method_assets_dir, resolve_checkpoint
@@ -137,8 +138,14 @@ class StudioCommandContext:
         return CheckpointLookup(self._registry, self._store, settings.assets_dir)
 
     def load_checkpoint(self, ref: str) -> Checkpoint:
-        """Load a checkpoint: a file path, ``run:ID[/NAME]`` or ``METHOD/NAME`` (promoted, else shipped)."""
-        return load_checkpoint(self._lookup().resolve(ref))
+        """Load a checkpoint: a file path, ``run:ID[/NAME]`` or ``METHOD/NAME`` (promoted, else shipped).
+
+        Raises UserError (one line on the CLI) when there is none or the reference is malformed.
+        """
+        try:
+            return load_checkpoint(self._lookup().resolve(ref))
+        except (FileNotFoundError, ValueError) as exc:
+            raise UserError(str(exc)) from None
 
     def checkpoints(self, method: str) -> list[CheckpointInfo]:
         """Every checkpoint ``method``'s demo may use (promoted over shipped)."""

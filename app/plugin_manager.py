@@ -53,7 +53,7 @@ class PluginStatus:
     """One plugin as ``avstudio plugins`` and the Plugins tab show it."""
 
     name: str
-    source: str  # "builtin", "entrypoint" or "plugins-dir"
+    source: str  # "builtin", "extra" (AVSTUDIO_EXTRA_PLUGINS, the test harness), "entrypoint" or "plugins-dir"
     version: str | None = None
     hooks: list[str] = field(default_factory=list)
     status: str = "ok"  # "ok" or "failed"
@@ -198,9 +198,9 @@ def _candidates(plugins: str | None, plugins_dir: Path | None, extra: tuple[Any,
         yield module_name, "builtin", None, lambda m=module_name: importlib.import_module(m)
     for item in extra:  # module names or module objects, registered like the built-ins (tests)
         if isinstance(item, ModuleType):
-            yield item.__name__, "builtin", None, lambda m=item: m
+            yield item.__name__, "extra", None, lambda m=item: m
         else:
-            yield str(item), "builtin", None, lambda m=str(item): importlib.import_module(m)
+            yield str(item), "extra", None, lambda m=str(item): importlib.import_module(m)
     points, missing = _wanted_entrypoints(plugins)
     for point in points:
         dist = getattr(point, "dist", None)

@@ -27,6 +27,7 @@ from types import ModuleType
 from typing import Any
 
 from app.demo_context import StudioCommandContext, StudioDemoContext
+from app.errors import UserError
 from app.plugin_manager import PluginStatus, Registry, load_registry
 from app.promotion import Promoted, choose_artifact, promote_artifact
 from app.settings import ASSETS_DIR, Settings
@@ -63,6 +64,31 @@ class TrainResult:
         return self.metrics[key][-1][1]
 
 
+@contextmanager
+def _interrupted_after(checks: int | None) -> Iterator[None]:
+    """Make the running recipe die (KeyboardInterrupt) at its ``checks``-th ``should_stop()``; the
+    worker code marks the run interrupted. Nothing happens when ``checks`` is None."""
+    if checks is None:
+        yield
+        return
+    original = RunContext.should_stop
+    calls = [0]
+
+    def should_stop(ctx: RunContext, *, fresh: bool = False) -> bool:
+        calls[0] += 1
+        if calls[0] >= checks:
+            raise KeyboardInterrupt(f"interrupted by the test at should_stop check {calls[0]}")
+        return original(ctx, fresh=fresh)
+
+    RunContext.should_stop = should_stop  # type: ignore[method-assign]
+    try:
+        yield
+    except KeyboardInterrupt:
+        pass  # the run is recorded as interrupted
+    finally:
+        RunContext.should_stop = original  # type: ignore[method-assign]
+
+
 class StudioForTests:
     """A studio on ``home`` with ``plugins`` (modules or importable module names) registered beside the
     built-ins, as a real studio does. Training runs through the worker's own code path, in this process."""
@@ -88,25 +114,37 @@ class StudioForTests:
 
     # -- training ------------------------------------------------------------------------------
     def train(self, method: str, recipe: str, config: Mapping[str, Any] | None = None,
-              device: str = "cpu") -> TrainResult:
-        """Queue a run (validated as the CLI does) and execute it here, as a worker would."""
+              device: str = "cpu", *, interrupt_after: int | None = None) -> TrainResult:
+        """Queue a run (validated as the CLI does: a bad value raises ConfigError) and execute it here,
+        as a worker would; the result says how it ended (``succeeded``, ``failed`` with its error, ...).
+
+        ``interrupt_after=N`` kills the run at its N-th ``should_stop()`` check, as Ctrl-C or a dead
+        worker would (no clean-up in the recipe): the run ends ``interrupted``, ready for :meth:`resume`.
+        """
         chosen = self.registry.recipe(method, recipe)
         typed = make_config(chosen.config_cls, dict(config or {}))
         run_id = self.store.enqueue(method, recipe, config_to_dict(typed), device=device, commit=current_commit())
-        return self._execute(run_id, device)
+        return self._execute(run_id, device, interrupt_after)
 
-    def resume(self, run_id: int, device: str = "cpu") -> TrainResult:
-        """Resume an interrupted, failed or cancelled run from its saved state, as ``avstudio runs resume``."""
-        self.store.requeue_for_resume(run_id)
-        return self._execute(run_id, device)
+    def resume(self, run_id: int, device: str = "cpu", *, interrupt_after: int | None = None) -> TrainResult:
+        """Resume an interrupted, failed or cancelled run from its saved state, as ``avstudio runs resume``.
 
-    def _execute(self, run_id: int, device: str) -> TrainResult:
+        Raises UserError when the run cannot resume (it is queued, running or succeeded).
+        """
+        try:
+            self.store.requeue_for_resume(run_id)
+        except (KeyError, ValueError) as exc:
+            raise UserError(str(exc.args[0] if exc.args else exc)) from None
+        return self._execute(run_id, device, interrupt_after)
+
+    def _execute(self, run_id: int, device: str, interrupt_after: int | None = None) -> TrainResult:
         host = socket.gethostname()
         if self.store.claim_run(run_id, f"test-studio-{os.getpid()}", host=host, pid=os.getpid()) is None:
             raise RuntimeError(f"run {run_id} could not be claimed")
         s = self.settings
-        execute_run(s.db_url, run_id, lambda: self.registry, data_dir=s.data_dir, runs_dir=s.runs_dir,
-                    assets_dir=s.assets_dir, device=device)
+        with _interrupted_after(interrupt_after):
+            execute_run(s.db_url, run_id, lambda: self.registry, data_dir=s.data_dir, runs_dir=s.runs_dir,
+                        assets_dir=s.assets_dir, device=device)
         return self.result(run_id)
 
     def result(self, run_id: int) -> TrainResult:
@@ -128,9 +166,13 @@ class StudioForTests:
         run_id = self.store.enqueue(method, recipe, config_to_dict(typed), device=device)
         run = self.store.claim_run(run_id, "test-studio", host=socket.gethostname(), pid=os.getpid())
         s = self.settings
-        with RunContext(self.store, run, self.registry, device=torch.device(device), data_dir=s.data_dir,
-                        runs_dir=s.runs_dir, assets_dir=s.assets_dir, config=typed) as ctx:
-            yield ctx
+        try:
+            with RunContext(self.store, run, self.registry, device=torch.device(device), data_dir=s.data_dir,
+                            runs_dir=s.runs_dir, assets_dir=s.assets_dir, config=typed) as ctx:
+                yield ctx
+        except BaseException as exc:
+            self.store.finish(run_id, RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+            raise
         self.store.finish(run_id, RunStatus.SUCCEEDED)
 
     # -- demos, commands, promotion ----------------------------------------------------------

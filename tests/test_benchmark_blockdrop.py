@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from app.api import module_tensors
 from benchmarks.blockdrop import pick_policy
-from plugins.blockdrop.model import build_policy, build_resnet, prefixed
+from plugins.blockdrop.model import build_policy, build_resnet
 from trainer.checkpoints import save_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,10 +31,10 @@ def _assets(root: Path, policies: dict[str, tuple[float, float]]) -> tuple[Path,
     torch.manual_seed(0)
     backbone = build_resnet(8, 10)
     root.mkdir(parents=True, exist_ok=True)
-    full = save_checkpoint(root / "backbone.safetensors", prefixed(backbone, "backbone"),
+    full = save_checkpoint(root / "backbone.safetensors", module_tensors(backbone, "backbone"),
                            _card("backbone", 0.80, 3.0))
     for name, (accuracy, blocks) in policies.items():
-        tensors = {**prefixed(backbone, "backbone"), **prefixed(build_policy(3, 16), "policy")}
+        tensors = {**module_tensors(backbone, "backbone"), **module_tensors(build_policy(3, 16), "policy")}
         save_checkpoint(root / f"{name}.safetensors", tensors,
                         _card("finetune", accuracy, blocks, gamma=float(name.removeprefix("policy-g"))))
     return root, full

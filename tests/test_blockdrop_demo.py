@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from app.api import UserError
+from app.api import UserError, module_tensors
 from plugins.blockdrop import analysis
 from plugins.blockdrop.demo import BlockDropDemo, build_demo, panel_frames
-from plugins.blockdrop.model import build_policy, build_resnet, prefixed
+from plugins.blockdrop.model import build_policy, build_resnet
 from tests.blockdrop_fakes import FakeDemoContext, random_dataset
 from trainer.checkpoints import save_checkpoint
 
@@ -30,14 +30,14 @@ def assets(tmp_path):
     torch.manual_seed(0)
     assets = tmp_path / "assets"
     backbone = build_resnet(8, 10)
-    save_checkpoint(assets / "backbone.safetensors", prefixed(backbone, "backbone"), _card(kind="backbone"))
+    save_checkpoint(assets / "backbone.safetensors", module_tensors(backbone, "backbone"), _card(kind="backbone"))
     for gamma, bias in ((1, -0.2), (5, 3.0)):
         policy = build_policy(3)
         torch.nn.init.constant_(policy.fc.bias, bias)
         torch.nn.init.zeros_(policy.fc.weight)
         policy.fc.bias.data[0] = 3.0  # block 1 always kept
         save_checkpoint(assets / f"policy-g{gamma}.safetensors",
-                        {**prefixed(backbone, "backbone"), **prefixed(policy, "policy")},
+                        {**module_tensors(backbone, "backbone"), **module_tensors(policy, "policy")},
                         _card(kind="finetune", gamma=gamma, free_blocks=3, policy_input_size=32))
     return assets
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from app.api import load_module_tensors, module_tensors
 from plugins.blockdrop import analysis
 from plugins.blockdrop.model import (
     MEAN,
@@ -21,10 +22,8 @@ from plugins.blockdrop.model import (
     build_resnet,
     greedy_policy,
     legacy_configs,
-    load_prefixed,
     model_configs,
     policy_from_checkpoint,
-    prefixed,
 )
 from trainer.checkpoints import load_checkpoint, make_card, read_card, save_checkpoint
 
@@ -113,10 +112,10 @@ def test_bad_depth_is_rejected():
 
 def test_prefixed_state_round_trips():
     a, b = build_resnet(8, 3), build_resnet(8, 3)
-    load_prefixed(b, prefixed(a, "backbone"), "backbone")
+    load_module_tensors(b, module_tensors(a, "backbone"), "backbone")
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     with pytest.raises(ValueError, match="policy"):
-        load_prefixed(b, prefixed(a, "backbone"), "policy")
+        load_module_tensors(b, module_tensors(a, "backbone"), "policy")
 
 
 def test_flops_follow_the_policy(net):
@@ -154,7 +153,7 @@ def test_card_records_the_architectures_and_models_are_rebuilt_from_them(tmp_pat
                                             mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.4), labels=("a", "b", "c")))
     policy = PolicyNet(PolicyConfig(num_blocks=3, input_size=12, width=4, mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.4)))
     metadata = {"kind": "finetune", "backbone": asdict(backbone.config), "policy": asdict(policy.config)}
-    path = save_checkpoint(tmp_path / "p.safetensors", {**prefixed(backbone, "backbone"), **prefixed(policy, "policy")},
+    path = save_checkpoint(tmp_path / "p.safetensors", {**module_tensors(backbone, "backbone"), **module_tensors(policy, "policy")},
                            make_card({"method": "blockdrop"}, metadata))
     checkpoint = load_checkpoint(path)
     rebuilt, rebuilt_policy = backbone_from_checkpoint(checkpoint).eval(), policy_from_checkpoint(checkpoint).eval()
@@ -165,7 +164,7 @@ def test_card_records_the_architectures_and_models_are_rebuilt_from_them(tmp_pat
         assert torch.allclose(rebuilt(x), backbone.eval()(x)) and torch.allclose(rebuilt_policy(x), policy.eval()(x))
     with pytest.raises(ValueError, match="no field 'colour'"):
         model_configs({"backbone": {**asdict(backbone.config), "colour": "red"}})
-    backbone_only = load_checkpoint(save_checkpoint(tmp_path / "b.safetensors", prefixed(backbone, "backbone"),
+    backbone_only = load_checkpoint(save_checkpoint(tmp_path / "b.safetensors", module_tensors(backbone, "backbone"),
                                                     make_card({}, {"backbone": asdict(backbone.config)})))
     with pytest.raises(ValueError, match="no policy"):
         policy_from_checkpoint(backbone_only)

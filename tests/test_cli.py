@@ -237,7 +237,8 @@ def test_plugins_json_lists_failures_and_plugin_commands_work(env, tmp_path):
         "Error: 2 plugin(s) failed: badcommands (register_commands: ValueError: no commands today); "
         "broken (RuntimeError: broken on purpose)")
     plugins = {p["name"]: p for p in json.loads(result.stdout)}
-    assert set(plugins) == {"broken", "hello", "badcommands"}  # built-ins hidden without --all
+    assert set(plugins) == {"broken", "hello", "badcommands", COUNTER}  # built-ins hidden without --all
+    assert plugins[COUNTER]["source"] == "extra" and plugins[COUNTER]["methods"] == ["counter"]
     assert plugins["broken"]["status"] == "failed" and "broken on purpose" in plugins["broken"]["error"]
     assert plugins["hello"]["status"] == "ok"
     assert plugins["hello"]["hooks"] == ["register_commands", "register_methods"]
@@ -247,7 +248,7 @@ def test_plugins_json_lists_failures_and_plugin_commands_work(env, tmp_path):
 
     everything = json.loads(avstudio("--plugins-dir", str(tmp_path), "plugins", "--all", env=env).stdout)
     builtins = {p["name"]: p["status"] for p in everything if p["source"] == "builtin"}
-    assert builtins[COUNTER] == "ok" and "plugins.datasets" in builtins
+    assert builtins == {"plugins.datasets": "ok", "plugins.blockdrop": "ok"}
 
     greet = avstudio("--plugins-dir", str(tmp_path), "greet", "world", env=env)
     assert greet.returncode == 0, greet.stderr

@@ -61,6 +61,31 @@ def test_the_harness_trains_through_the_worker_path_and_promotes(tmp_path):
             studio.train("counter", "count", {"steps": "many"})
 
 
+def test_the_harness_interrupts_a_run_and_resumes_it(tmp_path):
+    with api.open_test_studio(tmp_path, [COUNTER]) as studio:
+        assert studio.plugin(COUNTER).source == "extra"
+        killed = studio.train("counter", "count", {"steps": 6}, interrupt_after=4)
+        assert killed.status == "interrupted" and killed.last("counted") == 2
+        resumed = studio.resume(killed.run_id)
+        assert resumed.status == "succeeded" and resumed.run.latest_metrics["final_step"] == 6
+        assert resumed.metrics["start_step"][-1] == (3, 3.0)  # continued after the last checkpoint
+        with pytest.raises(api.UserError, match="only failed, cancelled, interrupted runs can resume"):
+            studio.resume(killed.run_id)
+
+
+def test_a_failure_inside_train_context_fails_the_run(tmp_path):
+    with api.open_test_studio(tmp_path, [COUNTER]) as studio:
+        with pytest.raises(RuntimeError), studio.train_context("counter", "count") as ctx:
+            raise RuntimeError("broke while testing")
+        assert studio.result(ctx.run_id).status == "failed"
+
+
+def test_a_command_gets_a_one_line_error_when_a_checkpoint_is_missing(tmp_path):
+    with api.open_test_studio(tmp_path) as studio:
+        with pytest.raises(api.UserError, match="no checkpoint 'blockdrop/nothing'"):
+            studio.command_context().load_checkpoint("blockdrop/nothing")
+
+
 def test_the_harness_gives_a_real_train_context(tmp_path):
     with api.open_test_studio(tmp_path, [COUNTER]) as studio:
         with studio.train_context("counter", "count") as ctx:
@@ -345,3 +370,17 @@ def test_datasets_show_passes_dataset_options(tmp_path):
         assert Image.open(out).size[0] > 16
         missing = studio.cli("datasets", "show", "imagefolder")
         assert missing.exit_code == 2 and "needs the option path=DIR" in missing.output
+
+
+def test_the_blockdrop_selector_refreshes_when_opened(tmp_path):
+    from plugins.blockdrop.demo import BlockDropDemo
+
+    with api.open_test_studio(tmp_path) as studio:
+        blocks = studio.build_demo("blockdrop")
+        (focus,) = [f for f in blocks.fns.values() if f.api_name == "blockdrop_policies"]
+        demo = BlockDropDemo(studio.demo_context("blockdrop"))
+        studio.promote(_blockdrop_artifact(studio, "policy-g0.25"), "policy-g0.25")
+        update = demo.refresh_policy_choices("policy-g2")
+        assert update["choices"] == ["policy-g0.25", "policy-g0.5", "policy-g1", "policy-g2"]
+        assert update["value"] == "policy-g2"
+        assert [c._id for c in focus.inputs] == [c._id for c in focus.outputs]  # the selector itself

@@ -126,6 +126,22 @@ def shipped_checkpoint(assets_dir: Path | str | None, name: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def module_tensors(module: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    """A module's state dict with every key under ``prefix.`` (``backbone.conv1.weight``): how
+    checkpoints, TrainLoop's included, store a model, so one file can hold several."""
+    return {f"{prefix}.{key}": value for key, value in module.state_dict().items()}
+
+
+def load_module_tensors(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor], prefix: str) -> Any:
+    """Load the ``prefix.``-keyed tensors of a checkpoint into ``module`` (strict: every key must fit);
+    returns the module. ValueError when the checkpoint has no ``prefix.*`` tensors."""
+    state = {key[len(prefix) + 1:]: value for key, value in tensors.items() if key.startswith(prefix + ".")}
+    if not state:
+        raise ValueError(f"checkpoint has no '{prefix}.*' tensors")
+    module.load_state_dict(state)
+    return module
+
+
 def dataclass_from_dict(cls: type, values: Mapping[str, Any]) -> Any:
     """Rebuild a config dataclass stored in a card (``dataclasses.asdict``): unknown keys are an
     error (a card from another architecture), missing ones take the field's default, and lists

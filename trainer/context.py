@@ -147,6 +147,7 @@ class RunContext:
         self.commit = commit if commit is not None else run.commit
         self.show_progress = show_progress
         self.last_step = 0  # the highest step logged so far
+        self.last_values: dict[str, tuple[int, float]] = {}  # key -> (step, value) last logged
         self._buffer: list[MetricPoint] = []
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
@@ -164,6 +165,7 @@ class RunContext:
         now = time.time()
         with self._lock:
             self.last_step = max(self.last_step, int(step))
+            self.last_values.update({k: (int(step), float(v)) for k, v in values.items()})
             self._buffer.extend(MetricPoint(step=int(step), key=k, value=float(v), time=now) for k, v in values.items())
             due = len(self._buffer) >= FLUSH_EVERY_POINTS or time.monotonic() - self._last_flush >= FLUSH_EVERY_S
         if due:

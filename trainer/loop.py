@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainer.checkpoints import load_module_tensors, module_tensors
+
 
 def num_batches(n: int, batch_size: int) -> int:
     """Batches per epoch of :meth:`TrainLoop.batches`: the last partial batch is dropped when n > batch_size."""
@@ -171,8 +173,7 @@ class TrainLoop:
     # -- state ----------------------------------------------------------------------------------
     def model_tensors(self) -> dict[str, torch.Tensor]:
         """The state dicts of the modules, each key under the module's name (``backbone.fc.weight``)."""
-        return {f"{name}.{key}": value for name, module in self.modules.items()
-                for key, value in module.state_dict().items()}
+        return {key: value for name, module in self.modules.items() for key, value in module_tensors(module, name).items()}
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """What ``save_state`` stores: tensors (weights, optimiser tensors, RNG states) and JSON metadata."""
@@ -220,8 +221,7 @@ class TrainLoop:
 
     def _load_modules(self, tensors: Mapping[str, torch.Tensor], prefix: str) -> None:
         for name, module in self.modules.items():
-            head = f"{prefix}{name}."
-            module.load_state_dict({k[len(head):]: v for k, v in tensors.items() if k.startswith(head)})
+            load_module_tensors(module, tensors, f"{prefix}{name}")
 
 
 # -- nested state (optimiser and scheduler state dicts, RNG states) as tensors + JSON ----------------

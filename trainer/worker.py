@@ -103,7 +103,9 @@ def execute_run(store_url: str, run_id: int, registry_factory: Callable[[], Any]
                 heartbeat.ctx = ctx
                 log.info("run %s: %s/%s on %s", run_id, run.method, run.recipe, torch_device)
                 result = recipe.train(config, ctx)
-                final = _final_metrics(result)
+                # the returned final metrics, except those the recipe already logged at the last step
+                final = {k: v for k, v in _final_metrics(result).items()
+                         if ctx.last_values.get(k) != (ctx.last_step, v)}
                 if final:
                     ctx.log_metrics(ctx.last_step, **final)
                 ctx.close()

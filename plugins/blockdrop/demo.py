@@ -91,6 +91,13 @@ class BlockDropDemo:
             ordered = ["policy"]
         return ordered
 
+    def refresh_policy_choices(self, current: str | None) -> Any:
+        """The γ selector's choices as they are now (shipped and promoted), keeping the current choice."""
+        import gradio as gr
+
+        names = self.policy_names()
+        return gr.update(choices=names, value=current if current in names else default_policy(names))
+
     def _paths(self, policy_name: str) -> tuple[Path, Path]:
         backbone = self.ctx.checkpoint_path("backbone")
         policy = self.ctx.checkpoint_path(policy_name) if policy_name else None
@@ -303,6 +310,9 @@ def build_demo(ctx: Any) -> None:
                 run_sketch = gr.Button("Run on drawing", variant="primary")
             policy = gr.Dropdown(names, value=default_policy(names), elem_id="blockdrop-policy",
                                  label="policy (penalty γ: larger keeps more blocks; γ = 1 recommended)")
+            # opening the selector lists what is available now: a policy promoted since start-up shows up
+            policy.focus(demo.refresh_policy_choices, policy, policy, api_name="blockdrop_policies",
+                         show_progress="hidden")
             # the outputs exist before the examples that fill them; they are drawn in the right column
             full_label = gr.Label(num_top_classes=3, label="full ResNet", render=False)
             bd_label = gr.Label(num_top_classes=3, label="BlockDrop", render=False)

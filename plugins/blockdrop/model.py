@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.api import Checkpoint, dataclass_from_dict
+from app.api import Checkpoint, dataclass_from_dict, load_module_tensors
 
 MEAN = (0.5, 0.5, 0.5)  # the normalisation every model of the flat (legacy) cards was trained with
 STD = (0.25, 0.25, 0.25)
@@ -219,20 +219,6 @@ def greedy_policy(probs: torch.Tensor) -> torch.Tensor:
     return (probs >= 0.5).float()
 
 
-def prefixed(module: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
-    """The module's state dict with every key under ``prefix.`` (how checkpoints store models)."""
-    return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
-
-
-def load_prefixed(module: nn.Module, tensors: dict[str, Any], prefix: str) -> nn.Module:
-    """Load the ``prefix.``-keyed tensors of a checkpoint into ``module`` (strict)."""
-    state = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-    if not state:
-        raise ValueError(f"checkpoint has no '{prefix}.*' tensors")
-    module.load_state_dict(state)
-    return module
-
-
 # --------------------------------------------------------------------------------------------
 # Rebuilding models from a checkpoint's card
 # --------------------------------------------------------------------------------------------
@@ -264,7 +250,7 @@ def legacy_configs(card: Mapping[str, Any]) -> tuple[ResNetConfig, PolicyConfig 
 def backbone_from_checkpoint(checkpoint: Checkpoint, device: Any = "cpu") -> BlockDropResNet:
     """The ResNet stored (``backbone.*``) in a checkpoint, built from the config its card records."""
     config, _ = model_configs(checkpoint.metadata)
-    return load_prefixed(BlockDropResNet(config), checkpoint.tensors, "backbone").to(device)
+    return load_module_tensors(BlockDropResNet(config), checkpoint.tensors, "backbone").to(device)
 
 
 def policy_from_checkpoint(checkpoint: Checkpoint, device: Any = "cpu") -> PolicyNet:
@@ -272,7 +258,7 @@ def policy_from_checkpoint(checkpoint: Checkpoint, device: Any = "cpu") -> Polic
     _, config = model_configs(checkpoint.metadata)
     if config is None:
         raise ValueError(f"{checkpoint.path.name or 'the checkpoint'} holds no policy network (a backbone?)")
-    return load_prefixed(PolicyNet(config), checkpoint.tensors, "policy").to(device)
+    return load_module_tensors(PolicyNet(config), checkpoint.tensors, "policy").to(device)
 
 
 def backbone_from_card(tensors: dict, card: dict, device: Any = "cpu") -> BlockDropResNet:
