@@ -89,7 +89,13 @@ from trainer.checkpoints import (  # noqa: E402  (re-exported)
 # Dataset building blocks: whole-split tensors in memory, generated splits cached as .npz
 # --------------------------------------------------------------------------------------------
 
-from trainer.datasets import Arrays, ImageTensorDataset, cached_splits  # noqa: E402  (re-exported)
+from trainer.datasets import (  # noqa: E402  (re-exported)
+    Arrays,
+    ImageTensorDataset,
+    cached_splits,
+    random_crop_flip,
+    split_tensors,
+)
 
 # The training loop: seeding, epochs and steps, stopping, progress, metrics, checkpoints, exact resume
 from trainer.loop import TrainLoop  # noqa: E402  (re-exported)
@@ -342,5 +348,5 @@ __all__ = [
     "cached_splits", "config_field", "config_fields", "config_to_dict", "dataclass_from_dict",
     "describe_constraints", "hook_names", "hookimpl", "hookspec", "image_to_tensor", "iter_hooks",
     "load_checkpoint", "load_module_tensors", "load_rgb_image", "make_config", "module_tensors", "open_test_studio",
-    "parse_assignments", "save_checkpoint",
+    "parse_assignments", "random_crop_flip", "save_checkpoint", "split_tensors",
 ]
