@@ -1,0 +1,46 @@
+"""S3Pool (arXiv:1611.05138): pooling with stochastic spatial sampling, a drop-in for max pooling
+that regularises most where training data is scarce."""
+
+from app.api import Checkpoint, CheckpointSlot, Method, UserError, hookimpl
+
+__version__ = "0.1.0"
+
+
+def _check(checkpoint: Checkpoint) -> None:
+    """A slot accepts a checkpoint only if the network rebuilds from it exactly."""
+    from plugins.s3pool.model import net_from_checkpoint
+
+    try:
+        net_from_checkpoint(checkpoint)
+    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+        raise UserError(f"not an S3Pool-plugin network: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+
+
+SLOTS = [
+    CheckpointSlot("resnet-*", "a ResNet with the downsampling its name says (the demo compares max and s3pool)",
+                   check=_check),
+    CheckpointSlot("nin-*", "a NIN with the downsampling its name says", check=_check),
+]
+
+
+def _build_demo(ctx) -> None:
+    from plugins.s3pool.demo import build_demo  # gradio is imported only when the UI is built
+
+    build_demo(ctx)
+
+
+@hookimpl
+def register_methods(register) -> None:
+    from plugins.s3pool.recipes import RECIPES
+
+    register(Method(
+        slug="s3pool",
+        title="S3Pool",
+        paper="S3Pool: Pooling with Stochastic Spatial Sampling (Zhai, Wu, Kumar et al., CVPR 2017)",
+        paper_url="https://arxiv.org/abs/1611.05138",
+        summary="Pooling in two steps: a stride-1 max pool, then rows and columns kept at random in every grid "
+                "cell instead of every other one. The random distortion regularises like data augmentation.",
+        build_demo=_build_demo,
+        recipes=list(RECIPES),
+        checkpoint_slots=SLOTS,
+    ))
