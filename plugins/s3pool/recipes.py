@@ -34,6 +34,7 @@ class ClassifierConfig:
     depth: int = config_field(20, "ResNet depth 6n+2 (paper: 20)", min=8)
     width: int = config_field(16, "ResNet stage-1 channels (paper's code: 32) or NIN channels (paper: 192)", min=2)
     train_size: int = config_field(1000, "train on the first N training images (0 = the whole split)", min=0)
+    val_size: int = config_field(0, "measure val error on the first N val images each epoch (0 = all)", min=0)
     augment: bool = config_field(False, "random crops and flips (the benchmark trains without, as scarce data)")
     steps: int = config_field(2000, "optimisation steps, the same for every size and pooling", min=1)
     batch_size: int = config_field(64, "batch size (paper: 128)", min=1)
@@ -82,7 +83,7 @@ def train_classifier(config: ClassifierConfig, ctx: Any) -> dict[str, float]:
     loop_seed = config.seed
     train = ctx.dataset(config.dataset, "train")
     images, targets = split_tensors(train, config.train_size)
-    val_images, val_targets = split_tensors(ctx.dataset(config.dataset, "val"))
+    val_images, val_targets = split_tensors(ctx.dataset(config.dataset, "val"), config.val_size)
     labels = list(getattr(train, "labels", []))
     num_classes = max(len(labels), int(targets.max()) + 1)
     arch = net_config_for(config, num_classes, tuple(images.shape[2:]), labels)
