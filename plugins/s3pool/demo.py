@@ -1,0 +1,477 @@
+"""The S3Pool tab: the distortion S3Pool makes (in pixel space and on the shipped network's feature maps),
+the predictions of the shipped max-pool and S3Pool networks, and the committed benchmark's figures.
+
+The handlers (:meth:`S3PoolDemo.augment`, :meth:`S3PoolDemo.features`, :meth:`S3PoolDemo.predict`,
+:meth:`S3PoolDemo.analyse`) and :func:`benchmark_data` are plain functions returning dicts (images as
+H×W×3 uint8 arrays), so tests and scripts use them directly; :func:`build_demo` wraps them for Gradio.
+Checkpoints are loaded inside the handlers (``ctx.load_checkpoint``), never at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from app.api import UserError, image_to_tensor, load_rgb_image
+from plugins.s3pool.layer import S3Pool2d, deterministic_downsample, s3pool_with_indices, stride1_max_pool
+from plugins.s3pool.model import PoolingNet, net_from_checkpoint
+
+MAX_NET = "resnet-max"  # the shipped max-pool ResNet (checkpoint slot resnet-*)
+S3POOL_NET = "resnet-s3pool"  # the shipped S3Pool ResNet
+NETWORKS = (MAX_NET, S3POOL_NET)
+INPUT_SIZE = (32, 32)  # (height, width) of the pixel-space panel: the networks' input (shapes, CIFAR)
+# The grid size the control opens on: benchmarks/results/s3pool.json ("setup": "default_grid" [16, 8],
+# the paper's 16-8 at 32×32) trains S3Pool with 16 in the first layer; its "grid_sweep" compares others.
+RECOMMENDED_GRID = 16
+GRID_CHOICES = tuple(range(2, 33, 2))  # even grid sizes 2..32
+DRAWS = 4  # random draws shown side by side
+FEATURE_DRAWS = 3  # random draws of the network's first S3Pool layer
+FEATURE_CHANNELS = 8  # channels shown in the feature-map grid
+READABLE_PX = 192  # small images are shown enlarged (nearest neighbour) to about this many pixels
+REPORT_FILE = "benchmark-report.json"  # a copy of benchmarks/results/s3pool.json in the assets
+NO_REPORT = ("The benchmark report is not shipped yet: run `python -m benchmarks.s3pool` and copy "
+             "`benchmarks/results/s3pool.json` to `assets/s3pool/benchmark-report.json`.")
+# a few colours of the viridis colour map (dark = low, yellow = high), interpolated linearly
+_VIRIDIS = np.array([(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)], np.float64)
+
+
+def how_to_train(name: str) -> str:
+    """The message shown instead of a missing network: the command that trains it and where it goes."""
+    downsample = name.split("-", 1)[1] if "-" in name else "s3pool"
+    return (f"No `{name}` checkpoint yet. Train it (CPU: a few minutes) with:\n\n"
+            f"    avstudio train s3pool classifier --set downsample={downsample}\n\n"
+            f"then promote the run's `{name}` checkpoint in the Runs tab (`avstudio runs promote RUN_ID`) "
+            f"or place `{name}.safetensors` in assets/s3pool/. See docs/plugins.md.")
+
+
+def check_grid_size(grid_size: Any) -> int:
+    """An even grid size in 2..32 (a UserError naming the range otherwise)."""
+    try:
+        value = float(grid_size)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not value.is_integer() or int(value) not in GRID_CHOICES:
+        raise UserError(f"The grid size must be an even number from 2 to 32, got {grid_size!r}.")
+    return int(value)
+
+
+def second_grid(grid_size: int) -> int:
+    """The second layer's grid: half the first, kept even (the paper's 16-8)."""
+    return max(2, grid_size // 4 * 2)
+
+
+def enlarge(image: Any, target: int = READABLE_PX) -> np.ndarray:
+    """An H×W×3 uint8 array scaled by an integer factor (nearest neighbour: every pixel stays a crisp
+    square) so that its longer side is about ``target`` pixels; large images are left as they are."""
+    array = np.asarray(image)
+    factor = max(1, target // max(array.shape[0], array.shape[1], 1))
+    return array.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else array
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """A 3×H×W (or 1×3×H×W) float tensor in [0, 1] as an H×W×3 uint8 array."""
+    image = image.detach().float().cpu().reshape(-1, *image.shape[-2:])
+    return image.permute(1, 2, 0).mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] (any shape) as viridis RGB uint8 (shape + (3,))."""
+    stops = np.linspace(0.0, 1.0, len(_VIRIDIS))
+    flat = np.clip(np.asarray(values, np.float64), 0.0, 1.0).ravel()
+    rgb = np.stack([np.interp(flat, stops, _VIRIDIS[:, k]) for k in range(3)], axis=-1)
+    return rgb.round().astype(np.uint8).reshape(*np.shape(values), 3)
+
+
+def channel_grid(fmap: np.ndarray, lo: np.ndarray, hi: np.ndarray, *, columns: int = 4, target: int = READABLE_PX,
+                 gap: int = 2) -> np.ndarray:
+    """Channels ``fmap`` (C×H×W) as one image: tiles in rows of ``columns``, each channel normalised by its
+    own ``lo``/``hi`` (C,), coloured with viridis, enlarged (nearest neighbour) so the grid is about
+    ``target`` pixels wide, separated by ``gap`` white pixels."""
+    channels, height, width = fmap.shape
+    columns = max(1, min(columns, channels))
+    rows = -(-channels // columns)
+    scale = max(1, target // (columns * width))
+    th, tw = height * scale, width * scale
+    grid = np.full((rows * th + (rows - 1) * gap, columns * tw + (columns - 1) * gap, 3), 255, np.uint8)
+    span = np.maximum(hi - lo, 1e-8)
+    for c in range(channels):
+        tile = colormap((fmap[c] - lo[c]) / span[c]).repeat(scale, 0).repeat(scale, 1)
+        r, k = divmod(c, columns)
+        grid[r * (th + gap): r * (th + gap) + th, k * (tw + gap): k * (tw + gap) + tw] = tile
+    return grid
+
+
+def _fresh_seed(seed: int | None) -> int:
+    return secrets.randbits(31) if seed is None else int(seed)
+
+
+class S3PoolDemo:
+    """Answers the tab's requests; networks are loaded in the handlers and cached with their checkpoint."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self._nets: dict[str, tuple[Any, PoolingNet]] = {}
+        self._lock = threading.Lock()
+
+    # -- networks ----------------------------------------------------------------------------
+
+    def net(self, name: str) -> PoolingNet:
+        """The network of checkpoint ``name`` in eval mode, or a UserError saying how to train it."""
+        checkpoint = self.ctx.load_checkpoint(name)
+        if checkpoint is None:
+            raise UserError(how_to_train(name))
+        with self._lock:
+            cached = self._nets.get(name)
+            if cached is not None and cached[0] is checkpoint:  # the context caches until the file changes
+                return cached[1]
+            try:
+                net = net_from_checkpoint(checkpoint, self.ctx.device).eval()
+            except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+                raise UserError(f"Checkpoint `{name}` is not an S3Pool-plugin network "
+                                f"({type(exc).__name__}: {str(exc).splitlines()[0]}). "
+                                + how_to_train(name).split("\n", 1)[1].strip()) from None
+            self._nets[name] = (checkpoint, net)
+            return net
+
+    @staticmethod
+    def labels(net: PoolingNet) -> list[str]:
+        labels = list(net.config.labels)
+        return labels + [f"class {i}" for i in range(len(labels), net.config.num_classes)]
+
+    # -- handlers ----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def augment(self, image: Any, grid_size: int = RECOMMENDED_GRID, layers: int = 1, draws: int = DRAWS,
+                seed: int | None = None) -> dict[str, Any]:
+        """The image itself through S3Pool in pixel space (``layers`` 1 or 2): ``draws`` random draws, the
+        deterministic (test) path and plain 2×2 max pooling, at the output resolution and enlarged."""
+        grid_size = check_grid_size(grid_size)
+        if int(layers) not in (1, 2):
+            raise UserError(f"S3Pool layers must be 1 or 2, got {layers!r}.")
+        layers, draws, seed = int(layers), max(1, int(draws)), _fresh_seed(seed)
+        h, w = INPUT_SIZE
+        x = image_to_tensor(load_rgb_image(image), (w, h))
+        grids = [grid_size, second_grid(grid_size)][:layers]
+        generator = torch.Generator().manual_seed(seed)
+        outs, rows, cols = [], [], []
+        for _ in range(draws):
+            y, draw_rows, draw_cols = x, [], []
+            for g in grids:
+                y, r, c = s3pool_with_indices(y, g, generator=generator)
+                draw_rows.append(r[0].tolist())
+                draw_cols.append(c[0].tolist())
+            outs.append(to_uint8(y))
+            rows.append(draw_rows)
+            cols.append(draw_cols)
+        det = maxed = x
+        for _ in grids:
+            det = deterministic_downsample(stride1_max_pool(det))
+            maxed = torch.nn.functional.max_pool2d(maxed, 2, ceil_mode=True)
+        deterministic, max_pool = to_uint8(det), to_uint8(maxed)
+        oh, ow = deterministic.shape[:2]
+        grid_text = "-".join(map(str, grids))
+        gallery = [(enlarge(o), f"random draw {k + 1} (grid {grid_text})") for k, o in enumerate(outs)]
+        gallery += [(enlarge(deterministic), "deterministic (test path)"), (enlarge(max_pool), "2×2 max pool")]
+        return {
+            "model_input": to_uint8(x),  # H×W×3 uint8: the resized image S3Pool sees
+            "input_resolution": (h, w),
+            "output_resolution": (oh, ow),
+            "grid_sizes": grids,
+            "seed": seed,
+            "draws": outs,  # each oh×ow×3 uint8
+            "deterministic": deterministic,
+            "max_pool": max_pool,
+            "rows": rows,  # [draw][layer] kept rows (of the stride-1 max-pooled map)
+            "cols": cols,
+            "gallery": gallery,  # (enlarged image, caption) pairs, about READABLE_PX wide
+        }
+
+    @torch.inference_mode()
+    def features(self, image: Any, draws: int = FEATURE_DRAWS, channels: int = FEATURE_CHANNELS,
+                 seed: int | None = None) -> dict[str, Any]:
+        """The shipped S3Pool network's first pooled feature maps: ``draws`` random draws of only its first
+        S3Pool layer (the rest of the network stays in eval mode) and the deterministic path; the
+        ``channels`` most active channels as a normalised grid. A missing network gives ``message``."""
+        pil = load_rgb_image(image)
+        try:
+            net = self.net(S3POOL_NET)
+        except UserError as exc:
+            return {"message": str(exc), "gallery": [], "draws": [], "deterministic": None}
+        pool = net.pools[0]
+        if not isinstance(pool, S3Pool2d):
+            return {"message": f"Checkpoint `{S3POOL_NET}` downsamples with {net.config.downsample!r}, not S3Pool. "
+                               + how_to_train(S3POOL_NET).split("\n", 1)[1].strip(),
+                    "gallery": [], "draws": [], "deterministic": None}
+        seed = _fresh_seed(seed)
+        h, w = net.config.input_size
+        x = image_to_tensor(pil, (w, h)).to(next(net.parameters()).device)
+        stage1 = net.stages[0](net.stem((x - net.mean) / net.std))  # eval mode: BatchNorm's running stats
+        generator = torch.Generator().manual_seed(seed)
+        maps = [s3pool_with_indices(stage1.cpu(), pool.grid_size, kernel_size=pool.kernel_size,
+                                    generator=generator)[0][0].numpy() for _ in range(max(1, int(draws)))]
+        deterministic = deterministic_downsample(stride1_max_pool(stage1, pool.kernel_size))[0].cpu().numpy()
+        order = np.argsort(-deterministic.mean((1, 2)), kind="stable")[: max(1, int(channels))]
+        stack = np.stack([*maps, deterministic])[:, order]  # (draws + 1, C', H, W)
+        lo, hi = stack.min((0, 2, 3)), stack.max((0, 2, 3))
+        grids = [channel_grid(m, lo, hi) for m in stack]
+        mh, mw = deterministic.shape[1:]
+        gallery = [(g, f"random draw {k + 1}") for k, g in enumerate(grids[:-1])]
+        gallery.append((grids[-1], "deterministic (test path)"))
+        return {
+            "message": None,
+            "grid_size": pool.grid_size,
+            "channels": [int(c) for c in order],  # the channels shown, most active first
+            "map_resolution": (mh, mw),
+            "input_resolution": (h, w),
+            "seed": seed,
+            "draws": grids[:-1],  # uint8 grids
+            "deterministic": grids[-1],
+            "maps": {"draws": [m[order] for m in maps], "deterministic": deterministic[order]},  # raw C'×H×W
+            "gallery": gallery,
+        }
+
+    @torch.inference_mode()
+    def predict(self, image: Any) -> dict[str, Any]:
+        """Top-3 and the class distribution of each shipped network (max pool, S3Pool); a missing or
+        unusable checkpoint gives that network a ``message`` saying how to train it instead."""
+        pil = load_rgb_image(image)
+        out: dict[str, Any] = {}
+        for name in NETWORKS:
+            try:
+                net = self.net(name)
+            except UserError as exc:
+                out[name] = {"message": str(exc), "top3": None, "probabilities": None}
+                continue
+            h, w = net.config.input_size
+            x = image_to_tensor(pil, (w, h)).to(next(net.parameters()).device)
+            probs = net(x).softmax(1)[0].cpu()
+            labels = self.labels(net)
+            values, idx = probs.topk(min(3, len(probs)))
+            out[name] = {
+                "message": None,
+                "top3": {labels[i]: round(float(v), 4) for v, i in zip(values, idx.tolist(), strict=True)},
+                "probabilities": {label: float(p) for label, p in zip(labels, probs.tolist(), strict=True)},
+            }
+        return out
+
+    def analyse(self, image: Any, grid_size: int = RECOMMENDED_GRID, layers: int = 1,
+                seed: int | None = None) -> dict[str, Any]:
+        """All three panels for one image (one bad-image error, before anything runs)."""
+        pil = load_rgb_image(image)
+        seed = _fresh_seed(seed)
+        return {"augment": self.augment(pil, grid_size, layers, seed=seed),
+                "features": self.features(pil, seed=seed), "predict": self.predict(pil)}
+
+
+# --------------------------------------------------------------------------------------------
+# The benchmark report
+# --------------------------------------------------------------------------------------------
+
+
+def load_report(assets_dir: Path | str) -> dict[str, Any] | None:
+    """The ``figures`` of the shipped benchmark report, or None when it is not there (or unreadable)."""
+    path = Path(assets_dir) / REPORT_FILE
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    figures = report.get("figures", report) if isinstance(report, dict) else None
+    return figures if isinstance(figures, dict) and "test_error" in figures else None
+
+
+def benchmark_data(figures: dict[str, Any]) -> dict[str, Any]:
+    """The plot data of the report's figures: ``error_vs_size`` rows (pooling, train size, test error,
+    std), ``grid_sweep`` rows (grid, train error, test error), and a Markdown ``summary`` (test paths,
+    layer overhead)."""
+    std = figures.get("test_error_std") or {}
+    error_rows = [
+        {"pooling": pooling, "train size": int(size), "test error": float(error),
+         "std": float((std.get(pooling) or {}).get(size, 0.0))}
+        for pooling, by_size in figures.get("test_error", {}).items()
+        for size, error in sorted(by_size.items(), key=lambda item: int(item[0]))
+    ]
+    sweep_rows = [{"grid": grid, "train error": float(v["train_error"]), "test error": float(v["test_error"])}
+                  for grid, v in (figures.get("grid_sweep") or {}).items()]
+    lines = []
+    if figures.get("ensemble"):
+        paths = ", ".join(f"{k} {float(v):.3f}" for k, v in figures["ensemble"].items())
+        lines.append(f"**S3Pool test paths** (test error, smallest training set): {paths}.")
+    if figures.get("layer_overhead") is not None:
+        lines.append(f"**Layer overhead:** S3Pool forward + backward takes {float(figures['layer_overhead']):.2f}× "
+                     "the time of max pooling.")
+    return {"error_vs_size": error_rows, "grid_sweep": sweep_rows, "summary": "\n\n".join(lines)}
+
+
+# --------------------------------------------------------------------------------------------
+# Gradio wiring
+# --------------------------------------------------------------------------------------------
+
+# Small images (32×32 inputs, 16×16 maps) are drawn enlarged with crisp pixels, not as a blurred speck.
+PIXELATED_CSS = """<style>
+#s3pool-input img, #s3pool-model-input img, #s3pool-draws img, #s3pool-features img,
+#s3pool-examples img { image-rendering: pixelated; }
+#s3pool-input img, #s3pool-model-input img { object-fit: contain; }
+</style>"""
+
+
+def lenient_upload(component: Any) -> Any:
+    """Make a gr.Image hand an undecodable upload's path to the handler, so the user (UI and API) gets
+    our clear UserError message instead of Gradio's generic preprocessing failure."""
+    strict = component.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        try:
+            return strict(payload)
+        except Exception:
+            return getattr(payload, "path", None) or "(unreadable upload)"
+
+    component.preprocess = preprocess
+    return component
+
+
+def augment_markdown(r: dict[str, Any]) -> str:
+    (h, w), (oh, ow) = r["input_resolution"], r["output_resolution"]
+    layers = len(r["grid_sizes"])
+    return (f"{w}×{h} → {ow}×{oh} through {layers} S3Pool layer{'s' if layers > 1 else ''} "
+            f"(grid {'-'.join(map(str, r['grid_sizes']))}; seed {r['seed']}). Each draw keeps, in every strip of "
+            "g rows, g/2 rows at random (and the same for columns) after a stride-1 2×2 max pool: the random "
+            "stretching and squeezing the paper calls implicit data augmentation. The deterministic path "
+            "averages the candidate positions; 2×2 max pool keeps every other row and column.")
+
+
+def features_markdown(r: dict[str, Any]) -> str:
+    if r["message"]:
+        return r["message"]
+    (mh, mw) = r["map_resolution"]
+    return (f"`{S3POOL_NET}` after its first S3Pool layer (grid {r['grid_size']}): channels "
+            f"{', '.join(map(str, r['channels']))} (most active first), {mw}×{mh} each, every channel "
+            "normalised over the draws (viridis: dark = low). Only the pooling layer draws at random; "
+            "BatchNorm uses its running statistics.")
+
+
+def predict_markdown(r: dict[str, Any]) -> str:
+    return "\n\n".join(f"**{name}:** {entry['message']}" for name, entry in r.items() if entry["message"])
+
+
+def _frames(data: dict[str, Any]) -> dict[str, Any]:
+    import pandas as pd
+
+    return {key: pd.DataFrame(data[key]) for key in ("error_vs_size", "grid_sweep")}
+
+
+def build_demo(ctx: Any) -> None:
+    """Add the S3Pool components and events (inside the caller's gr.Tab). Loads no model."""
+    import gradio as gr
+
+    demo = S3PoolDemo(ctx)
+
+    def _user(fn):
+        try:
+            return fn()
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+
+    def pixel_outputs(r: dict[str, Any]) -> tuple:
+        h, w = r["input_resolution"]
+        seen = gr.update(value=enlarge(r["model_input"]), label=f"what S3Pool sees: {w}×{h}")
+        return seen, r["gallery"], augment_markdown(r)
+
+    def run(image: Any, grid_size: int, layers: int):
+        r = _user(lambda: demo.analyse(image, grid_size, layers))
+        f, p = r["features"], r["predict"]
+        return (*pixel_outputs(r["augment"]), f["gallery"], features_markdown(f),
+                p[MAX_NET]["top3"], p[S3POOL_NET]["top3"], predict_markdown(p), image)
+
+    def s3pool_run_example(image: Any, grid_size: int, layers: int):
+        """Clicking an example runs the demo (its event's api_name comes from this name)."""
+        return run(image, grid_size, layers)
+
+    def redraw(image: Any, grid_size: int, layers: int):
+        if image is None:  # nothing analysed yet: the controls just keep their values
+            return gr.update(), gr.update(), gr.update()
+        return pixel_outputs(_user(lambda: demo.augment(image, grid_size, layers)))
+
+    gr.HTML(head=PIXELATED_CSS, container=False, padding=False)
+    gr.Markdown("S3Pool first max-pools with stride 1, then keeps **g/2 random rows and columns in every strip "
+                "of g** instead of every other one. Upload, draw or click an example: see that distortion on "
+                "the image itself and on the network's feature maps, and what the max-pool and S3Pool networks "
+                "predict.")
+    last_image = gr.State(None)
+    with gr.Row():
+        with gr.Column(scale=1):
+            with gr.Tab("Upload"):
+                upload = lenient_upload(gr.Image(type="filepath", label="Image", height=READABLE_PX,
+                                                 elem_id="s3pool-input"))
+                run_upload = gr.Button("Run", variant="primary")
+            with gr.Tab("Draw"):
+                sketch = gr.Sketchpad(label="Draw something", type="numpy")
+                run_sketch = gr.Button("Run on drawing", variant="primary")
+            grid = gr.Slider(GRID_CHOICES[0], GRID_CHOICES[-1], value=RECOMMENDED_GRID, step=2,
+                             label="grid size g (larger = more distortion; the benchmark's first layer: 16)",
+                             elem_id="s3pool-grid")
+            layers = gr.Radio([1, 2], value=1, label="S3Pool layers in pixel space (2: grid g, then g/2)",
+                              elem_id="s3pool-layers")
+            resample = gr.Button("New random draws")
+            # the outputs exist before the examples that fill them; they are drawn in the right column
+            seen = gr.Image(label=f"what S3Pool sees: {INPUT_SIZE[1]}×{INPUT_SIZE[0]}", type="numpy",
+                            format="png", interactive=False, height=READABLE_PX, elem_id="s3pool-model-input",
+                            render=False)
+            draws = gr.Gallery(label="S3Pool in pixel space: random draws, deterministic path, max pool",
+                               columns=DRAWS + 2, height="auto", object_fit="contain", elem_id="s3pool-draws",
+                               render=False)
+            draws_text = gr.Markdown(elem_id="s3pool-draws-text", render=False)
+            feature_maps = gr.Gallery(label=f"first pooled feature maps of {S3POOL_NET}", columns=FEATURE_DRAWS + 1,
+                                      height="auto", object_fit="contain", elem_id="s3pool-features", render=False)
+            features_text = gr.Markdown(elem_id="s3pool-features-text", render=False)
+            max_label = gr.Label(num_top_classes=3, label=f"{MAX_NET} (max pooling)", elem_id="s3pool-max",
+                                 render=False)
+            s3_label = gr.Label(num_top_classes=3, label=f"{S3POOL_NET} (S3Pool)", elem_id="s3pool-s3pool",
+                                render=False)
+            predict_text = gr.Markdown(elem_id="s3pool-predict-text", render=False)
+            pixel = [seen, draws, draws_text]
+            outputs = [*pixel, feature_maps, features_text, max_label, s3_label, predict_text, last_image]
+            examples = sorted(str(p) for p in (Path(ctx.assets_dir) / "examples").glob("*.png"))
+            if examples:
+                # A click fills the upload and runs the demo with the chosen grid and layers (None columns:
+                # left as the user set them). Never cached: start-up must not run models.
+                gr.Examples(examples=[[path, None, None] for path in examples], inputs=[upload, grid, layers],
+                            outputs=outputs, fn=s3pool_run_example, run_on_click=True, cache_examples=False,
+                            label="Examples (click one to run it)", elem_id="s3pool-examples",
+                            api_name="s3pool_load_example")
+        with gr.Column(scale=2):
+            seen.render()
+            draws.render()
+            draws_text.render()
+            feature_maps.render()
+            features_text.render()
+            with gr.Row():
+                max_label.render()
+                s3_label.render()
+            predict_text.render()
+    run_upload.click(run, [upload, grid, layers], outputs, api_name="s3pool_run")
+    run_sketch.click(run, [sketch, grid, layers], outputs, api_name="s3pool_run_sketch")
+    resample.click(redraw, [last_image, grid, layers], pixel, api_name="s3pool_augment")
+    grid.release(redraw, [last_image, grid, layers], pixel, api_name="s3pool_augment_grid")
+    layers.change(redraw, [last_image, grid, layers], pixel, api_name="s3pool_augment_layers")
+
+    with gr.Accordion("Benchmark: test error vs training-set size, grid-size sweep", open=True):
+        figures = load_report(ctx.assets_dir)
+        if figures is None:
+            gr.Markdown(NO_REPORT, elem_id="s3pool-no-report")
+            return
+        data = benchmark_data(figures)
+        frames = _frames(data)
+        with gr.Row():
+            gr.LinePlot(frames["error_vs_size"], x="train size", y="test error", color="pooling",
+                        title="test error vs training-set size (mean over seeds)", elem_id="s3pool-error-plot")
+            gr.BarPlot(frames["grid_sweep"], x="grid", y="test error", sort=None,
+                       title="S3Pool test error by grid size (smallest training set)", elem_id="s3pool-sweep-plot")
+        gr.Dataframe(frames["grid_sweep"], label="grid-size sweep", interactive=False, elem_id="s3pool-sweep")
+        if data["summary"]:
+            gr.Markdown(data["summary"], elem_id="s3pool-report-summary")

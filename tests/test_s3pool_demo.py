@@ -1,0 +1,348 @@
+"""S3Pool demo handlers: pixel-space draws, feature maps, predictions, benchmark plot data, the wiring."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from app.api import CheckpointInfo, UserError, load_checkpoint, module_tensors, save_checkpoint
+from plugins.s3pool.demo import (
+    MAX_NET,
+    NO_REPORT,
+    READABLE_PX,
+    S3POOL_NET,
+    S3PoolDemo,
+    benchmark_data,
+    build_demo,
+    load_report,
+)
+from plugins.s3pool.model import NetConfig, build_net
+
+LABELS = tuple(f"shape{i}" for i in range(10))
+REPORT = {
+    "benchmark": "s3pool",
+    "figures": {
+        "test_error": {"max": {"1000": 0.30, "250": 0.50}, "s3pool": {"250": 0.40, "1000": 0.25}},
+        "test_error_std": {"max": {"250": 0.02, "1000": 0.01}, "s3pool": {"250": 0.03, "1000": 0.015}},
+        "grid_sweep": {"2-2": {"train_error": 0.0, "test_error": 0.45}, "16-8": {"train_error": 0.1, "test_error": 0.4}},
+        "ensemble": {"deterministic": 0.4, "uniform": 0.45, "ensemble_2": 0.41},
+        "layer_overhead": 1.3,
+    },
+}
+
+
+class FakeDemoContext:
+    """app.api.DemoContext over a directory of shipped checkpoints (``<assets_dir>/<name>.safetensors``);
+    ``load_checkpoint`` is cached until the file changes, as the studio's is."""
+
+    def __init__(self, assets_dir: Path) -> None:
+        self.method = "s3pool"
+        self.device = torch.device("cpu")
+        self.assets_dir = Path(assets_dir)
+        self.data_dir = self.assets_dir / "data"
+        self.training_enabled = False
+        self._cache: dict[str, tuple[int, object]] = {}
+
+    def checkpoint_path(self, name: str) -> Path | None:
+        path = self.assets_dir / f"{name}.safetensors"
+        return path if path.is_file() else None
+
+    def load_checkpoint(self, name: str):
+        path = self.checkpoint_path(name)
+        if path is None:
+            return None
+        mtime = path.stat().st_mtime_ns
+        if name not in self._cache or self._cache[name][0] != mtime:
+            self._cache[name] = (mtime, load_checkpoint(path))
+        return self._cache[name][1]
+
+    def checkpoints(self) -> list[CheckpointInfo]:
+        return [CheckpointInfo(p.stem, "shipped", p, json.loads(p.with_suffix(".json").read_text()))
+                for p in sorted(self.assets_dir.glob("*.safetensors"))]
+
+    def dataset(self, name: str, split: str, **options):
+        raise AssertionError("the S3Pool demo reads no dataset")
+
+
+def _save_net(assets: Path, downsample: str) -> None:
+    config = NetConfig(depth=8, width=4, downsample=downsample, labels=LABELS)
+    net = build_net(config)
+    save_checkpoint(assets / f"{config.name}.safetensors", module_tensors(net, "net"), {"net": asdict(config)})
+
+
+@pytest.fixture
+def assets(tmp_path):
+    torch.manual_seed(0)
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    _save_net(assets, "max")
+    _save_net(assets, "s3pool")
+    (assets / "benchmark-report.json").write_text(json.dumps(REPORT))
+    return assets
+
+
+@pytest.fixture
+def demo(assets):
+    return S3PoolDemo(FakeDemoContext(assets))
+
+
+def _image(seed: int = 0, size: tuple[int, int] = (37, 53)) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (*size, 3), dtype=np.uint8))
+
+
+# -- pixel space ---------------------------------------------------------------------------------
+
+
+def test_pixel_space_draws_differ_and_the_deterministic_path_does_not(demo):
+    a = demo.augment(_image(), grid_size=16, layers=1, draws=4)
+    b = demo.augment(_image(), grid_size=16, layers=1, draws=4)
+    assert a["input_resolution"] == (32, 32) and a["output_resolution"] == (16, 16)
+    assert a["model_input"].shape == (32, 32, 3) and a["model_input"].dtype == np.uint8
+    assert len(a["draws"]) == 4
+    for d in a["draws"]:
+        assert d.shape == (16, 16, 3) and d.dtype == np.uint8
+    assert all(not np.array_equal(a["draws"][i], a["draws"][j]) for i in range(4) for j in range(i + 1, 4))
+    assert np.array_equal(a["deterministic"], b["deterministic"]) and a["deterministic"].shape == (16, 16, 3)
+    assert a["max_pool"].shape == (16, 16, 3)
+    # every draw keeps g/2 = 8 sorted rows per strip of 16 rows
+    rows = a["rows"][0][0]
+    assert len(rows) == 16 and rows == sorted(rows) and sum(r < 16 for r in rows) == 8
+    # shown at a readable size, nearest neighbour, with captions
+    assert len(a["gallery"]) == 4 + 2
+    for (image, caption), raw in zip(a["gallery"], [*a["draws"], a["deterministic"], a["max_pool"]], strict=True):
+        assert image.shape == (READABLE_PX, READABLE_PX, 3) and isinstance(caption, str) and caption
+        assert np.array_equal(image[::12, ::12], raw)
+    assert "deterministic" in a["gallery"][4][1]
+
+
+def test_pixel_space_is_reproducible_with_a_seed_and_two_layers_halve_twice(demo):
+    a = demo.augment(_image(), grid_size=8, layers=2, draws=3, seed=7)
+    b = demo.augment(_image(), grid_size=8, layers=2, draws=3, seed=7)
+    assert a["grid_sizes"] == [8, 4] and a["output_resolution"] == (8, 8)
+    assert all(np.array_equal(x, y) for x, y in zip(a["draws"], b["draws"], strict=True))
+    assert a["draws"][0].shape == (8, 8, 3) and a["gallery"][0][0].shape == (READABLE_PX, READABLE_PX, 3)
+    assert len(a["rows"][0]) == 2  # one set of rows per layer
+    assert demo.augment(_image(), grid_size=2, layers=2)["grid_sizes"] == [2, 2]
+    assert demo.augment(_image(), grid_size=32)["output_resolution"] == (16, 16)
+
+
+@pytest.mark.parametrize("grid", [3, 0, 34, "x", None, 4.5])
+def test_bad_grid_sizes_are_clear_user_errors(demo, grid):
+    with pytest.raises(UserError, match="even number from 2 to 32"):
+        demo.augment(_image(), grid_size=grid)
+
+
+def test_the_pixel_panel_needs_no_checkpoint(tmp_path):
+    demo = S3PoolDemo(FakeDemoContext(tmp_path))
+    assert len(demo.augment(_image(), draws=2)["draws"]) == 2
+
+
+# -- the network's feature maps ------------------------------------------------------------------
+
+
+def test_feature_maps_of_the_first_s3pool_layer(demo):
+    a = demo.features(_image(), draws=3, channels=8)
+    b = demo.features(_image(), draws=3, channels=8)
+    assert a["message"] is None and a["grid_size"] == 16 and a["map_resolution"] == (16, 16)
+    assert len(a["channels"]) == 4  # the tiny net has 4 stage-1 channels: all of them
+    # 4 channels in a row, each 16×16 enlarged ×3 (192 // 64), 2-pixel gaps
+    expected = (16 * 3, 4 * 16 * 3 + 3 * 2, 3)
+    assert a["deterministic"].shape == expected and a["deterministic"].dtype == np.uint8
+    assert [g.shape for g in a["draws"]] == [expected] * 3
+    assert len(a["gallery"]) == 4 and "deterministic" in a["gallery"][-1][1]
+    raw = a["maps"]
+    assert not any(np.array_equal(raw["draws"][i], raw["draws"][j]) for i in range(3) for j in range(i + 1, 3))
+    assert np.array_equal(raw["deterministic"], b["maps"]["deterministic"])
+    # the deterministic path is what the eval-mode network computes (BatchNorm stayed in eval mode)
+    net = demo.net(S3POOL_NET)
+    assert not net.training
+    x = torch.from_numpy(np.asarray(_image().resize((32, 32), Image.Resampling.BILINEAR), np.float32) / 255)
+    with torch.no_grad():
+        first = net.forward_features(x.permute(2, 0, 1)[None])[0][0].numpy()
+    assert np.allclose(raw["deterministic"], first[a["channels"]], atol=1e-5)
+
+
+def test_feature_grid_of_a_wider_net_shows_eight_channels_in_two_rows(tmp_path):
+    config = NetConfig(depth=8, width=12, downsample="s3pool", labels=LABELS)
+    save_checkpoint(tmp_path / "resnet-s3pool.safetensors", module_tensors(build_net(config), "net"),
+                    {"net": asdict(config)})
+    r = S3PoolDemo(FakeDemoContext(tmp_path)).features(_image(), draws=2, channels=8)
+    assert len(r["channels"]) == 8 and r["deterministic"].shape == (2 * 48 + 2, 4 * 48 + 3 * 2, 3)
+
+
+# -- predictions ---------------------------------------------------------------------------------
+
+
+def test_predictions_are_distributions_over_the_labels(demo):
+    r = demo.predict(_image())
+    assert set(r) == {MAX_NET, S3POOL_NET}
+    for entry in r.values():
+        assert entry["message"] is None
+        assert list(entry["probabilities"]) == list(LABELS)
+        assert sum(entry["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert len(entry["top3"]) == 3 and set(entry["top3"]) <= set(LABELS)
+        assert max(entry["top3"].values()) == pytest.approx(max(entry["probabilities"].values()), abs=1e-4)
+    assert demo.net(MAX_NET) is demo.net(MAX_NET)  # rebuilt only when the checkpoint changes
+
+
+def test_missing_checkpoints_say_how_to_train_them(assets):
+    (assets / "resnet-max.safetensors").unlink()
+    demo = S3PoolDemo(FakeDemoContext(assets))
+    r = demo.predict(_image())
+    assert r[MAX_NET]["top3"] is None
+    assert "avstudio train s3pool classifier --set downsample=max" in r[MAX_NET]["message"]
+    assert r[S3POOL_NET]["message"] is None
+    empty = S3PoolDemo(FakeDemoContext(assets / "nothing"))
+    assert "--set downsample=s3pool" in empty.predict(_image())[S3POOL_NET]["message"]
+    features = empty.features(_image())
+    assert features["gallery"] == [] and "avstudio train s3pool classifier" in features["message"]
+    whole = empty.analyse(_image())
+    assert len(whole["augment"]["draws"]) == 4 and whole["features"]["message"]
+
+
+def test_a_checkpoint_of_another_architecture_is_a_message_not_a_crash(assets):
+    save_checkpoint(assets / "resnet-max.safetensors", {"net.x": torch.zeros(1)}, {"net": {"depth": 8}})
+    r = S3PoolDemo(FakeDemoContext(assets)).predict(_image())
+    assert "not an S3Pool-plugin network" in r[MAX_NET]["message"]
+    assert "avstudio train s3pool classifier" in r[MAX_NET]["message"]
+
+
+def test_corrupt_upload_is_a_clear_user_error(demo, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
+    for handler in (demo.augment, demo.features, demo.predict, demo.analyse):
+        with pytest.raises(UserError, match="not a readable image"):
+            handler(str(bad))
+    with pytest.raises(UserError, match="No image"):
+        demo.analyse(None)
+
+
+def test_any_image_kind_runs(demo):
+    rgba = _image().convert("RGBA")
+    sketch = {"composite": np.asarray(rgba), "background": None, "layers": []}
+    for image in (rgba, _image().convert("L"), np.asarray(_image()), sketch):
+        r = demo.analyse(image, grid_size=4, layers=2, seed=1)
+        assert r["augment"]["output_resolution"] == (8, 8) and r["predict"][MAX_NET]["top3"]
+
+
+# -- the benchmark report ------------------------------------------------------------------------
+
+
+def test_plot_data_rows_match_the_report(assets):
+    figures = load_report(assets)
+    data = benchmark_data(figures)
+    rows = data["error_vs_size"]
+    assert [(r["pooling"], r["train size"]) for r in rows] == [("max", 250), ("max", 1000), ("s3pool", 250),
+                                                               ("s3pool", 1000)]
+    for r in rows:
+        assert r["test error"] == REPORT["figures"]["test_error"][r["pooling"]][str(r["train size"])]
+        assert r["std"] == REPORT["figures"]["test_error_std"][r["pooling"]][str(r["train size"])]
+    assert data["grid_sweep"] == [{"grid": "2-2", "train error": 0.0, "test error": 0.45},
+                                  {"grid": "16-8", "train error": 0.1, "test error": 0.4}]
+    assert "1.30×" in data["summary"] and "ensemble_2 0.410" in data["summary"]
+
+
+def test_no_report_is_a_note(tmp_path):
+    assert load_report(tmp_path) is None
+    (tmp_path / "benchmark-report.json").write_text("{not json")
+    assert load_report(tmp_path) is None
+
+
+# -- the built Blocks ----------------------------------------------------------------------------
+
+
+def _built(assets):
+    import gradio as gr
+
+    with gr.Blocks() as blocks:
+        build_demo(FakeDemoContext(assets))
+    by_elem = {c["props"]["elem_id"]: c for c in blocks.config["components"] if c["props"].get("elem_id")}
+    return blocks, by_elem
+
+
+def _example(assets):
+    examples = assets / "examples"
+    examples.mkdir(exist_ok=True)
+    _image(1, (32, 32)).save(examples / "0_noise.png")
+    return examples / "0_noise.png"
+
+
+def test_every_event_is_named_and_start_up_loads_no_model(assets, monkeypatch):
+    from plugins.s3pool import demo as demo_module
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a model was loaded at start-up")
+
+    monkeypatch.setattr(demo_module, "net_from_checkpoint", boom)
+    _example(assets)
+    blocks, by_elem = _built(assets)
+    names = [dep.get("api_name") for dep in blocks.config["dependencies"]]
+    assert names and all(isinstance(n, str) and n.startswith("s3pool_") for n in names), names
+    assert {"s3pool_run", "s3pool_run_sketch", "s3pool_augment", "s3pool_run_example"} <= set(names)
+    grid = by_elem["s3pool-grid"]["props"]
+    assert (grid["minimum"], grid["maximum"], grid["step"], grid["value"]) == (2, 32, 2, 16)
+    assert by_elem["s3pool-input"]["props"]["height"] >= 128
+    assert "s3pool-error-plot" in by_elem and "s3pool-sweep" in by_elem
+
+
+def test_clicking_an_example_runs_the_demo(assets, monkeypatch):
+    monkeypatch.setenv("GRADIO_CACHE_EXAMPLES", "true")  # as on a Space: still no caching at start-up
+    example = _example(assets)
+    blocks, by_elem = _built(assets)
+    deps = blocks.config["dependencies"]
+    dataset_id = next(c["id"] for c in blocks.config["components"] if c["type"] == "dataset")
+    load = next(d for d in deps if (dataset_id, "click") in [tuple(t) for t in d["targets"]])
+    assert by_elem["s3pool-input"]["id"] in load["outputs"]
+    runs = [d for d in deps if d.get("trigger_after") == load["id"]]
+    assert len(runs) == 1, "clicking an example must also run the demo"
+    run = runs[0]
+    assert run["api_name"] == "s3pool_run_example"
+    assert {by_elem["s3pool-grid"]["id"], by_elem["s3pool-layers"]["id"]} <= set(run["inputs"])
+    assert run["outputs"] == next(d for d in deps if d.get("api_name") == "s3pool_run")["outputs"]
+    fn = next(f for f in blocks.fns.values() if f.name == "s3pool_run_example")
+    seen, gallery, text, features, features_text, max_top3, s3_top3, predict_text, state = fn.fn(str(example), 16, 1)
+    assert seen["value"].shape == (192, 192, 3) and seen["label"] == "what S3Pool sees: 32×32"
+    assert len(gallery) == 6 and "grid 16" in text
+    assert len(features) == 4 and features_text.startswith(f"`{S3POOL_NET}`")
+    assert len(max_top3) == 3 and len(s3_top3) == 3 and predict_text == "" and state == str(example)
+
+
+def test_the_wrappers_turn_user_errors_into_messages_and_redraw_needs_an_image(assets, tmp_path):
+    import gradio as gr
+
+    blocks, _ = _built(assets)
+    run = next(f for f in blocks.fns.values() if f.api_name == "s3pool_run")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image at all")
+    with pytest.raises(gr.Error, match="not a readable image"):
+        run.fn(str(bad), 16, 1)
+    redraw = next(f for f in blocks.fns.values() if f.api_name == "s3pool_augment")
+    assert all(isinstance(u, dict) and "value" not in u for u in redraw.fn(None, 16, 1))
+    seen, gallery, _ = redraw.fn(str(_example(assets)), 8, 2)
+    assert len(gallery) == 6 and gallery[0][0].shape == (192, 192, 3)
+
+
+def test_missing_report_and_checkpoints_still_build(tmp_path):
+    _, by_elem = _built(tmp_path)
+    assert by_elem["s3pool-no-report"]["props"]["value"] == NO_REPORT
+    assert "s3pool-error-plot" not in by_elem
+
+
+def test_upload_component_passes_corrupt_files_to_the_handler(demo, tmp_path):
+    import gradio as gr
+    from gradio.data_classes import ImageData
+
+    from plugins.s3pool.demo import lenient_upload
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image at all")
+    passed = lenient_upload(gr.Image(type="filepath")).preprocess(ImageData(path=str(bad)))
+    assert passed == str(bad)
+    with pytest.raises(UserError, match="not a readable image"):
+        demo.analyse(passed)
