@@ -32,7 +32,7 @@ from benchmarks.report import write_report  # noqa: E402
 
 POOLINGS = ("strided", "max", "stochastic", "s3pool")
 FULL = {"sizes": [1000, 4000, 10000], "seeds": [0, 1], "steps": 1500, "batch_size": 64, "depth": 20, "width": 8,
-        "grids": [[2, 2], [4, 2], [8, 4], [16, 8], [32, 16]], "default_grid": [16, 8], "val_size": 500,
+        "grids": [[2, 2], [4, 2], [8, 4], [16, 8], [32, 16]], "default_grid": [16, 8], "val_size": 200,
         "test_size": 0, "ensemble_k": 4}
 QUICK = {"sizes": [200, 400], "seeds": [0], "steps": 40, "batch_size": 32, "depth": 8, "width": 4,
          "grids": [[2, 2], [16, 8]], "default_grid": [16, 8], "val_size": 200, "test_size": 500, "ensemble_k": 2}
