@@ -324,7 +324,7 @@ class CommandContext(Protocol):
 
 
 # Image input helpers for demos (any mode, any size, EXIF rotation; a UserError otherwise).
-from app.images import image_to_tensor, load_rgb_image  # noqa: E402
+from app.images import image_to_tensor, lenient_upload, load_rgb_image  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # Testing a plugin: a real studio (registry, run store, worker path, contexts) in a temporary home
@@ -346,7 +346,7 @@ __all__ = [
     "Arrays", "Checkpoint", "CheckpointInfo", "CheckpointSlot", "CommandContext", "ConfigError", "DatasetSpec",
     "DemoContext", "ImageTensorDataset", "Method", "Progress", "Recipe", "TrainContext", "TrainLoop", "UserError",
     "cached_splits", "config_field", "config_fields", "config_to_dict", "dataclass_from_dict",
-    "describe_constraints", "hook_names", "hookimpl", "hookspec", "image_to_tensor", "iter_hooks",
+    "describe_constraints", "hook_names", "hookimpl", "hookspec", "image_to_tensor", "iter_hooks", "lenient_upload",
     "load_checkpoint", "load_module_tensors", "load_rgb_image", "make_config", "module_tensors", "open_test_studio",
     "parse_assignments", "random_crop_flip", "save_checkpoint", "split_tensors",
 ]

@@ -85,3 +85,18 @@ def image_to_tensor(image: Image.Image, size: tuple[int, int]) -> Any:
     resized = image.resize(size, Image.Resampling.BILINEAR)
     array = np.asarray(resized, dtype=np.float32) / 255.0
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def lenient_upload(component: Any) -> Any:
+    """Make a ``gr.Image`` hand an undecodable upload's path to the handler, so the user (UI and API) gets
+    :func:`load_rgb_image`'s clear UserError instead of Gradio's generic preprocessing failure."""
+    strict = component.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        try:
+            return strict(payload)
+        except Exception:
+            return getattr(payload, "path", None) or "(unreadable upload)"
+
+    component.preprocess = preprocess
+    return component

@@ -32,6 +32,7 @@ log = logging.getLogger("avstudio.plugins")
 DEFAULT_PLUGINS = (
     "plugins.datasets",
     "plugins.blockdrop",
+    "plugins.s3pool",
 )
 
 

@@ -137,3 +137,19 @@ def test_plugins_tab_lists_the_builtin_plugins(page):
     page.get_by_role("tab", name="Plugins").click()
     page.locator("text=plugins.blockdrop >> visible=true").first.wait_for(timeout=15_000)
     assert "plugins.datasets" in page.inner_text("body")
+
+
+def test_s3pool_example_click_shows_draws_and_both_predictions(page, tmp_path):
+    assets = Path(os.environ.get("AVSTUDIO_ASSETS", ROOT / "assets"))
+    if not (assets / "s3pool" / "resnet-s3pool.safetensors").exists():
+        pytest.skip("no shipped S3Pool checkpoints")
+    page.get_by_role("tab", name="S3Pool").click()
+    page.locator("#s3pool-examples .gallery-item, #s3pool-examples button").first.click()  # no Run press
+    page.locator("#s3pool-draws img").nth(4).wait_for(timeout=60_000)  # 4 draws and the deterministic path
+    assert page.locator("#s3pool-draws img").count() >= 5
+    page.locator("#s3pool-features img").first.wait_for(timeout=60_000)
+    for label in ("#s3pool-max", "#s3pool-s3pool"):
+        page.locator(f"{label} >> text=%").first.wait_for(timeout=30_000)  # a top-3 with probabilities
+    natural, drawn = _natural_and_drawn_width(page, "#s3pool-draws img")
+    assert drawn >= 96, (natural, drawn)  # a 16×16 draw is shown at a readable size
+    _shots(tmp_path, page, "s3pool-example")

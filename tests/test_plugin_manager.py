@@ -50,7 +50,9 @@ def test_builtins_are_registered_through_the_hooks():
     assert {"shapes", "persons", "cifar10", "imagefolder"} <= set(by_name["plugins.datasets"].datasets)
     assert set(registry.datasets) == set(by_name["plugins.datasets"].datasets)
     assert registry.owner("blockdrop").name == "plugins.blockdrop"
-    assert [impl.plugin_name for impl in registry.pm.hook.register_methods.get_hookimpls()] == ["plugins.blockdrop"]
+    assert by_name["plugins.s3pool"].methods == ["s3pool"] and registry.owner("s3pool").name == "plugins.s3pool"
+    assert sorted(impl.plugin_name for impl in registry.pm.hook.register_methods.get_hookimpls()) == [
+        "plugins.blockdrop", "plugins.s3pool"]
 
 
 def test_plugins_dir_loads_single_file_plugins(tmp_path):
@@ -176,7 +178,7 @@ def test_an_unknown_method_mentions_the_plugins_that_failed(tmp_path):
     with pytest.raises(UserError) as info:
         registry.method("edges")
     message = str(info.value)
-    assert message.startswith("unknown method 'edges'; valid methods: blockdrop")
+    assert message.startswith("unknown method 'edges'; valid methods: blockdrop, s3pool")
     assert "edges (ModuleNotFoundError: No module named 'this_module_does_not_exist')" in message
 
 

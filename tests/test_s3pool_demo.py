@@ -338,7 +338,7 @@ def test_upload_component_passes_corrupt_files_to_the_handler(demo, tmp_path):
     import gradio as gr
     from gradio.data_classes import ImageData
 
-    from plugins.s3pool.demo import lenient_upload
+    from app.api import lenient_upload
 
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image at all")

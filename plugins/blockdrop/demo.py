@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from app.api import UserError, image_to_tensor, load_rgb_image
+from app.api import UserError, image_to_tensor, lenient_upload, load_rgb_image
 from plugins.blockdrop import analysis
 from plugins.blockdrop.recipes import backbone_from_checkpoint, policy_from_checkpoint
 
@@ -235,21 +235,6 @@ def panel_frames(panel: dict[str, Any]) -> dict[str, Any]:
     curve = pd.DataFrame(rows)
     per_class = pd.DataFrame({"class": panel["labels"], "mean blocks": selected["class_mean_blocks"]})
     return {"histogram": hist, "curve": curve, "per_class": per_class}
-
-
-def lenient_upload(component: Any) -> Any:
-    """Make a gr.Image hand an undecodable upload's path to the handler, so the user (UI and API) gets
-    our clear UserError message instead of Gradio's generic preprocessing failure."""
-    strict = component.preprocess
-
-    def preprocess(payload: Any) -> Any:
-        try:
-            return strict(payload)
-        except Exception:
-            return getattr(payload, "path", None) or "(unreadable upload)"
-
-    component.preprocess = preprocess
-    return component
 
 
 def build_demo(ctx: Any) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.api import UserError, image_to_tensor, load_rgb_image
+from app.api import UserError, image_to_tensor, lenient_upload, load_rgb_image
 from plugins.s3pool.layer import S3Pool2d, deterministic_downsample, s3pool_with_indices, stride1_max_pool
 from plugins.s3pool.model import PoolingNet, net_from_checkpoint
 
@@ -318,21 +318,6 @@ PIXELATED_CSS = """<style>
 #s3pool-examples img { image-rendering: pixelated; }
 #s3pool-input img, #s3pool-model-input img { object-fit: contain; }
 </style>"""
-
-
-def lenient_upload(component: Any) -> Any:
-    """Make a gr.Image hand an undecodable upload's path to the handler, so the user (UI and API) gets
-    our clear UserError message instead of Gradio's generic preprocessing failure."""
-    strict = component.preprocess
-
-    def preprocess(payload: Any) -> Any:
-        try:
-            return strict(payload)
-        except Exception:
-            return getattr(payload, "path", None) or "(unreadable upload)"
-
-    component.preprocess = preprocess
-    return component
 
 
 def augment_markdown(r: dict[str, Any]) -> str:
