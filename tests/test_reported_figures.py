@@ -108,3 +108,60 @@ def test_shipped_checkpoints_reproduce_their_report(report, shapes_test, full_ac
     assert full_accuracy == pytest.approx(figures["accuracy_full"], abs=6e-4)
     assert result["correct"].float().mean().item() == pytest.approx(figures["accuracy_blockdrop"], abs=6e-4)
     assert result["policy"].sum(1).mean().item() == pytest.approx(figures["mean_blocks"], abs=0.01)
+
+
+# -- S3Pool -------------------------------------------------------------------------------------------
+
+S3POOL_REPORT = RESULTS / "s3pool.json"
+S3POOL_LABELS = {"strided": "strided convolution", "max": "max pooling", "stochastic": "stochastic pooling",
+                 "s3pool": "S3Pool 16-8"}
+
+
+def _s3pool_table(text: str) -> list[list[str]]:
+    """The Markdown table whose header starts with ``downsampling`` and names training-set sizes."""
+    table = next((t for t in _all_tables(text) if t[0][0] == "downsampling" and "images" in t[0][1]), None)
+    assert table is not None, "no S3Pool test-error table (header 'downsampling | N images | ...')"
+    return table
+
+
+def _all_tables(text: str) -> list[list[list[str]]]:
+    tables, current = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not all(set(c) <= set("-: ") for c in cells):
+                current.append(cells)
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+@pytest.mark.skipif(not S3POOL_REPORT.exists(), reason="no committed S3Pool report yet")
+@pytest.mark.parametrize("doc", ["README.md", "docs/s3pool.md"])
+def test_s3pool_table_matches_the_committed_report(doc):
+    figures = json.loads(S3POOL_REPORT.read_text())["figures"]
+    header, *rows = _s3pool_table((REPO / doc).read_text())
+    sizes = [h.split()[0].replace(",", "") for h in header[1:]]
+    assert sizes == [str(s) for s in figures["setup"]["sizes"]]
+    by_label = {row[0]: row[1:] for row in rows}
+    for pooling, label in S3POOL_LABELS.items():
+        expected = [f"{figures['test_error'][pooling][s]:.3f} ± {figures['test_error_std'][pooling][s]:.3f}"
+                    for s in sizes]
+        assert by_label[label] == expected, f"{doc}: {label} says {by_label[label]}, the report says {expected}"
+
+
+@pytest.mark.skipif(not S3POOL_REPORT.exists(), reason="no committed S3Pool report yet")
+def test_the_s3pool_demo_ships_the_committed_report():
+    shipped = REPO / "assets" / "s3pool" / "benchmark-report.json"
+    assert json.loads(shipped.read_text()) == json.loads(S3POOL_REPORT.read_text())
+
+
+@pytest.mark.skipif(not S3POOL_REPORT.exists(), reason="no committed S3Pool report yet")
+def test_s3pool_sweep_and_overhead_are_quoted_as_reported():
+    figures = json.loads(S3POOL_REPORT.read_text())["figures"]
+    text = (REPO / "docs" / "s3pool.md").read_text()
+    for grid, values in figures["grid_sweep"].items():
+        row = f"| {grid} | {values['train_error']:.3f} | {values['test_error']:.3f} |"
+        assert row in text, f"docs/s3pool.md lacks the sweep row {row!r}"
+    assert f"{figures['layer_overhead']:.2f}×" in text

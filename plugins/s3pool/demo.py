@@ -35,7 +35,7 @@ FEATURE_DRAWS = 3  # random draws of the network's first S3Pool layer
 FEATURE_CHANNELS = 8  # channels shown in the feature-map grid
 READABLE_PX = 192  # small images are shown enlarged (nearest neighbour) to about this many pixels
 REPORT_FILE = "benchmark-report.json"  # a copy of benchmarks/results/s3pool.json in the assets
-NO_REPORT = ("The benchmark report is not shipped yet: run `python -m benchmarks.s3pool` and copy "
+NO_REPORT = ("The benchmark report is not shipped yet: run `python benchmarks/s3pool.py` and copy "
              "`benchmarks/results/s3pool.json` to `assets/s3pool/benchmark-report.json`.")
 # a few colours of the viridis colour map (dark = low, yellow = high), interpolated linearly
 _VIRIDIS = np.array([(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)], np.float64)
@@ -47,7 +47,7 @@ def how_to_train(name: str) -> str:
     return (f"No `{name}` checkpoint yet. Train it (CPU: a few minutes) with:\n\n"
             f"    avstudio train s3pool classifier --set downsample={downsample}\n\n"
             f"then promote the run's `{name}` checkpoint in the Runs tab (`avstudio runs promote RUN_ID`) "
-            f"or place `{name}.safetensors` in assets/s3pool/. See docs/plugins.md.")
+            f"or place `{name}.safetensors` in assets/s3pool/. See docs/s3pool.md.")
 
 
 def check_grid_size(grid_size: Any) -> int:
