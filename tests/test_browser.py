@@ -71,7 +71,10 @@ def page(server, tmp_path):
                                     env={**os.environ, "HOME": str(tmp_path)})
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1200})
-            page.goto(server, wait_until="networkidle")
+            # not "networkidle": since the S3Pool tab, Chromium keeps a request open after the page has
+            # loaded (the server is idle meanwhile); each test waits for what it needs instead
+            page.goto(server, wait_until="load")
+            page.get_by_role("tab", name="Runs").first.wait_for(timeout=60_000)
             yield page
         finally:
             browser.close()
