@@ -354,6 +354,8 @@ def test_help_config_shows_choices_and_ranges(tmp_path):
         assert shown.exit_code == 0, shown.output
         row = next(line for line in shown.output.splitlines() if line.startswith("train_forward"))
         assert "one of: skip, masked" in row
+        epochs = next(line for line in shown.output.splitlines() if line.startswith("epochs"))
+        assert "≥ 1" in epochs
 
 
 def test_datasets_show_passes_dataset_options(tmp_path):

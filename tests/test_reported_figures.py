@@ -83,11 +83,12 @@ def shapes_test(tmp_path_factory):
 @pytest.fixture(scope="module")
 def full_accuracy(shapes_test):
     """The shipped full ResNet's test accuracy, evaluated once for every report."""
-    from plugins.blockdrop.recipes import backbone_from_card, infer
+    from plugins.blockdrop.model import backbone_from_checkpoint
+    from plugins.blockdrop.recipes import infer
     from trainer.checkpoints import load_checkpoint
 
     full = load_checkpoint(REPO / "assets" / "blockdrop" / "backbone.safetensors")
-    logits, _ = infer(backbone_from_card(full.tensors, full.card).eval(), None, shapes_test.images)
+    logits, _ = infer(backbone_from_checkpoint(full).eval(), None, shapes_test.images)
     return (logits.argmax(1) == shapes_test.targets.long()).float().mean().item()
 
 
@@ -96,13 +97,13 @@ def test_shipped_checkpoints_reproduce_their_report(report, shapes_test, full_ac
     """The committed reports describe the checkpoints in assets/: re-evaluating them on the test split gives
     the reported accuracies and block counts (so assets and reports cannot drift apart)."""
     from plugins.blockdrop.analysis import evaluate_policy
-    from plugins.blockdrop.recipes import backbone_from_card, policy_from_card
+    from plugins.blockdrop.model import backbone_from_checkpoint, policy_from_checkpoint
     from trainer.checkpoints import load_checkpoint
 
     figures = json.loads((RESULTS / report).read_text())["figures"]
     tuned = load_checkpoint(REPO / "assets" / "blockdrop" / figures["policy"])
     images, targets = shapes_test.images, shapes_test.targets.long()
-    result = evaluate_policy(backbone_from_card(tuned.tensors, tuned.card), policy_from_card(tuned.tensors, tuned.card),
+    result = evaluate_policy(backbone_from_checkpoint(tuned), policy_from_checkpoint(tuned),
                              images, targets, tuned.card.get("free_blocks"))
     # One mismatched image of 5,000 is 0.0002: allow float differences between CPUs, nothing more.
     assert full_accuracy == pytest.approx(figures["accuracy_full"], abs=6e-4)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -259,13 +258,3 @@ def policy_from_checkpoint(checkpoint: Checkpoint, device: Any = "cpu") -> Polic
     if config is None:
         raise ValueError(f"{checkpoint.path.name or 'the checkpoint'} holds no policy network (a backbone?)")
     return load_module_tensors(PolicyNet(config), checkpoint.tensors, "policy").to(device)
-
-
-def backbone_from_card(tensors: dict, card: dict, device: Any = "cpu") -> BlockDropResNet:
-    """:func:`backbone_from_checkpoint` for tensors and a whole card (flat or format 2)."""
-    return backbone_from_checkpoint(Checkpoint(Path(""), tensors, card), device)
-
-
-def policy_from_card(tensors: dict, card: dict, device: Any = "cpu") -> PolicyNet:
-    """:func:`policy_from_checkpoint` for tensors and a whole card (flat or format 2)."""
-    return policy_from_checkpoint(Checkpoint(Path(""), tensors, card), device)

@@ -31,9 +31,7 @@ from plugins.blockdrop.model import (
     BlockDropResNet,
     PolicyNet,
     ResNetConfig,
-    backbone_from_card,
     backbone_from_checkpoint,
-    policy_from_card,
     policy_from_checkpoint,
 )
 from plugins.blockdrop.model import PolicyConfig as PolicyNetConfig
@@ -239,7 +237,7 @@ RECIPES = [
 
 # Re-exported for the code that imports them from here (analysis, tests, benchmarks).
 __all__ = [
-    "RECIPES", "BackboneConfig", "FinetuneConfig", "PolicyConfig", "apply_curriculum", "backbone_from_card",
+    "RECIPES", "BackboneConfig", "FinetuneConfig", "PolicyConfig", "apply_curriculum",
     "backbone_from_checkpoint", "cosine_lr", "curriculum_mask", "finetune_backbone_optimizer", "finetune_name",
-    "infer", "policy_from_card", "policy_from_checkpoint", "train_backbone", "train_finetune", "train_policy",
+    "infer", "policy_from_checkpoint", "train_backbone", "train_finetune", "train_policy",
 ]

@@ -80,7 +80,6 @@ def error_rate(net: PoolingNet, images: torch.Tensor, targets: torch.Tensor, bat
 
 def train_classifier(config: ClassifierConfig, ctx: Any) -> dict[str, float]:
     """Train for ``steps`` optimisation steps; logs train/val error per epoch; saves ``<arch>-<downsample>``."""
-    loop_seed = config.seed
     train = ctx.dataset(config.dataset, "train")
     images, targets = split_tensors(train, config.train_size)
     val_images, val_targets = split_tensors(ctx.dataset(config.dataset, "val"), config.val_size)
@@ -88,7 +87,7 @@ def train_classifier(config: ClassifierConfig, ctx: Any) -> dict[str, float]:
     num_classes = max(len(labels), int(targets.max()) + 1)
     arch = net_config_for(config, num_classes, tuple(images.shape[2:]), labels)
     steps_per_epoch = TrainLoop.num_batches(len(images), config.batch_size)
-    loop = TrainLoop(ctx, epochs=math.ceil(config.steps / steps_per_epoch), seed=loop_seed, checkpoint=arch.name)
+    loop = TrainLoop(ctx, epochs=math.ceil(config.steps / steps_per_epoch), seed=config.seed, checkpoint=arch.name)
     net = build_net(arch).to(loop.device)
     images, targets = images.to(loop.device), targets.to(loop.device)
     optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=0.9, nesterov=True,
