@@ -256,6 +256,10 @@ class TrainContext(Protocol):
     def load_checkpoint(self, ref: str) -> Checkpoint:
         """Load a checkpoint: a file path, ``run:ID[/NAME]``, or ``METHOD/NAME`` (promoted, else shipped)."""
 
+    def save_image(self, name: str, image: Any, step: int | None = None) -> Path:
+        """Save a PIL image (e.g. a grid of samples) as a PNG artifact of kind ``image``, named ``NAME-STEP``
+        when ``step`` is given (saving the same name again replaces it); the Runs tab shows them."""
+
     def resume_checkpoint(self, name: str | None = None) -> Checkpoint | None:
         """When this run is being resumed: its last saved checkpoint (of ``name``), else None."""
 

@@ -198,6 +198,18 @@ class RunContext:
         self.store.add_artifact(self.run_id, name, "checkpoint", str(path), metadata)
         return path
 
+    def save_image(self, name: str, image: Any, step: int | None = None) -> Path:
+        """Save a PIL image as ``run_dir/images/NAME[-STEP].png`` and record it as the artifact of that
+        file name, kind ``image`` (the Runs tab shows a run's images; ``runs show`` lists them)."""
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            raise ValueError(f"image name must be letters, digits, '-', '_' or '.', got {name!r}")
+        stem = f"{name}-{int(step):06d}" if step is not None else name
+        path = self.run_dir / "images" / f"{stem}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path, format="PNG")
+        self.store.add_artifact(self.run_id, stem, "image", str(path), {"step": step} if step is not None else {})
+        return path
+
     def load_checkpoint(self, ref: str) -> Checkpoint:
         """Load a checkpoint (tensors on the CPU): a file path, ``run:ID[/NAME]`` or ``METHOD/NAME``."""
         return checkpoints.load_checkpoint(resolve_checkpoint(ref, self.store, self.assets_of))

@@ -150,6 +150,22 @@ class RunsActions:
                 continue
         return sorted(keys)
 
+    def run_images(self, run_id: Any, limit: int = 24) -> list[tuple[Any, str]]:
+        """The images a run saved (``ctx.save_image``), newest first, as (image, caption) pairs."""
+        from PIL import Image
+
+        rid = _run_id(run_id, required=False)
+        if rid is None:
+            return []
+        shown = []
+        for artifact in self.store.artifacts(rid, kind="image")[:limit]:
+            try:  # images are read here (not served by path): nothing outside the gallery is exposed
+                with Image.open(artifact.path) as image:
+                    shown.append((image.convert("RGB"), artifact.name))
+            except OSError:  # deleted or half-written: skip it, the next refresh shows it
+                continue
+        return shown
+
     def checkpoint_choices(self, run_id: Any) -> list[tuple[str, int]]:
         rid = _run_id(run_id, required=False)
         if rid is None:
@@ -325,6 +341,9 @@ def build_runs_tab(demo: gr.Blocks, actions: RunsActions, registry: Any, setting
             curves = gr.LinePlot(value=actions.run_metrics(None), x="step", y="value", color="key",
                                  label="Metric curves", elem_id="run-curves", height=320)
 
+    images = gr.Gallery(label="Images the run saved (newest first)", elem_id="run-images", columns=4,
+                        height=280, object_fit="contain")
+
     with gr.Accordion("Compare runs", open=False):
         with gr.Row():
             compare_select = gr.Dropdown(choices=actions.run_choices(), multiselect=True, label="Runs", allow_custom_value=True,
@@ -380,6 +399,8 @@ def build_runs_tab(demo: gr.Blocks, actions: RunsActions, registry: Any, setting
                       key_select, api_visibility="private", **fast)
     gr.on([run_select.change, key_select.change, timer.tick], actions.run_metrics, [run_select, key_select],
           curves, api_name="run_metrics", **fast)
+    gr.on([run_select.change, refresh_btn.click], actions.run_images, run_select, images, api_name="run_images",
+          **fast)
     compare_select.change(lambda ids: gr.update(choices=actions.compare_keys(ids)), compare_select, compare_key,
                           api_visibility="private", **fast)
     compare_btn.click(actions.compare_runs, [compare_select, compare_key], compare_plot, api_name="compare_runs",
