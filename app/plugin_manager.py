@@ -33,6 +33,7 @@ DEFAULT_PLUGINS = (
     "plugins.datasets",
     "plugins.blockdrop",
     "plugins.s3pool",
+    "plugins.vgan",
 )
 
 

@@ -156,3 +156,29 @@ def test_s3pool_example_click_shows_draws_and_both_predictions(page, tmp_path):
     natural, drawn = _natural_and_drawn_width(page, "#s3pool-draws img")
     assert drawn >= 96, (natural, drawn)  # a 16×16 draw is shown at a readable size
     _shots(tmp_path, page, "s3pool-example")
+
+
+def test_vgan_samples_toggle_and_example_click_show_images(page, tmp_path):
+    assets = Path(os.environ.get("AVSTUDIO_ASSETS", ROOT / "assets"))
+    if not all((assets / "vgan" / f"{name}.safetensors").exists() for name in ("vgan", "gan", "vcd")):
+        pytest.skip("no shipped VGAN checkpoints")
+    page.get_by_role("tab", name="VGAN").click()
+    toggle = page.locator("#vgan-model")
+    assert toggle.get_by_label("VGAN", exact=True).is_checked()  # opens on the paper's model
+    page.locator("#vgan-sample").click()
+    page.locator("#vgan-samples img").first.wait_for(timeout=60_000)
+    assert "64 samples of vgan" in page.inner_text("#vgan-samples-text")
+    natural, drawn = _natural_and_drawn_width(page, "#vgan-samples img")
+    assert natural >= 8 * 34 and drawn >= 400, (natural, drawn)  # an 8×8 grid of 32×32 samples, readable
+    # the toggle redraws the grid with the GAN
+    toggle.get_by_label("GAN", exact=True).check()
+    page.locator("#vgan-samples-text >> text=samples of gan").first.wait_for(timeout=60_000)
+    # clicking an example is enough (no Run press): the VCD chain and the energy on the histograms
+    page.locator("#vgan-examples .gallery-item, #vgan-examples button").first.click()
+    page.locator("#vgan-chain img").first.wait_for(timeout=60_000)
+    page.locator("#vgan-energy-text >> text=E(x)").first.wait_for(timeout=60_000)
+    assert "−log D(x)" in page.inner_text("#vgan-energy-text")  # the GAN's energy, said so
+    assert "transition steps" in page.inner_text("#vgan-chain-text")
+    assert "what the model sees: 32×32" in page.inner_text("#vgan-model-input")
+    page.locator("#vgan-energy-plot canvas, #vgan-energy-plot svg").first.wait_for(timeout=30_000)
+    _shots(tmp_path, page, "vgan-example")

@@ -98,8 +98,9 @@ class Generator(nn.Module):
 
     def latent(self, n: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
                ) -> torch.Tensor:
-        """``n`` codes from U[−1, 1]^d (the range of the VCD bottleneck's tanh)."""
-        return torch.rand(n, self.cfg.latent_dim, generator=generator, device=device) * 2 - 1
+        """``n`` codes from U[−1, 1]^d (the range of the VCD bottleneck's tanh), drawn on the CPU (so a CPU
+        ``generator`` seeds them whatever the device) and moved to ``device``."""
+        return (torch.rand(n, self.cfg.latent_dim, generator=generator) * 2 - 1).to(device)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.up(self.fc(z))
@@ -113,10 +114,11 @@ class Generator(nn.Module):
         return self.encoder(x * 2 - 1)
 
     def mix(self, h: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """h̃ = m·u + (1 − m)·h with m ~ Bernoulli(noise_ratio), u ~ U[−1, 1] per unit."""
-        mask = torch.rand(h.shape, generator=generator, device=h.device) < self.cfg.noise_ratio
-        noise = torch.rand(h.shape, generator=generator, device=h.device) * 2 - 1
-        return torch.where(mask, noise, h)
+        """h̃ = m·u + (1 − m)·h with m ~ Bernoulli(noise_ratio), u ~ U[−1, 1] per unit (drawn on the CPU,
+        so a CPU ``generator`` seeds it whatever the device)."""
+        mask = torch.rand(h.shape, generator=generator) < self.cfg.noise_ratio
+        noise = torch.rand(h.shape, generator=generator) * 2 - 1
+        return torch.where(mask.to(h.device), noise.to(h.device, h.dtype), h)
 
     def transition(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """x̃ ~ p_g(x̃ | x): encode, replace half of the code by noise, decode."""

@@ -101,12 +101,10 @@ def generate(cfg: GanConfig, generator: Any, n: int, *, seed: int = 0, source: t
         if cfg.kind == "vcd" and source is not None:
             x = source[torch.arange(start, start + m) % len(source)].to(device)  # cycles a short source
             x = x.float() / 255 if x.dtype == torch.uint8 else x
-            h = generator.encode(x).cpu()
-            mask = torch.rand(h.shape, generator=rng) < cfg.noise_ratio
-            code = torch.where(mask, torch.rand(h.shape, generator=rng) * 2 - 1, h)
+            code = generator.mix(generator.encode(x), rng)
         else:
-            code = generator.latent(m, generator=rng)
-        out.append(generator.decode(code.to(device)).cpu())
+            code = generator.latent(m, generator=rng).to(device)
+        out.append(generator.decode(code).cpu())
     return torch.cat(out) if out else torch.empty(0, cfg.channels, cfg.image_size, cfg.image_size)
 
 
