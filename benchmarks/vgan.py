@@ -1,0 +1,455 @@
+"""VGAN against the plain GAN (and VCD) on `shapes`, with the paper's measures at the same budget.
+
+For each model (``vgan``, ``vcd``, ``gan``) the report gives:
+
+- ``probe_error``: the paper's Table 1, test error of a linear classifier on the energy net's /
+  discriminator's penultimate features φ(x), trained on the first N train images;
+- ``frechet_distance``: real test images against generated ones (1,000 in the full run) in the 64-d
+  globally pooled features of the studio's shipped shapes classifier (the BlockDrop ResNet-32
+  backbone). It is FID's formula in a domain classifier's feature space, NOT Inception FID, and its
+  scale is set by the reference row: the distance of as many real *train* images to the same test set;
+- ``classes_covered`` (of 10) and ``class_histogram``: that classifier's argmax on the generated images;
+- ``samples_per_s``: generation throughput on the CPU at batch 64, one thread (median of repeats);
+  VCD's samples are transitions of real held-out (val) images, so its time includes the encoder;
+- ``semi_supervised``: Table 2 in small, the test error of a small CNN trained on 1,000 labelled
+  train images without augmentation (shared by all three entries) and with the VCD model's
+  transitions as augmentation (Eq. 11; only VCD has an encoder, so it is null for VGAN and GAN).
+
+Modes: by default the shipped checkpoints ``assets/vgan/{vgan,vcd,gan}.safetensors`` are evaluated,
+after checking from their cards that all three had the same budget (steps, batch, k), data and
+network sizes; ``--train`` retrains the three with the config of the shipped vgan card (each kind
+by its own recipe, through the studio's worker path) in a scratch home; ``--quick`` trains tiny
+fresh models and evaluates them on small sets (a couple of minutes on 2 cores).
+
+    python benchmarks/vgan.py [--quick | --train] [--out PATH] [--workers 2] [--assets DIR]
+
+Trainings and evaluations run as parallel single-thread processes (``--workers``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.report import REPO_ROOT, write_report  # noqa: E402
+
+KINDS = ("vgan", "vcd", "gan")
+ASSETS = REPO_ROOT / "assets" / "vgan"
+CLASSIFIER = REPO_ROOT / "assets" / "blockdrop" / "backbone.safetensors"
+NET_KEYS = ("image_size", "channels", "width", "hidden", "latent_dim", "gen_width")  # sizes all three share
+DATA_KEYS = ("dataset", "train_size")
+
+# Evaluation sizes. 0 = the whole split (shapes: 20,000 train, 2,000 val, 5,000 test).
+FULL = {"probe_train": 5000, "probe_test": 0, "generated": 1000, "fd_test": 0, "semi_labels": 1000,
+        "semi_steps": 1500, "semi_batch": 64, "semi_width": 32, "semi_lr": 3e-3, "semi_val": 2000, "semi_test": 0,
+        "throughput_batch": 64, "throughput_repeats": 15, "seed": 0}
+QUICK = {"probe_train": 500, "probe_test": 500, "generated": 500, "fd_test": 500, "semi_labels": 1000,
+         "semi_steps": 100, "semi_batch": 32, "semi_width": 8, "semi_lr": 3e-3, "semi_val": 500, "semi_test": 500,
+         "throughput_batch": 64, "throughput_repeats": 5, "seed": 0}
+# The recipes' config for --quick: tiny networks, a few dozen steps.
+QUICK_TRAIN = {"dataset": "shapes", "train_size": 2000, "steps": 40, "batch_size": 32, "k": 1, "experts": 16,
+               "latent_dim": 32, "width": 8, "hidden": 64, "gen_width": 8, "sample_every": 1000, "seed": 0}
+FD_NOTE = ("Fréchet distance between Gaussians fitted to the 64-d globally pooled features of the shipped "
+           "shapes classifier (BlockDrop ResNet-32 backbone): NOT Inception FID, and not comparable with "
+           "published FIDs; compare it with reference.frechet_distance_train_vs_test, the floor for real images "
+           "at the same sample sizes.")
+
+
+class BudgetMismatch(ValueError):
+    """The three checkpoints were not trained at the same budget, so they cannot be compared."""
+
+
+# -- cards ------------------------------------------------------------------------------------------------
+
+
+def check_budgets(cards: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The budget (steps, batch_size, k), data and network sizes the cards of ``vgan``, ``vcd`` and ``gan``
+    share, and each one's number of experts.
+
+    Raises BudgetMismatch, naming what differs, when a card is missing or of another kind, or when
+    their ``budget`` (steps, batch_size, k), data (dataset, train_size) or sizes (:data:`NET_KEYS`) differ.
+    """
+    problems = []
+    for kind in KINDS:
+        card = cards.get(kind)
+        if card is None:
+            problems.append(f"no {kind} checkpoint")
+        elif card.get("kind") != kind or "budget" not in card or "net" not in card:
+            problems.append(f"the {kind} checkpoint is not a {kind} model of the VGAN plugin "
+                            f"(card kind {card.get('kind')!r})")
+    if problems:
+        raise BudgetMismatch("; ".join(problems))
+    views = {
+        "budget": {k: dict(cards[k]["budget"]) for k in KINDS},
+        "data": {k: {key: cards[k].get("config", {}).get(key, cards[k].get(key)) for key in DATA_KEYS} for k in KINDS},
+        "network sizes": {k: {key: cards[k]["net"].get(key) for key in NET_KEYS} for k in KINDS},
+    }
+    for what, per_kind in views.items():
+        if len({json.dumps(v, sort_keys=True) for v in per_kind.values()}) > 1:
+            problems.append(f"{what} differ: " + "; ".join(f"{k} {per_kind[k]}" for k in KINDS))
+    if problems:
+        raise BudgetMismatch("the three models must be trained at the same budget to be compared, but "
+                             + " | ".join(problems))
+    return {**views["budget"]["vgan"], **views["data"]["vgan"], "net": views["network sizes"]["vgan"],
+            "experts": {k: cards[k]["net"].get("experts") for k in KINDS}}
+
+
+def load_cards(paths: Mapping[str, Path], part: str = "metadata") -> dict[str, dict[str, Any]]:
+    """Each checkpoint's card (read through ``app.api.load_checkpoint``): what the recipe stored
+    (``part="metadata"``) or the studio's record of the run (``part="studio"``: commit, created, metrics)."""
+    from app.api import load_checkpoint
+
+    return {kind: dict(getattr(load_checkpoint(path), part)) for kind, path in paths.items()}
+
+
+# -- jobs (each in its own single-thread process, or inline with --workers 1) ----------------------------
+
+
+def _split(data_dir: str, split: str, limit: int = 0) -> tuple[Any, Any]:
+    from plugins.datasets.shapes import load_shapes
+
+    data = load_shapes(split, Path(data_dir))
+    limit = limit or len(data.targets)
+    return data.images[:limit], data.targets[:limit].long()
+
+
+def _classifier(path: str) -> tuple[Any, Any, int]:
+    """The shapes classifier: (logits fn, pooled-features fn, classes), on float images in [0, 1]
+    (the ResNet normalises its input itself, with the mean/std its card records)."""
+    import torch
+    import torch.nn.functional as F
+
+    from app.api import load_checkpoint
+    from plugins.blockdrop.model import backbone_from_checkpoint
+
+    net = backbone_from_checkpoint(load_checkpoint(path)).eval()
+
+    def pooled(x: torch.Tensor) -> torch.Tensor:
+        h = net.stem(x)
+        for block, shortcut in zip(net.blocks, net.shortcuts, strict=True):
+            h = F.relu(shortcut(h) + block(h))
+        return torch.flatten(F.adaptive_avg_pool2d(h, 1), 1)
+
+    return net, pooled, net.config.num_classes
+
+
+def samples_per_s(gcfg: Any, generator: Any, source: Any, batch: int, repeats: int) -> float:
+    """Images generated per second at ``batch`` (median time of ``repeats`` after 2 warm-ups)."""
+    from plugins.vgan.recipes import generate
+
+    times = []
+    for i in range(repeats + 2):
+        start = time.perf_counter()
+        generate(gcfg, generator, batch, seed=i, source=source[:batch] if source is not None else None,
+                 batch_size=batch)
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    return batch / statistics.median(times)
+
+
+def _model_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Probe error, generated-image features and histogram, and throughput of one checkpoint."""
+    import torch
+
+    from app.api import load_checkpoint
+    from plugins.vgan.metrics import class_histogram, extract_features, linear_probe_error
+    from plugins.vgan.model import models_from_checkpoint
+    from plugins.vgan.recipes import generate
+
+    cfg, data_dir = job["cfg"], job["data_dir"]
+    gcfg, energy_net, generator = models_from_checkpoint(load_checkpoint(job["path"]))
+    x_train, y_train = _split(data_dir, "train", cfg["probe_train"])
+    x_test, y_test = _split(data_dir, "test", cfg["probe_test"])
+    probe = linear_probe_error(energy_net.features, x_train, y_train, x_test, y_test)
+    n = cfg["generated"]
+    source = None
+    if gcfg.kind == "vcd":  # a transition operator: its samples are transitions of held-out images
+        val, _ = _split(data_dir, "val")
+        source = val[torch.arange(n) % len(val)]
+    fake = generate(gcfg, generator, n, seed=cfg["seed"], source=source)
+    net, pooled, num_classes = _classifier(job["classifier"])
+    return {"kind": job["kind"], "probe_error": probe, "features": extract_features(pooled, fake).numpy(),
+            "class_histogram": class_histogram(net, fake, num_classes).tolist(),
+            "samples_per_s": samples_per_s(gcfg, generator, source, cfg["throughput_batch"],
+                                           cfg["throughput_repeats"])}
+
+
+def _reference_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Real images through the same extractors: test and train features, the train histogram, and a
+    linear probe on raw pixels (the floor a useful φ should beat)."""
+    from plugins.vgan.metrics import class_histogram, extract_features, linear_probe_error
+
+    cfg, data_dir = job["cfg"], job["data_dir"]
+    net, pooled, num_classes = _classifier(job["classifier"])
+    x_test, y_test = _split(data_dir, "test", cfg["fd_test"])
+    x_real, _ = _split(data_dir, "train", cfg["generated"])
+    x_probe, y_probe = _split(data_dir, "train", cfg["probe_train"])
+    x_probe_test, y_probe_test = _split(data_dir, "test", cfg["probe_test"])
+    return {"kind": "reference", "test_features": extract_features(pooled, x_test).numpy(),
+            "train_features": extract_features(pooled, x_real).numpy(),
+            "class_histogram": class_histogram(net, x_real, num_classes).tolist(),
+            "probe_error_pixels": linear_probe_error(lambda x: x.flatten(1), x_probe, y_probe, x_probe_test,
+                                                     y_probe_test)}
+
+
+def _semi_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Table 2 in small: the CNN on the first labelled train images, with or without VCD transitions."""
+    from app.api import load_checkpoint
+    from plugins.vgan.metrics import semi_supervised_error
+    from plugins.vgan.model import models_from_checkpoint
+
+    cfg, data_dir = job["cfg"], job["data_dir"]
+    augment = None
+    if job["augment_from"] is not None:
+        _, _, generator = models_from_checkpoint(load_checkpoint(job["augment_from"]))
+        augment = generator.transition  # eval mode: BN running statistics; fresh noise every call
+    x, y = _split(data_dir, "train", cfg["semi_labels"])
+    x_val, y_val = _split(data_dir, "val", cfg["semi_val"])
+    x_test, y_test = _split(data_dir, "test", cfg["semi_test"])
+    result = semi_supervised_error(x, y, x_test, y_test, augment=augment, val_images=x_val, val_labels=y_val,
+                                   steps=cfg["semi_steps"], batch_size=cfg["semi_batch"], seed=cfg["seed"],
+                                   width=cfg["semi_width"], lr=cfg["semi_lr"])
+    return {"kind": job["kind"], "test_error": result.test_error, "best_step": result.best_step,
+            "val_errors": [[s, e] for s, e in result.val_errors]}
+
+
+def _train_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Train one kind through the studio's worker path in its own scratch home; the checkpoint's path."""
+    import plugins.vgan as plugin
+    from app.api import open_test_studio
+
+    with open_test_studio(job["home"], [plugin]) as studio:
+        result = studio.train("vgan", job["kind"], job["config"])
+    if result.status != "succeeded":
+        raise RuntimeError(f"training {job['kind']} failed: {result.status}: {result.error}")
+    return {"kind": job["kind"], "path": str(result.checkpoints[job["kind"]])}
+
+
+JOBS = {"model": _model_job, "reference": _reference_job, "semi": _semi_job, "train": _train_job}
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Run one job on one thread with the studio's data in ``job['data_dir']``; adds its wall time."""
+    import torch
+
+    torch.set_num_threads(1)
+    previous = os.environ.get("AVSTUDIO_DATA")
+    os.environ["AVSTUDIO_DATA"] = job["data_dir"]
+    start = time.time()
+    try:
+        out = JOBS[job["job"]](job)
+    finally:  # inline jobs (--workers 1) leave this process's environment as it was
+        if previous is None:
+            os.environ.pop("AVSTUDIO_DATA", None)
+        else:
+            os.environ["AVSTUDIO_DATA"] = previous
+    out["job"], out["seconds"] = job["job"], time.time() - start
+    return out
+
+
+def run_jobs(jobs: list[dict[str, Any]], workers: int) -> list[dict[str, Any]]:
+    """Run ``jobs`` in ``workers`` spawned processes (inline, in this process, when ``workers`` is 1)."""
+    started, results = time.time(), []
+
+    def log(result: dict[str, Any]) -> None:
+        print(f"[{time.time() - started:6.0f}s] {result['job']:<9} {result['kind']:<9} "
+              f"done in {result['seconds']:.0f}s", flush=True)
+
+    if workers <= 1:
+        for job in jobs:
+            results.append(run_job(job))
+            log(results[-1])
+        return results
+    with mp.get_context("spawn").Pool(workers) as pool:
+        for result in pool.imap_unordered(run_job, jobs):
+            results.append(result)
+            log(result)
+    return results
+
+
+# -- training (--train, --quick) --------------------------------------------------------------------------
+
+
+def train_models(config: Mapping[str, Any], scratch: Path, data_dir: str, workers: int) -> dict[str, Path]:
+    """Train vgan, vcd and gan, each by its recipe with ``config``, in homes under ``scratch``."""
+    jobs = [{"job": "train", "kind": kind, "config": dict(config), "home": str(scratch / kind),
+             "data_dir": data_dir} for kind in KINDS]
+    return {r["kind"]: Path(r["path"]) for r in run_jobs(jobs, workers)}
+
+
+def shipped_train_config(assets: Path) -> dict[str, Any]:
+    """The recipe config recorded in the shipped vgan card (what --train retrains all three with)."""
+    path = assets / "vgan.safetensors"
+    if not path.is_file():
+        raise SystemExit(f"no {path}: --train retrains with the shipped vgan card's config; use --quick instead")
+    card = load_cards({"vgan": path})["vgan"]
+    if "config" not in card:
+        raise SystemExit(f"{path}: its card records no recipe config")
+    return dict(card["config"])
+
+
+# -- evaluation -------------------------------------------------------------------------------------------
+
+
+def evaluate(paths: Mapping[str, Path], cfg: Mapping[str, Any], *, data_dir: str, classifier: Path | str,
+             workers: int) -> dict[str, Any]:
+    """The report's figures for the checkpoints ``paths`` (kind → file) at the sizes ``cfg``."""
+    from plugins.vgan.metrics import classes_covered, frechet_distance
+
+    common = {"cfg": dict(cfg), "data_dir": data_dir, "classifier": str(classifier)}
+    jobs = [{"job": "semi", "kind": "vcd-augmented", "augment_from": str(paths["vcd"]), **common},
+            {"job": "semi", "kind": "no-augmentation", "augment_from": None, **common},
+            {"job": "reference", "kind": "reference", **common}]
+    jobs += [{"job": "model", "kind": kind, "path": str(paths[kind]), **common} for kind in KINDS]
+    results = {(r["job"], r["kind"]): r for r in run_jobs(jobs, workers)}
+    reference = results["reference", "reference"]
+    semi = {"no_augmentation": results["semi", "no-augmentation"], "vcd_augmentation": results["semi", "vcd-augmented"]}
+    no_aug, vcd_aug = semi["no_augmentation"]["test_error"], semi["vcd_augmentation"]["test_error"]
+    figures: dict[str, Any] = {}
+    for kind in KINDS:
+        r = results["model", kind]
+        figures[kind] = {
+            "probe_error": r["probe_error"],
+            "frechet_distance": frechet_distance(reference["test_features"], r["features"]),
+            "classes_covered": classes_covered(r["class_histogram"]),
+            "class_histogram": r["class_histogram"],
+            "samples_per_s": r["samples_per_s"],
+            "semi_supervised": {
+                "no_augmentation": no_aug,
+                "vcd_augmentation": vcd_aug if kind == "vcd" else None,
+                **({} if kind == "vcd" else {"note": f"{kind} has no encoder, so no transition of a labelled "
+                                                      "image to augment with; vcd_augmentation is VCD's"}),
+            },
+        }
+    figures["reference"] = {
+        "frechet_distance_train_vs_test": frechet_distance(reference["test_features"], reference["train_features"]),
+        "classes_covered_train": classes_covered(reference["class_histogram"]),
+        "class_histogram_train": reference["class_histogram"],
+        "probe_error_pixels": reference["probe_error_pixels"],
+    }
+    figures["semi_supervised"] = {key: {k: v for k, v in r.items() if k not in ("job", "kind")}
+                                  for key, r in semi.items()}
+    figures["job_seconds"] = {f"{job}:{kind}": r["seconds"] for (job, kind), r in results.items()}
+    return figures
+
+
+def targets_met(figures: Mapping[str, Any], generated: int) -> dict[str, Any]:
+    """The issue's targets, each with ``met`` and the figures it compares, plus notes on misses."""
+    v, g = figures["vgan"], figures["gan"]
+    no_aug = figures["vcd"]["semi_supervised"]["no_augmentation"]
+    vcd_aug = figures["vcd"]["semi_supervised"]["vcd_augmentation"]
+    num_classes = len(v["class_histogram"])
+    targets: dict[str, Any] = {
+        "vgan_probe_error_below_gan": {"met": v["probe_error"] < g["probe_error"], "vgan": v["probe_error"],
+                                       "gan": g["probe_error"]},
+        "vgan_frechet_distance_below_gan": {"met": v["frechet_distance"] < g["frechet_distance"],
+                                            "vgan": v["frechet_distance"], "gan": g["frechet_distance"]},
+        f"vgan_covers_all_{num_classes}_classes": {"met": v["classes_covered"] == num_classes,
+                                                   "classes_covered": v["classes_covered"], "samples": generated},
+        "vcd_augmentation_error_at_most_no_augmentation": {"met": vcd_aug <= no_aug, "vcd_augmentation": vcd_aug,
+                                                           "no_augmentation": no_aug},
+    }
+    notes = [f"{key}: missed" for key, t in targets.items() if not t["met"]]
+    targets["notes"] = "; ".join(notes) or "all targets met"
+    return targets
+
+
+def run_benchmark(paths: Mapping[str, Path], cfg: Mapping[str, Any], out: Path | str, *, data_dir: str,
+                  classifier: Path | str = CLASSIFIER, workers: int = 2, mode: str = "shipped",
+                  training_s: float | None = None) -> Path:
+    """Check the cards' budgets (BudgetMismatch otherwise), evaluate and write the report to ``out``."""
+    cards = load_cards(paths)
+    shared = check_budgets(cards)
+    if shared["dataset"] != "shapes":
+        raise BudgetMismatch(f"the models were trained on {shared['dataset']!r}; this benchmark measures shapes")
+    from plugins.datasets.shapes import load_shapes
+
+    for split in ("train", "val", "test"):  # generate the cache once, before the workers share it
+        load_shapes(split, Path(data_dir))
+    started = time.time()
+    figures = evaluate(paths, cfg, data_dir=data_dir, classifier=classifier, workers=workers)
+    figures["evaluation_s"] = time.time() - started
+    if training_s is not None:
+        figures["training_s"] = training_s
+    targets = targets_met(figures, cfg["generated"])
+
+    def where(path: Path) -> str:
+        path = Path(path).resolve()
+        return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+    runs = load_cards(paths, "studio")
+    checkpoints = {kind: {"path": where(paths[kind]) if mode == "shipped" else "scratch home (deleted)",
+                          "run_commit": runs[kind].get("commit"), "created": runs[kind].get("created"),
+                          "card_metrics": runs[kind].get("metrics") or cards[kind].get("metrics"),
+                          "config": cards[kind].get("config")}
+                   for kind in KINDS}
+    setup = {**cfg, "dataset": "shapes", "classifier": where(Path(classifier)),
+             "probe": "multinomial logistic regression on standardised φ(x), L-BFGS 200 iterations, L2 1e-3",
+             "semi_supervised": f"SmallCNN (plugins/vgan/metrics.py), Adam {cfg['semi_lr']:g} ×0.1 at 60%/90%, "
+                                "model picked on the val split, loss 0.5·CE(x) + 0.5·CE(x̃) with augmentation",
+             "vcd_samples": "transitions of shapes val images (first `generated`, cycled)",
+             "samples_per_s": f"CPU, one thread, batch {cfg['throughput_batch']}, median of "
+                              f"{cfg['throughput_repeats']} (other jobs may share the cores)"}
+    mode_note = {"shipped": "the shipped checkpoints",
+                 "train": "the three retrained with the shipped vgan card's config",
+                 "quick": "tiny models of a few dozen steps and small evaluation sets: a smoke test of the "
+                          "benchmark, whose figures say nothing about the method"}.get(mode, mode)
+    return write_report("vgan", out, figures, targets, mode=mode, mode_note=mode_note, budget=shared,
+                        checkpoints=checkpoints, setup=setup, frechet_distance_note=FD_NOTE)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="train tiny fresh models and evaluate on small sets")
+    mode.add_argument("--train", action="store_true", help="retrain all three with the shipped vgan card's config")
+    parser.add_argument("--out", default=None, help="report path (default benchmarks/results/vgan[-quick].json)")
+    parser.add_argument("--workers", type=int, default=2, help="parallel single-thread processes")
+    parser.add_argument("--assets", default=str(ASSETS), help="folder with vgan/vcd/gan.safetensors")
+    parser.add_argument("--classifier", default=str(CLASSIFIER), help="the shapes classifier (BlockDrop backbone)")
+    parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "avstudio-benchmark-data"))
+    args = parser.parse_args(argv)
+    cfg = dict(QUICK if args.quick else FULL)
+    out = Path(args.out or Path(__file__).parent / "results" / f"vgan{'-quick' if args.quick else ''}.json")
+    assets = Path(args.assets)
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="vgan-benchmark-") as scratch:
+        if args.quick or args.train:
+            config = QUICK_TRAIN if args.quick else shipped_train_config(assets)
+            from plugins.datasets.shapes import load_shapes
+
+            for split in ("train", "val", "test"):
+                load_shapes(split, Path(args.data_dir))
+            print(f"training vgan, vcd and gan ({config['steps']} steps each) on {args.workers} worker(s)", flush=True)
+            trained = time.time()
+            paths = train_models(config, Path(scratch), args.data_dir, args.workers)
+            training_s = time.time() - trained
+        else:
+            training_s = None
+            paths = {kind: assets / f"{kind}.safetensors" for kind in KINDS}
+            missing = [str(p) for p in paths.values() if not p.is_file()]
+            if missing:
+                raise SystemExit(f"missing {', '.join(missing)}: train and ship them, or run with --train/--quick")
+        try:
+            path = run_benchmark(paths, cfg, out, data_dir=args.data_dir, classifier=args.classifier,
+                                 workers=args.workers,
+                                 mode="quick" if args.quick else "train" if args.train else "shipped",
+                                 training_s=training_s)
+        except BudgetMismatch as exc:
+            raise SystemExit(f"refusing to compare: {exc}") from None
+    print(f"wrote {path} in {time.time() - started:.0f}s")
+    return path
+
+
+if __name__ == "__main__":
+    main()
