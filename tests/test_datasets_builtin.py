@@ -134,31 +134,172 @@ def test_persons_attributes(tmp_path):
     t = {name: data.targets[:, i].bool() for i, name in enumerate(PERSON_ATTRIBUTES)}
     assert not (t["beard"] & t["skirt"]).any()
     assert t["earrings"][t["long_hair"]].float().mean() > t["earrings"][~t["long_hair"]].float().mean()
+    # Each sample's head and body difficulty (ground truth), in [0, 1]; ``difficulty`` is their mean.
+    head, body = data.meta["head_difficulty"], data.meta["body_difficulty"]
+    assert head.shape == body.shape == (1200,) and head.dtype == body.dtype == torch.float32
+    assert 0 <= min(head.min(), body.min()) and max(head.max(), body.max()) <= 1
+    assert torch.allclose(data.difficulty, (head + body) / 2)
+
+
+NUISANCE_PARAMS = ("face_occ_size", "turn", "head_blur", "head_out", "body_occ_size", "fade", "body_blur", "crop")
+
+
+def _quiet_persons(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Persons parameters with every nuisance off (no region nuisance, camera blur or lean), figure in frame."""
+    p = persons.sample_params(n, np.random.default_rng(seed))
+    for key in NUISANCE_PARAMS:
+        p[key][:] = 0
+    p["blur"][:] = 0
+    p["lean"][:] = 0
+    p["unit"][:] = np.linspace(0.72, 0.92, n)
+    p["cy"][:] = np.clip(p["cy"], -0.99 + persons.SOLES * p["unit"], 0.99 - persons.HAT_TOP * p["unit"])
+    return p
+
+
+def _local_y(p: dict[str, np.ndarray], size: int = 64) -> np.ndarray:
+    """Each pixel centre's height in the person-local frame (N×H×W; hips 0, crown 1)."""
+    from plugins.datasets.raster import local_coords, pixel_grid
+
+    gx, gy = pixel_grid(len(p["unit"]), size)
+    return local_coords(gx, gy, p["cx"], p["cy"], p["lean"], p["unit"])[1]
+
+
+def _changed(p: dict[str, np.ndarray], q: dict[str, np.ndarray]) -> np.ndarray:
+    """N×H×W: which pixels differ between the renders of ``p`` and ``q``."""
+    return (persons.render(p, 64)["images"] != persons.render(q, 64)["images"]).any(1)
 
 
 def test_persons_head_attributes_live_in_the_head_region():
     """Turning a head attribute on changes only pixels near the head; a body one only below it."""
-    p = persons.sample_params(4, np.random.default_rng(0))
+    p = _quiet_persons(4)
     p["attributes"][:] = 0
     p["noise"][:] = 0
-    p["blur"][:] = 0
-    p["lean"][:] = 0
-    base = persons.render(p, 64).astype(int)
-    for name, region in (("hat", "head"), ("glasses", "head"), ("striped_shirt", "body"), ("dark_shoes", "body")):
+    base = persons.render(p, 64)["images"].astype(int)
+    for name, region in (("hat", "head"), ("glasses", "head"), ("smiling", "head"), ("striped_shirt", "body"),
+                         ("dark_shoes", "body"), ("long_sleeves", "body")):
         q = {k: v.copy() for k, v in p.items()}
         q["attributes"][:, PERSON_ATTRIBUTES.index(name)] = 1
         if name == "dark_shoes":  # the shoe colour is drawn at sampling time; use a dark one
             q["shoes"][:] = 0.05
-        changed = np.abs(persons.render(q, 64).astype(int) - base).sum(1) > 0  # N×H×W
+        changed = np.abs(persons.render(q, 64)["images"].astype(int) - base).sum(1) > 0  # N×H×W
         for i in range(4):
             rows = np.flatnonzero(changed[i].any(1))
             assert len(rows), name
-            head_y = p["cy"][i] + 0.72 * p["unit"][i]  # head centre, image units (y up)
+            head_y = p["cy"][i] + persons.HEAD_Y * p["unit"][i]  # head centre, image units (y up)
             head_row = (1 - head_y) * 32
             if region == "head":
                 assert rows.max() < head_row + 0.3 * p["unit"][i] * 32, name
             else:
                 assert rows.min() > head_row + 0.15 * p["unit"][i] * 32, name
+
+
+@pytest.mark.parametrize(("name", "least"), [("smiling", 8), ("long_sleeves", 20), ("glasses", 8), ("hat", 20)])
+def test_persons_small_attributes_are_visible(name, least):
+    """Toggling an attribute changes enough pixels to be seen at 64×64, even for the smallest figure."""
+    p = _quiet_persons(6, seed=1)
+    p["attributes"][:, PERSON_ATTRIBUTES.index(name)] = 0
+    q = {k: v.copy() for k, v in p.items()}
+    q["attributes"][:, PERSON_ATTRIBUTES.index(name)] = 1
+    counts = _changed(p, q).sum((1, 2))
+    assert counts.min() >= least, (name, counts.tolist())
+
+
+@pytest.mark.parametrize(("region", "nuisances"), [
+    ("head", {"face_occ_size": 0.16, "turn": 1.2, "head_blur": 1.6}),
+    ("body", {"body_occ_size": 0.38, "fade": 0.65, "body_blur": 1.6}),
+])
+def test_persons_region_nuisances_change_only_their_region(region, nuisances):
+    """With everything else the same, a head nuisance leaves the body's pixels byte-identical, and a body
+    nuisance the head's; each of them does change its own region."""
+    p = _quiet_persons(8, seed=2)
+    p["face_occ_xy"][:] = [0.0, persons.HEAD_Y - 0.18]  # in front of the chin, as low as it is ever drawn
+    p["face_occ_aspect"][:] = 1.3
+    p["body_occ_xy"][:] = [0.0, -0.1]  # in front of the hips
+    y = _local_y(p)
+    for key, value in nuisances.items():
+        q = {k: v.copy() for k, v in p.items()}
+        q[key][:] = value
+        changed = _changed(p, q)
+        if region == "head":
+            assert not changed[y < 0.45].any(), f"{key} changed body pixels"
+            assert (changed & (y > 0.6)).sum((1, 2)).min() >= 10, key
+        else:
+            assert not changed[y > 0.65].any(), f"{key} changed head pixels"
+            assert (changed & (y < 0.4)).sum((1, 2)).min() >= 10, key
+
+
+def test_persons_frame_nuisances_move_the_figure():
+    """'Out of frame' puts part of the head above the image with the feet inside; 'crop' the reverse."""
+    p = persons.sample_params(3000, np.random.default_rng(3))
+    crown = p["cy"] + persons.CROWN * p["unit"]
+    soles = p["cy"] - persons.SOLES * p["unit"]
+    head_only, crop_only = (p["head_out"] > 0) & (p["crop"] == 0), (p["crop"] > 0) & (p["head_out"] == 0)
+    both, neither = (p["head_out"] > 0) & (p["crop"] > 0), (p["head_out"] == 0) & (p["crop"] == 0)
+    assert min(head_only.sum(), crop_only.sum(), both.sum(), neither.sum()) > 100
+    assert (crown[head_only] > 1).all() and (soles[head_only] > -1).all()
+    assert (soles[crop_only] < -1).all() and (crown[crop_only] + 0.1 * p["unit"][crop_only] < 1).all()
+    assert (crown[both] > 1).all() and (soles[both] < -1).all() and p["unit"].max() <= persons.MAX_UNIT + 1e-6
+    assert (crown[neither] < 1).all() and (soles[neither] > -1).all()
+
+
+def test_persons_region_difficulty():
+    """head_difficulty and body_difficulty: in [0, 1], spread, independent, the documented sums of their terms."""
+    arrays = persons.generate("train", 1500, workers=1)
+    head, body = arrays["head_difficulty"], arrays["body_difficulty"]
+    for d in (head, body):
+        assert d.dtype == np.float32 and d.shape == (1500,) and 0 <= d.min() and d.max() <= 1
+        assert (d < 0.1).mean() >= 0.2 and (d > 0.4).mean() >= 0.2
+    assert abs(np.corrcoef(head, body)[0, 1]) < 0.1  # drawn independently
+    for region, weights, d in (("head", persons.HEAD_WEIGHTS, head), ("body", persons.BODY_WEIGHTS, body)):
+        terms = {k: arrays[f"{region}_{k}"] for k in weights}
+        assert np.allclose(d, persons.region_difficulty(terms, weights), atol=1e-6)
+        assert abs(sum(weights.values()) - 1) < 1e-9
+        for k, term in terms.items():  # every nuisance is absent in some samples and strong in others
+            assert 0.3 < (term == 0).mean() < 0.7 and (term > 0.5).mean() > 0.05, (region, k)
+    # The measured occlusion follows the drawn occluder's size.
+    drawn = persons.sample_params(1500, persons.split_rng(0, "train", persons.GENERATOR_VERSION, persons.SEED_SALT))
+    for region, key in (("head", "face_occ_size"), ("body", "body_occ_size")):
+        occluded = arrays[f"{region}_occlusion"]
+        assert (occluded[drawn[key] == 0] == 0).all()
+        assert np.corrcoef(drawn[key][drawn[key] > 0], occluded[drawn[key] > 0])[0, 1] > 0.5, region
+
+
+def test_persons_region_difficulty_shows_in_the_pixels():
+    """A hard head is a blurred, covered, turned or cut head: its region differs more from the same figure
+    rendered without the head's nuisances than an easy head does (and likewise for the body)."""
+    p = persons.sample_params(400, np.random.default_rng(5))
+    p["blur"][:] = 0
+    p["noise"][:] = 0
+    clean = {k: v.copy() for k, v in p.items()}
+    for key in ("face_occ_size", "turn", "head_blur", "body_occ_size", "fade", "body_blur"):
+        clean[key][:] = 0
+    a = persons.render(p, 64)
+    b = persons.render(clean, 64)
+    y = _local_y(p)
+    diff = np.abs(a["images"].astype(int) - b["images"].astype(int)).sum(1)
+    head_terms, body_terms = persons.difficulty_terms(p, a["head_occluded"], a["body_occluded"])
+    for region, terms, weights, mask in (("head", head_terms, persons.HEAD_WEIGHTS, y > 0.6),
+                                         ("body", body_terms, persons.BODY_WEIGHTS, y < 0.4)):
+        terms = dict(terms, **{k: np.zeros(len(y), np.float32) for k in ("frame", "crop") if k in terms})
+        d = persons.region_difficulty(terms, weights)
+        change = (diff * mask).sum((1, 2)) / np.maximum(mask.sum((1, 2)), 1)
+        assert change[d > 0.3].mean() > 3 * change[d < 0.05].mean() + 1, region
+
+
+def test_persons_generator_version_and_determinism(tmp_path, monkeypatch):
+    a = persons.generate("train", 60, size=32, seed=3, workers=1)
+    b = persons.generate("train", 60, size=32, seed=3, workers=2)  # chunking/workers never change the bytes
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["images"], persons.generate("train", 60, size=32, seed=4, workers=1)["images"])
+    # Version 3 is the one with region-level difficulty; older caches (v2 files) are never read.
+    assert persons.GENERATOR_VERSION == 3
+    data = load_persons("val", tmp_path, size=16, num_train=4, num_val=6, num_test=2)
+    assert sorted(p.name for p in (tmp_path / "persons").iterdir()) == [
+        f"v3_s16_n4-6-2_seed0_{split}.npz" for split in ("test", "train", "val")]
+    assert set(data.meta) >= {"head_difficulty", "body_difficulty", "head_occlusion", "body_crop"}
+    # The version is part of every split's seed stream: another version draws other figures.
+    monkeypatch.setattr(persons, "GENERATOR_VERSION", 2)
+    assert not np.array_equal(a["targets"], persons.generate("train", 60, size=32, seed=3, workers=1)["targets"])
 
 
 def test_plugin_registers_builtins_and_validates_options(tmp_path):
