@@ -2,14 +2,20 @@
 
 Trains a ResNet-32 (and a ResNet-8) on `shapes` and reports test accuracy overall and by difficulty
 tercile (it should fall as difficulty rises); trains a small multi-task CNN on `persons` (wide and
-thin) and reports per-attribute accuracy.
+thin) and reports per-attribute accuracy against the majority rate, and, for the wide net, the task
+affinity of arXiv:1611.05377 (do head tasks share their hard examples with each other, and body
+tasks with each other?) and accuracy by head and body difficulty tercile.
 
-    python benchmarks/datasets.py [--quick] [--out PATH] [--device auto]
+    python benchmarks/datasets.py [--quick] [--out PATH] [--device auto] [--only shapes|persons]
+
+``--only`` runs one half and keeps the other half's figures from the report already at ``--out``
+(the report's ``halves`` records the command, commit and config each half was measured with).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -22,9 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.report import write_report  # noqa: E402
+from benchmarks.report import machine, write_report  # noqa: E402
 from plugins.datasets.shapes import load_shapes  # noqa: E402
 from trainer.datasets import ImageTensorDataset  # noqa: E402
+from trainer.gitinfo import current_commit  # noqa: E402
 
 
 def pick_device(name: str) -> torch.device:
@@ -100,14 +107,32 @@ def train(model: nn.Module, data: ImageTensorDataset, epochs: int, device: torch
 
 
 @torch.no_grad()
+def predict_logits(model: nn.Module, data: ImageTensorDataset, device: torch.device, batch: int = 500) -> torch.Tensor:
+    """The model's logits for every image of ``data``, on the CPU."""
+    model.to(device).eval()
+    return torch.cat([model(data.images[i:i + batch].to(device).float().div_(255)).float().cpu()
+                      for i in range(0, len(data), batch)])
+
+
 def predict(model: nn.Module, data: ImageTensorDataset, device: torch.device, batch: int = 500) -> torch.Tensor:
     """Predicted class indices (classification) or 0/1 attributes (multilabel), on the CPU."""
-    model.to(device).eval()
-    out = []
-    for i in range(0, len(data), batch):
-        logits = model(data.images[i:i + batch].to(device).float().div_(255)).float().cpu()
-        out.append(logits.argmax(1) if data.task == "classification" else (logits > 0).float())
-    return torch.cat(out)
+    logits = predict_logits(model, data, device, batch)
+    return logits.argmax(1) if data.task == "classification" else (logits > 0).float()
+
+
+def task_affinity(margins: torch.Tensor) -> torch.Tensor:
+    """T×T affinity of arXiv:1611.05377 from per-example margins (N×T, ``|p − g|``):
+    A(i, j) = P(both hard) + P(both easy), an example "hard" for a task when its margin is at least
+    that task's mean margin."""
+    hard = (margins >= margins.mean(0)).float()
+    return (hard.T @ hard + (1 - hard).T @ (1 - hard)) / len(margins)
+
+
+def group_affinity(affinity: torch.Tensor, rows: list[int], cols: list[int]) -> float:
+    """Mean affinity between two groups of tasks (every pair i in rows, j in cols), or within one group
+    (rows == cols: every pair i < j)."""
+    pairs = [(i, j) for i in rows for j in cols if (i < j if rows == cols else True)]
+    return sum(affinity[i, j].item() for i, j in pairs) / len(pairs)
 
 
 def by_tercile(correct: torch.Tensor, difficulty: torch.Tensor) -> list[float]:
@@ -138,28 +163,70 @@ def run_shapes(cfg: dict, data_dir: Path, device: torch.device, log) -> dict:
 
 
 def run_persons(cfg: dict, data_dir: Path, device: torch.device, log) -> dict:
-    from plugins.datasets.persons import load_persons
+    from plugins.datasets.persons import BODY_ATTRIBUTES, HEAD_ATTRIBUTES, load_persons
 
     kwargs = dict(num_train=cfg["persons_train"], num_val=cfg["persons_val"], num_test=cfg["persons_test"])
     start = time.perf_counter()
     train_set = load_persons("train", data_dir, **kwargs)
     test_set = load_persons("test", data_dir, **kwargs)
     figures: dict = {"persons_generate_or_load_s": round(time.perf_counter() - start, 2)}
+    names, targets = train_set.labels, test_set.targets
+    frequency = targets.mean(0)
+    majority = torch.maximum(frequency, 1 - frequency)
+    head = [names.index(a) for a in HEAD_ATTRIBUTES]
+    body = [names.index(a) for a in BODY_ATTRIBUTES]
     for width in cfg["widths"]:
         torch.manual_seed(0)
-        model = MultiTaskCNN(len(train_set.labels), width=width)
+        model = MultiTaskCNN(len(names), width=width)
         seconds = train(model, train_set, cfg["persons_epochs"], device, batch=cfg["batch"], lr=cfg["lr"] / 2)
-        per_attr = (predict(model, test_set, device) == test_set.targets).float().mean(0)
+        logits = predict_logits(model, test_set, device)
+        correct = ((logits > 0).float() == targets).float()
+        per_attr = correct.mean(0)
         mean = per_attr.mean().item()
         log(f"persons width {width}: mean {mean:.4f} in {seconds:.0f}s")
-        if width == cfg["widths"][0]:
-            figures["persons_mean_accuracy"] = round(mean, 4)
-            figures["persons_attribute_accuracy"] = {
-                name: round(a.item(), 4) for name, a in zip(train_set.labels, per_attr, strict=True)}
-            figures["persons_train_s"] = round(seconds, 1)
-        else:
+        if width != cfg["widths"][0]:
             figures[f"persons_mean_accuracy_width{width}"] = round(mean, 4)
+            continue
+        figures["persons_mean_accuracy"] = round(mean, 4)
+        figures["persons_attribute_accuracy"] = {n: round(a.item(), 4) for n, a in zip(names, per_attr, strict=True)}
+        figures["persons_attribute_majority"] = {n: round(m.item(), 4) for n, m in zip(names, majority, strict=True)}
+        gain = per_attr - majority
+        figures["persons_min_gain_over_majority"] = round(gain.min().item(), 4)
+        # Share of the majority rule's error the network removes: 1 − error / majority error.
+        figures["persons_min_error_reduction"] = round((1 - (1 - per_attr) / (1 - majority)).min().item(), 4)
+        log("persons accuracy − majority: " + ", ".join(f"{n} {g:+.3f}" for n, g in zip(names, gain.tolist(),
+                                                                                        strict=True)))
+        # Task affinity (arXiv:1611.05377) on the test split: do tasks of one region share hard examples?
+        margins = (torch.sigmoid(logits) - targets).abs()
+        affinity = task_affinity(margins)
+        figures["persons_affinity_within_head"] = round(group_affinity(affinity, head, head), 4)
+        figures["persons_affinity_within_body"] = round(group_affinity(affinity, body, body), 4)
+        figures["persons_affinity_head_body"] = round(group_affinity(affinity, head, body), 4)
+        figures["persons_affinity"] = [[round(a, 3) for a in row] for row in affinity.tolist()]
+        log(f"persons affinity: within head {figures['persons_affinity_within_head']:.3f}, within body "
+            f"{figures['persons_affinity_within_body']:.3f}, head-body {figures['persons_affinity_head_body']:.3f}")
+        # Each region's tasks against each region's ground-truth difficulty (easiest to hardest third).
+        for tasks, task_name in ((head, "head"), (body, "body")):
+            region_correct = correct[:, tasks].mean(1)
+            for region in ("head", "body"):
+                figures[f"persons_{task_name}_accuracy_by_{region}_difficulty_tercile"] = [
+                    round(a, 4) for a in by_tercile(region_correct, test_set.meta[f"{region}_difficulty"])]
+        figures["persons_train_s"] = round(seconds, 1)
     return figures
+
+
+def _kept_half(path: Path, half: str, quick: bool, log) -> tuple[dict, dict | None]:
+    """The figures of ``half`` in the report at ``path`` and how that half was measured (``--only`` runs)."""
+    if not path.exists():
+        return {}, None
+    report = json.loads(path.read_text())
+    if report.get("benchmark") != "datasets" or bool(report.get("quick")) != quick:
+        return {}, None
+    figures = {k: v for k, v in report["figures"].items() if k.startswith(f"{half}_")}
+    measured = report.get("halves", {}).get(half) or {
+        k: report.get(k) for k in ("command", "commit", "machine", "config")}
+    log(f"keeping the {half} figures of {path} (measured by: {measured['command']})")
+    return figures, measured
 
 
 FULL = dict(shapes_train=20000, shapes_val=2000, shapes_test=5000, shapes_epochs=30,
@@ -198,18 +265,32 @@ def main(argv: list[str] | None = None) -> Path:
         print(message, file=sys.stderr, flush=True)
 
     log(f"device {device}, {'quick' if args.quick else 'full'} run")
+    this_run = {"command": "python " + " ".join(sys.argv), "commit": current_commit(), "machine": machine(),
+                "config": cfg}
     figures: dict = {}
-    if args.only in (None, "shapes"):
-        figures.update(run_shapes(cfg, data_dir, device, log))
-    if args.only in (None, "persons"):
-        figures.update(run_persons(cfg, data_dir, device, log))
+    halves: dict = {}
+    for half, run in (("shapes", run_shapes), ("persons", run_persons)):
+        if args.only in (None, half):
+            figures.update(run(cfg, data_dir, device, log))
+            halves[half] = this_run
+        else:
+            kept, measured = _kept_half(Path(args.out), half, args.quick, log)
+            figures.update(kept)
+            if measured is not None:
+                halves[half] = measured
+    figures = {k: figures[k] for k in sorted(figures, key=lambda k: not k.startswith("shapes_"))}
     targets = {
         "shapes_accuracy": "0.85–0.97 (full run): high but not saturated",
         "shapes_accuracy_by_difficulty_tercile": "falls from the easiest to the hardest tercile",
         "shapes_accuracy_resnet8": "clearly below shapes_accuracy",
         "persons_mean_accuracy": "several points above persons_mean_accuracy_width16 (thin net)",
+        "persons_min_gain_over_majority": "≥ 0.08, or persons_min_error_reduction ≥ 0.5: every attribute learnt",
+        "persons_affinity_within_head": "clearly above persons_affinity_head_body",
+        "persons_affinity_within_body": "clearly above persons_affinity_head_body",
+        "persons_head_accuracy_by_head_difficulty_tercile": "falls; by body difficulty it stays about flat "
+                                                            "(and the same for the body's tasks)",
     }
-    out = write_report("datasets", args.out, figures, targets, quick=args.quick, config=cfg)
+    out = write_report("datasets", args.out, figures, targets, quick=args.quick, config=cfg, halves=halves)
     log(f"wrote {out}")
     return out
 
