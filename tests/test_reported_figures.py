@@ -166,3 +166,57 @@ def test_s3pool_sweep_and_overhead_are_quoted_as_reported():
         row = f"| {grid} | {values['train_error']:.3f} | {values['test_error']:.3f} |"
         assert row in text, f"docs/s3pool.md lacks the sweep row {row!r}"
     assert f"{figures['layer_overhead']:.2f}×" in text
+
+
+# -- VGAN ---------------------------------------------------------------------------------------------
+
+VGAN_REPORT = RESULTS / "vgan.json"
+VGAN_KINDS = ("vgan", "vcd", "gan")
+VGAN_ROWS = {
+    "linear probe error on φ": lambda x: f"{x['probe_error']:.3f}",
+    "Fréchet distance, shapes-classifier features": lambda x: f"{x['frechet_distance']:.1f}",
+    "classes covered among 1,000 samples": lambda x: f"{x['classes_covered']}",
+    "samples per second": lambda x: f"{x['samples_per_s']:,.0f}",
+    "1,000-label classifier test error": lambda x: (
+        f"{x['semi_supervised']['no_augmentation']:.3f} / {x['semi_supervised']['vcd_augmentation']:.3f}"
+        if x["semi_supervised"]["vcd_augmentation"] is not None else "—"),
+}
+
+
+@pytest.mark.skipif(not VGAN_REPORT.exists(), reason="no committed VGAN report yet")
+@pytest.mark.parametrize("doc", ["README.md", "docs/vgan.md"])
+def test_vgan_table_matches_the_committed_report(doc):
+    figures = json.loads(VGAN_REPORT.read_text())["figures"]
+    table = next((t for t in _all_tables((REPO / doc).read_text()) if t[0][1:] == ["VGAN", "VCD", "GAN"]), None)
+    assert table is not None, f"{doc} has no VGAN results table (header '| | VGAN | VCD | GAN |')"
+    checked = set()
+    for row in table[1:]:
+        label = next((lab for lab in VGAN_ROWS if row[0].startswith(lab)), None)
+        if label is not None:
+            expected = [VGAN_ROWS[label](figures[kind]) for kind in VGAN_KINDS]
+            assert row[1:] == expected, f"{doc}: row {row[0]!r} says {row[1:]}, the report says {expected}"
+            checked.add(label)
+    assert checked == set(VGAN_ROWS), f"{doc}: rows missing from the VGAN table: {set(VGAN_ROWS) - checked}"
+    real = f"{figures['reference']['frechet_distance_train_vs_test']:.2f}"
+    assert f"real train against real test: {real}" in " ".join((REPO / doc).read_text().split())
+
+
+@pytest.mark.skipif(not VGAN_REPORT.exists(), reason="no committed VGAN report yet")
+def test_the_vgan_report_measured_the_shipped_checkpoints_and_its_targets_follow_its_figures():
+    from trainer.checkpoints import load_checkpoint
+
+    report = json.loads(VGAN_REPORT.read_text())
+    figures, targets = report["figures"], report["targets"]
+    assert report["mode"] == "shipped"
+    for kind in VGAN_KINDS:  # the report's cards are the shipped ones: assets and report cannot drift apart
+        card = load_checkpoint(REPO / "assets" / "vgan" / f"{kind}.safetensors")
+        assert report["checkpoints"][kind]["card_metrics"] == card.metadata["metrics"], kind
+        budget = {key: report["budget"][key] for key in ("steps", "batch_size", "k")}
+        assert card.metadata["budget"] == budget, kind
+    assert targets["vgan_probe_error_below_gan"]["met"] == (figures["vgan"]["probe_error"] < figures["gan"]["probe_error"])
+    assert targets["vgan_frechet_distance_below_gan"]["met"] == (
+        figures["vgan"]["frechet_distance"] < figures["gan"]["frechet_distance"])
+    assert targets["vgan_covers_all_10_classes"]["met"] == (figures["vgan"]["classes_covered"] == 10)
+    semi = figures["vcd"]["semi_supervised"]
+    assert targets["vcd_augmentation_error_at_most_no_augmentation"]["met"] == (
+        semi["vcd_augmentation"] <= semi["no_augmentation"])
