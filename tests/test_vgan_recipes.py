@@ -151,3 +151,34 @@ def test_bad_configs_are_refused_before_a_run_is_queued(tmp_path):
         with pytest.raises(ConfigError, match="optimizer"):
             studio.train("vgan", "vgan", {**CONFIG, "optimizer": "sgd"})
         assert studio.store.list_runs() == []
+
+
+def _digits(split: str, root, **options) -> ImageTensorDataset:
+    """MNIST-like: 28×28 grey images, and like torchvision's MNIST no val split."""
+    if split not in ("train", "test"):
+        raise UserError(f"dataset 'digits' has no split {split!r}")
+    g = torch.Generator().manual_seed({"train": 0, "test": 2}[split])
+    n = 48 if split == "train" else 24
+    images = torch.randint(0, 255, (n, 1, 28, 28), generator=g, dtype=torch.uint8)
+    return ImageTensorDataset(images, torch.zeros(n, dtype=torch.long), ["0"], "classification", name="digits")
+
+
+@hookimpl(specname="register_datasets")
+def register_digits(register) -> None:
+    register(DatasetSpec(name="digits", title="digits", task="classification", description="-", load=_digits,
+                         labels=["0"], image_size=(28, 28), channels=1, splits=("train", "test")))
+
+
+def test_grey_28px_datasets_without_a_val_split_train_too(tmp_path, one_thread):
+    """MNIST's shape (1×28×28, train/test only): the networks follow the data, the card's energies come
+    from the test split (never used to select a model)."""
+    import plugins.vgan as plugin
+    import tests.test_vgan_recipes as this
+
+    with open_test_studio(tmp_path, [plugin, this]) as studio:
+        result = studio.train("vgan", "vcd", {**CONFIG, "dataset": "digits", "steps": 3})
+        assert result.status == "succeeded", result.error
+        cfg, _, generator = models_from_checkpoint(load_checkpoint(result.checkpoints["vcd"]))
+        assert (cfg.channels, cfg.image_size) == (1, 28)
+        assert len(load_checkpoint(result.checkpoints["vcd"]).metadata["energies"]["real"]) == 24
+        assert generate(cfg, generator, 2).shape == (2, 1, 28, 28)
