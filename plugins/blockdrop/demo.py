@@ -16,6 +16,7 @@ import torch
 
 from app.api import UserError, image_to_tensor, lenient_upload, load_rgb_image
 from plugins.blockdrop import analysis
+from plugins.blockdrop.inference import fast_blockdrop, fast_full, prepare
 from plugins.blockdrop.recipes import backbone_from_checkpoint, policy_from_checkpoint
 
 DATASET = "shapes"
@@ -124,8 +125,11 @@ class BlockDropDemo:
                 size = tuple(bd_net.config.input_size)
                 labels = list(bd_net.config.labels or full_net.config.labels)
                 labels += [f"class {i}" for i in range(len(labels), full_net.config.num_classes)]
+                fast_full_net, _ = prepare(full_net)  # the deployed inference path (benchmarks/blockdrop.py)
+                fast_bd, fast_policy = prepare(bd_net, policy_net)
                 self._models[key] = {
                     "full": full_net, "backbone": bd_net, "policy": policy_net, "labels": labels,
+                    "fast_full": fast_full_net, "fast_backbone": fast_bd, "fast_policy": fast_policy,
                     "image_size": size, "free_blocks": bd.metadata.get("free_blocks"),
                     "flops": analysis.flop_table(bd_net, policy_net, size),
                     "hash": analysis.file_hash(backbone_path, policy_path), "card": bd.card,
@@ -140,14 +144,14 @@ class BlockDropDemo:
         m = self.models(policy_name)
         h, w = m["image_size"]
         x = image_to_tensor(load_rgb_image(image), (w, h))
-        full_probs = m["full"](x).softmax(1)[0]
-        bd_logits, policy = analysis.blockdrop_forward(m["backbone"], m["policy"], x, m["free_blocks"])
+        full_probs = fast_full(m["fast_full"], x).softmax(1)[0]
+        bd_logits, policy = fast_blockdrop(m["fast_backbone"], m["fast_policy"], x, m["free_blocks"])
         bd_probs = bd_logits.softmax(1)[0]
         kept = [int(v) for v in policy[0].tolist()]
         model_input = x[0].permute(1, 2, 0).mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
-        latency = analysis.interleaved_latency_ms(
-            {"full": lambda: m["full"](x),
-             "blockdrop": lambda: analysis.blockdrop_forward(m["backbone"], m["policy"], x, m["free_blocks"])},
+        latency = analysis.interleaved_latency_ms(  # the same inference path as the benchmark's figures
+            {"full": lambda: fast_full(m["fast_full"], x),
+             "blockdrop": lambda: fast_blockdrop(m["fast_backbone"], m["fast_policy"], x, m["free_blocks"])},
             repeats=latency_repeats, warmup=1)
         flops_bd = float(m["flops"].blockdrop(policy)[0])
 

@@ -1,0 +1,181 @@
+"""The inference path a deployment would use, for the full ResNet and for BlockDrop alike.
+
+- Batch norm folded into the convolutions (eval-mode statistics; exact up to float rounding), and the
+  input normalisation folded into a per-channel affine op: fewer, larger kernels.
+- ``torch.inference_mode`` throughout (no autograd bookkeeping).
+- At batch size 1 the policy of the single image is known before the backbone runs: one host read of K
+  booleans, then only the kept blocks are called — no gathers, scatters or index tensors. Larger
+  batches run each block on the sub-batch that keeps it (gather → block → scatter), as
+  :meth:`BlockDropResNet.forward` does, with the folded layers.
+
+Both :class:`FastResNet` (from a :class:`BlockDropResNet`) and :class:`FastPolicy` (from a
+:class:`PolicyNet`) compute the same function as the modules they are built from; the tests check it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from plugins.blockdrop.model import BlockDropResNet, DownsampleB, PolicyNet, ResNetTrunk
+
+
+def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A convolution with bias equal to ``bn(conv(x))`` in eval mode."""
+    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                      conv.dilation, conv.groups, bias=True).to(conv.weight.device)
+    with torch.no_grad():
+        fused.weight.copy_(conv.weight.detach() * scale.view(-1, 1, 1, 1))
+        bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(scale)
+        fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias.detach())
+    return fused.eval().requires_grad_(False)
+
+
+class _Folded(nn.Module):
+    """A ResNet trunk with folded batch norm: stem, residual branches, shortcuts, head."""
+
+    def __init__(self, trunk: ResNetTrunk) -> None:
+        super().__init__()
+        trunk = trunk.eval()
+        self.register_buffer("in_scale", (1.0 / trunk.std).clone())
+        self.register_buffer("in_shift", (-trunk.mean / trunk.std).clone())
+        self.stem = fold_bn(trunk.conv1, trunk.bn1)
+        self.conv1 = nn.ModuleList(fold_bn(b.conv1, b.bn1) for b in trunk.blocks)
+        self.conv2 = nn.ModuleList(fold_bn(b.conv2, b.bn2) for b in trunk.blocks)
+        self.down = [s.extra if isinstance(s, DownsampleB) else None for s in trunk.shortcuts]
+        self.fc = trunk.fc
+        self.channels_last = False
+        self.requires_grad_(False)
+
+    def use_channels_last(self, enabled: bool = True) -> _Folded:
+        """Keep weights and activations channels-last (NHWC): oneDNN's preferred layout on CPU."""
+        self.channels_last = enabled
+        return self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.conv1)
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return F.relu(self.stem(torch.addcmul(self.in_shift, x, self.in_scale)))
+
+    def _shortcut(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        extra = self.down[k]
+        return x if extra is None else F.pad(F.avg_pool2d(x, 2), (0, 0, 0, 0, 0, extra))
+
+    def _branch(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2[k](F.relu(self.conv1[k](x)))
+
+    def _block(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self._shortcut(k, x) + self._branch(k, x))
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class FastResNet(_Folded):
+    """:class:`BlockDropResNet` for inference: ``forward(x, keep)`` with ``keep`` a list of K booleans
+    (batch 1: only the kept blocks run), an N×K 0/1 tensor (each block on the samples that keep it),
+    or None (every block)."""
+
+    def __init__(self, backbone: BlockDropResNet) -> None:
+        super().__init__(backbone)
+
+    def forward(self, x: torch.Tensor, keep: list[bool] | torch.Tensor | None = None) -> torch.Tensor:
+        x = self._stem(x)
+        if keep is None:
+            for k in range(self.num_blocks):
+                x = self._block(k, x)
+        elif isinstance(keep, list):  # one image: its policy decides which blocks are called at all
+            for k, kept in enumerate(keep):
+                x = self._block(k, x) if kept else self._shortcut(k, x)
+        else:
+            x = self._batched(x, keep)
+        return self._head(x)
+
+    def _batched(self, x: torch.Tensor, policy: torch.Tensor) -> torch.Tensor:
+        keep = policy.detach().to("cpu") > 0.5  # one host read for the whole forward
+        n = keep.shape[0]
+        counts = keep.sum(0).tolist()
+        for k in range(self.num_blocks):
+            residual = self._shortcut(k, x)
+            if counts[k] == n:
+                x = F.relu(residual + self._branch(k, x))
+            elif counts[k] == 0:
+                x = residual
+            else:
+                idx = keep[:, k].nonzero().flatten().to(x.device)
+                out = F.relu(residual.index_select(0, idx) + self._branch(k, x.index_select(0, idx)))
+                x = residual.index_copy(0, idx, out)
+        return x
+
+
+class FastPolicy(_Folded):
+    """:class:`PolicyNet` for inference: keep probabilities N×K (the same resize, folded layers)."""
+
+    def __init__(self, policy: PolicyNet) -> None:
+        super().__init__(policy)
+        self.input_size = policy.config.input_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = self.input_size
+        if x.shape[-1] != size or x.shape[-2] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        x = self._stem(x)
+        for k in range(self.num_blocks):
+            x = self._block(k, x)
+        return torch.sigmoid(self._head(x))
+
+
+# The path the demo and the benchmark's headline figures use (the benchmark also times the others).
+DEPLOYED = {"channels_last": True}
+
+
+def prepare(backbone: BlockDropResNet, policy: PolicyNet | None = None, *, channels_last: bool | None = None
+            ) -> tuple[FastResNet, FastPolicy | None]:
+    """The inference-path versions of a backbone (and policy network), on the backbone's device."""
+    channels_last = DEPLOYED["channels_last"] if channels_last is None else channels_last
+    fast = FastResNet(backbone).use_channels_last(channels_last)
+    fast_policy = FastPolicy(policy).use_channels_last(channels_last) if policy is not None else None
+    return fast, fast_policy
+
+
+def keep_list(probs: torch.Tensor, free_blocks: int | None) -> list[bool]:
+    """The greedy policy of one image as K booleans; blocks outside the curriculum's last ``free_blocks``
+    are kept, as at training time."""
+    keep = (probs[0] > 0.5).tolist()
+    k = len(keep)
+    if free_blocks is not None and free_blocks < k:
+        keep = [True] * (k - free_blocks) + keep[k - free_blocks:]
+    return keep
+
+
+def keep_tensor(probs: torch.Tensor, free_blocks: int | None) -> torch.Tensor:
+    """The greedy policies of a batch (N×K, 1 = keep), the curriculum applied."""
+    keep = (probs > 0.5).to(probs.dtype)
+    k = keep.shape[1]
+    if free_blocks is not None and free_blocks < k:
+        keep[:, : k - free_blocks] = 1
+    return keep
+
+
+@torch.inference_mode()
+def fast_blockdrop(backbone: FastResNet, policy: FastPolicy, x: torch.Tensor,
+                   free_blocks: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """BlockDrop at test time on the inference path: logits and the N×K policy that produced them."""
+    probs = policy(x)
+    if len(x) == 1:
+        keep = keep_list(probs, free_blocks)
+        return backbone(x, keep), torch.tensor([keep], dtype=probs.dtype)
+    keep = keep_tensor(probs, free_blocks)
+    return backbone(x, keep), keep
+
+
+@torch.inference_mode()
+def fast_full(backbone: FastResNet, x: torch.Tensor) -> torch.Tensor:
+    """The full ResNet on the same inference path (every block)."""
+    return backbone(x)
