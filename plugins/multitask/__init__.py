@@ -5,5 +5,9 @@
 - :mod:`plugins.multitask.affinity`: per-example margins, task and branch affinity;
 - :mod:`plugins.multitask.widening`: the top-down greedy widening decision and step.
 
+Section numbers (§) refer to the research brief ``shared/research/multitask_widening.md`` (issue 12); the
+paper's own text was not available to it, so no equation numbers of the paper are quoted. Where the brief
+leaves room, each module's docstring says what was chosen.
+
 The plugin is registered (hooks, ``DEFAULT_PLUGINS``) once it has recipes and a demo.
 """

@@ -1,4 +1,4 @@
-"""Task affinity from per-example margins (arXiv:1611.05377 §4.2, brief §5).
+"""Task affinity from per-example margins (arXiv:1611.05377; brief §5).
 
 For example n and task i, with prediction p_i^n = σ(logit) and ground truth g_i^n ∈ {0, 1}:
 
@@ -16,6 +16,11 @@ examples are classified against it, and the joint frequencies are accumulated ov
 With all examples in one batch this is exactly :func:`task_affinity` (our online estimate of the
 brief's E[·]; the recipe resets the tracker after every widening so the statistics are the current
 network's).
+
+Choices: the margin is the brief's |σ(logit) − g| (not a signed margin y·logit nor the loss; all three
+order one task's examples alike, but the mean threshold differs); "hard" is m ≥ the mean, as the brief
+writes it (issue 12 says "above"; ties have measure zero for real-valued margins). The logits fed to the
+tracker are the training batches' own (train mode), which costs nothing extra.
 """
 
 from __future__ import annotations

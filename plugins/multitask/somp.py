@@ -1,4 +1,4 @@
-"""Thin initialisation by simultaneous orthogonal matching pursuit (arXiv:1611.05377 §4.1, brief §3).
+"""Thin initialisation by simultaneous orthogonal matching pursuit (arXiv:1611.05377; brief §3).
 
 A layer is y = σ(P(W) x), W a d × (input dim) matrix with one row per filter. Keeping d' < d rows is
 a simultaneous sparse approximation problem: choose ω, |ω| = d', so that every row of W is well
@@ -47,7 +47,7 @@ def somp(signals: torch.Tensor, k: int, dictionary: torch.Tensor | None = None) 
     """Choose ``k`` rows of ``dictionary`` (default: the signals themselves) that jointly approximate every
     row of ``signals`` (m × n; higher dimensions are flattened): SOMP with the ℓ1 sum of correlations.
 
-    Ties go to the lowest index, so of two identical rows the first is chosen.
+    Exact ties go to the lowest index (identical rows may still differ in the last bit after the product).
     """
     signals = signals.detach().double().flatten(1)
     atoms_raw = signals if dictionary is None else dictionary.detach().double().flatten(1)

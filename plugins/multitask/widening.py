@@ -1,4 +1,4 @@
-"""Top-down greedy widening (arXiv:1611.05377 §4.2–4.3, brief §4, §6, §7).
+"""Top-down greedy widening (arXiv:1611.05377; brief §4, §6, §7).
 
 At the *active layer* l (the highest layer that is still one trunk) hang n branches from above: one
 per task at the top hidden layer, else the branches of layer l + 1. A widening step groups these n
