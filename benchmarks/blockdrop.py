@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.report import REPO_ROOT, write_report  # noqa: E402
 from plugins.blockdrop import analysis  # noqa: E402
 from plugins.blockdrop.evaluation import infer  # noqa: E402
+from plugins.blockdrop.inference import deployed_layout  # noqa: E402
 from plugins.blockdrop.model import backbone_from_checkpoint, policy_from_checkpoint  # noqa: E402
 from trainer.checkpoints import load_checkpoint  # noqa: E402
 
@@ -55,14 +56,16 @@ def speedups(full_fn, bd_fn, images: torch.Tensor, device: torch.device, batch: 
 
 
 def inference_paths(backbone_full, backbone_bd, policy_net, free_blocks: int | None) -> dict[str, tuple]:
-    """(full, BlockDrop) callables of each inference path, the same transformations applied to both:
+    """(full, BlockDrop) callables of each inference path, every step applied to both networks:
     ``modules`` (the training modules), ``folded`` (batch norm folded, inference mode, no index work at
-    batch 1) and ``deployed`` (folded + channels-last: the path the demo uses, plugins/blockdrop/inference.py)."""
-    from plugins.blockdrop.inference import DEPLOYED, fast_blockdrop, fast_full, prepare
+    batch 1; NCHW) and ``channels_last`` (folded, NHWC). The deployed path is one of the last two,
+    chosen per batch size by ``plugins.blockdrop.inference.deployed_layout`` (the demo's too)."""
+    from plugins.blockdrop.inference import fast_blockdrop, fast_full, prepare
 
     paths = {"modules": (lambda x: backbone_full(x),
                          lambda x: analysis.blockdrop_forward(backbone_bd, policy_net, x, free_blocks))}
-    for name, channels_last in (("folded", False), ("deployed", DEPLOYED["channels_last"])):
+    layouts = {"folded": False, "channels_last": True}
+    for name, channels_last in layouts.items():
         full, _ = prepare(backbone_full, None, channels_last=channels_last)
         bd, pol = prepare(backbone_bd, policy_net, channels_last=channels_last)
         paths[name] = (lambda x, full=full: fast_full(full, x), lambda x, bd=bd, pol=pol: fast_blockdrop(bd, pol, x, free_blocks))
@@ -184,7 +187,8 @@ def main() -> None:
         for batch, count in sizes:
             summary = timing_rounds(paths, shuffled, device, batch, count, reps if batch > 1 else 3, rounds, ideal)
             figures["timing"][f"b{batch}_{name}"] = summary
-            deployed = summary["deployed"]
+            summary["deployed"] = "channels_last" if deployed_layout(batch) else "folded"
+            deployed = summary[summary["deployed"]]
             figures[f"speedup_b{batch}_{name}"] = deployed["speedup_median"]
             figures[f"speedup_b{batch}_{name}_fraction_of_ideal"] = deployed["fraction_of_ideal_median"]
             figures[f"speedup_b{batch}_{name}_fraction_of_ideal_range"] = [deployed["fraction_of_ideal_min"],

@@ -16,7 +16,7 @@ import torch
 
 from app.api import UserError, image_to_tensor, lenient_upload, load_rgb_image
 from plugins.blockdrop import analysis
-from plugins.blockdrop.inference import fast_blockdrop, fast_full, prepare
+from plugins.blockdrop.inference import deployed_layout, fast_blockdrop, fast_full, prepare
 from plugins.blockdrop.recipes import backbone_from_checkpoint, policy_from_checkpoint
 
 DATASET = "shapes"
@@ -125,8 +125,9 @@ class BlockDropDemo:
                 size = tuple(bd_net.config.input_size)
                 labels = list(bd_net.config.labels or full_net.config.labels)
                 labels += [f"class {i}" for i in range(len(labels), full_net.config.num_classes)]
-                fast_full_net, _ = prepare(full_net)  # the deployed inference path (benchmarks/blockdrop.py)
-                fast_bd, fast_policy = prepare(bd_net, policy_net)
+                layout = deployed_layout(1)  # the deployed inference path at batch 1 (benchmarks/blockdrop.py)
+                fast_full_net, _ = prepare(full_net, channels_last=layout)
+                fast_bd, fast_policy = prepare(bd_net, policy_net, channels_last=layout)
                 self._models[key] = {
                     "full": full_net, "backbone": bd_net, "policy": policy_net, "labels": labels,
                     "fast_full": fast_full_net, "fast_backbone": fast_bd, "fast_policy": fast_policy,

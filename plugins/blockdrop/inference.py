@@ -2,7 +2,8 @@
 
 - Batch norm folded into the convolutions (eval-mode statistics; exact up to float rounding), and the
   input normalisation folded into a per-channel affine op: fewer, larger kernels.
-- ``torch.inference_mode`` throughout (no autograd bookkeeping).
+- ``torch.inference_mode`` throughout (no autograd bookkeeping); channels-last at batch size 1
+  (:func:`deployed_layout`).
 - At batch size 1 the policy of the single image is known before the backbone runs: one host read of K
   booleans, then only the kept blocks are called — no gathers, scatters or index tensors. Larger
   batches run each block on the sub-batch that keeps it (gather → block → scatter), as
@@ -131,14 +132,20 @@ class FastPolicy(_Folded):
         return torch.sigmoid(self._head(x))
 
 
-# The path the demo and the benchmark's headline figures use (the benchmark also times the others).
-DEPLOYED = {"channels_last": True}
+# The deployed layout, from the benchmark's per-step measurements (docs/blockdrop.md): channels-last
+# speeds up both networks at batch 1 (oneDNN's preferred layout, fewer reorders), but in a batch it slows
+# BlockDrop's per-block gathers and scatters more than it speeds up the convolutions, so batches stay NCHW.
+CHANNELS_LAST_UP_TO_BATCH = 1
 
 
-def prepare(backbone: BlockDropResNet, policy: PolicyNet | None = None, *, channels_last: bool | None = None
+def deployed_layout(batch_size: int) -> bool:
+    """Whether the deployed path runs channels-last for batches of ``batch_size``."""
+    return batch_size <= CHANNELS_LAST_UP_TO_BATCH
+
+
+def prepare(backbone: BlockDropResNet, policy: PolicyNet | None = None, *, channels_last: bool = True
             ) -> tuple[FastResNet, FastPolicy | None]:
     """The inference-path versions of a backbone (and policy network), on the backbone's device."""
-    channels_last = DEPLOYED["channels_last"] if channels_last is None else channels_last
     fast = FastResNet(backbone).use_channels_last(channels_last)
     fast_policy = FastPolicy(policy).use_channels_last(channels_last) if policy is not None else None
     return fast, fast_policy
