@@ -23,6 +23,8 @@ ROWS = {
     "wall-clock speedup, batch 1 / batch 64": lambda f: f"{f['speedup_b1_cpu']:.2f} / {f['speedup_b64_cpu']:.2f}",
     "speedup as a fraction of the ideal":
         lambda f: f"{f['speedup_b1_cpu_fraction_of_ideal']:.2f} / {f['speedup_b64_cpu_fraction_of_ideal']:.2f}",
+    "fraction of the ideal, range over 5 rounds": lambda f: "{:.2f}–{:.2f}; {:.2f}–{:.2f}".format(
+        *f["speedup_b1_cpu_fraction_of_ideal_range"], *f["speedup_b64_cpu_fraction_of_ideal_range"]),
     "Spearman(blocks used, difficulty)": lambda f: f"{f['spearman_blocks_difficulty']:.2f}",
     "fine-tuned backbone, every block kept": lambda f: f"{f['accuracy_full_finetuned_backbone']:.3f}",
 }
@@ -72,6 +74,30 @@ def test_blockdrop_tables_match_the_committed_reports(doc):
             assert row[1:] == expected, f"{doc}: row {row[0]!r} says {row[1:]}, the reports say {expected}"
             checked += 1
     assert checked >= 6, f"{doc}: only {checked} rows could be checked"
+
+
+INFERENCE_PATHS = {"the training modules": "modules", "batch norm folded": "folded", "the same, channels-last": "channels_last"}
+
+
+def test_the_inference_path_table_quotes_the_gamma_1_report():
+    figures = json.loads((RESULTS / "blockdrop.json").read_text())["figures"]
+    table = next((t for t in _all_tables((REPO / "docs" / "blockdrop.md").read_text())
+                  if t[0][0].startswith("inference path (γ = 1")), None)
+    assert table is not None, "docs/blockdrop.md has no inference-path table"
+    assert figures["gamma"] == 1 and len(table) == 1 + len(INFERENCE_PATHS)
+    for row in table[1:]:
+        path = next(p for label, p in INFERENCE_PATHS.items() if row[0].startswith(label))
+        b1, b64 = figures["timing"]["b1_cpu"][path], figures["timing"]["b64_cpu"][path]
+        expected = [f"{b1['full_ms_median']:.2f} / {b1['blockdrop_ms_median']:.2f}", f"{b1['fraction_of_ideal_median']:.2f}",
+                    f"{b64['full_ms_median']:.1f} / {b64['blockdrop_ms_median']:.1f}", f"{b64['fraction_of_ideal_median']:.2f}"]
+        assert row[1:] == expected, f"row {row[0]!r} says {row[1:]}, the report says {expected}"
+    # the headline figures are the deployed path's: channels-last at batch 1, NCHW in a batch
+    assert figures["timing"]["b1_cpu"]["deployed"] == "channels_last" and figures["timing"]["b64_cpu"]["deployed"] == "folded"
+    assert figures["speedup_b1_cpu"] == figures["timing"]["b1_cpu"]["channels_last"]["speedup_median"]
+    readme = " ".join((REPO / "README.md").read_text().split())  # the prose quotes the same medians
+    assert (f"{figures['speedup_b1_cpu']:.2f}× faster per image and {figures['speedup_b64_cpu']:.2f}× per batch of 64"
+            in readme)
+    assert f"that is {figures['speedup_b1_cpu_fraction_of_ideal']:.2f} of the FLOPs-ideal speedup" in readme
 
 
 @pytest.fixture(scope="module")
