@@ -80,6 +80,7 @@ class TrainLoop:
         self._ready = False
         self._sums: dict[str, torch.Tensor] = {}
         self._count = 0
+        self.card: dict[str, Any] = {}  # the metadata of the last end_epoch (restored on resume)
 
     # -- set-up ---------------------------------------------------------------------------------
     def resume(self, modules: Mapping[str, nn.Module], optimizers: Sequence[torch.optim.Optimizer] = (),
@@ -105,6 +106,25 @@ class TrainLoop:
             self.final_metrics = dict(checkpoint.metadata.get("metrics") or {})
         self.resumed = True
         return True
+
+    def rebind(self, modules: Mapping[str, nn.Module], optimizers: Sequence[torch.optim.Optimizer] = (),
+               schedulers: Sequence[Any] = ()) -> None:
+        """Register new modules and optimisers mid-run, when the model changed its shape (a network widened
+        between epochs). Nothing is loaded: checkpoints and resume states save the new ones from now on, so a
+        recipe that rebuilds the same shape from :meth:`saved_card` before :meth:`resume` resumes exactly."""
+        if not self._ready:
+            raise RuntimeError("call loop.resume(modules=..., optimizers=...) before loop.rebind()")
+        self.modules, self.optimizers, self.schedulers = dict(modules), list(optimizers), list(schedulers)
+
+    @staticmethod
+    def saved_card(ctx: Any) -> dict[str, Any] | None:
+        """When the run is being resumed: the ``metadata`` its last completed epoch passed to
+        :meth:`end_epoch` (saved with the resume state), so that a recipe can rebuild a model whose shape
+        changed during the run before calling :meth:`resume`; None for a fresh run."""
+        state = ctx.resume_state()
+        if state is None:
+            return None
+        return dict(state.metadata.get("card") or {})
 
     # -- the loop -------------------------------------------------------------------------------
     @staticmethod
@@ -164,6 +184,7 @@ class TrainLoop:
         self._sums, self._count = {}, 0
         self.epoch += 1
         self.final_metrics = values
+        self.card = dict(metadata or {})
         self.ctx.log_metrics(self.epoch, **values)
         self.ctx.save_checkpoint(self.checkpoint, self.model_tensors(),
                                  {**dict(metadata or {}), "epoch": self.epoch, "metrics": values})
@@ -178,7 +199,8 @@ class TrainLoop:
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """What ``save_state`` stores: tensors (weights, optimiser tensors, RNG states) and JSON metadata."""
         tensors = {f"model.{key}": value for key, value in self.model_tensors().items()}
-        meta: dict[str, Any] = {"epoch": self.epoch, "step": self.step, "metrics": self.final_metrics}
+        meta: dict[str, Any] = {"epoch": self.epoch, "step": self.step, "metrics": self.final_metrics,
+                                "card": self.card}
         for kind, objects in (("optimizer", self.optimizers), ("scheduler", self.schedulers)):
             meta[kind] = [flatten(obj.state_dict(), f"{kind}.{i}", tensors) for i, obj in enumerate(objects)]
         tensors["rng.torch"] = torch.get_rng_state()
@@ -205,6 +227,7 @@ class TrainLoop:
                 obj.load_state_dict(unflatten(skeleton, tensors))
         self.epoch, self.step = int(meta.get("epoch", 0)), int(meta.get("step", 0))
         self.final_metrics = dict(meta.get("metrics") or {})
+        self.card = dict(meta.get("card") or {})
         torch.set_rng_state(tensors["rng.torch"].cpu())
         self.generator.set_state(tensors["rng.generator"].cpu())
         if torch.cuda.is_available():  # a state saved on another machine restores the devices both have
