@@ -330,6 +330,9 @@ class CommandContext(Protocol):
 # Image input helpers for demos (any mode, any size, EXIF rotation; a UserError otherwise).
 from app.images import image_to_tensor, lenient_upload, load_rgb_image  # noqa: E402
 
+# What a demo rebuilds from its checkpoints, kept until a checkpoint file changes (path, mtime, size).
+from app.model_cache import ModelCache  # noqa: E402
+
 # --------------------------------------------------------------------------------------------
 # Testing a plugin: a real studio (registry, run store, worker path, contexts) in a temporary home
 # --------------------------------------------------------------------------------------------
@@ -348,7 +351,8 @@ def open_test_studio(home: Path | str, plugins: Sequence[Any] = (), *, installed
 
 __all__ = [
     "Arrays", "Checkpoint", "CheckpointInfo", "CheckpointSlot", "CommandContext", "ConfigError", "DatasetSpec",
-    "DemoContext", "ImageTensorDataset", "Method", "Progress", "Recipe", "TrainContext", "TrainLoop", "UserError",
+    "DemoContext", "ImageTensorDataset", "Method", "ModelCache", "Progress", "Recipe", "TrainContext", "TrainLoop",
+    "UserError",
     "cached_splits", "config_field", "config_fields", "config_to_dict", "dataclass_from_dict",
     "describe_constraints", "hook_names", "hookimpl", "hookspec", "image_to_tensor", "iter_hooks", "lenient_upload",
     "load_checkpoint", "load_module_tensors", "load_rgb_image", "make_config", "module_tensors", "open_test_studio",

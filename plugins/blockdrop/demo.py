@@ -8,13 +8,12 @@ for Gradio and turns a UserError into a ``gr.Error``.
 from __future__ import annotations
 
 import re
-import threading
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from app.api import UserError, image_to_tensor, lenient_upload, load_rgb_image
+from app.api import ModelCache, UserError, image_to_tensor, lenient_upload, load_rgb_image
 from plugins.blockdrop import analysis
 from plugins.blockdrop.inference import deployed_layout, fast_blockdrop, fast_full, prepare
 from plugins.blockdrop.recipes import backbone_from_checkpoint, policy_from_checkpoint
@@ -73,12 +72,11 @@ def block_map_html(policy: list[int], stage_of_block: list[int]) -> str:
 
 
 class BlockDropDemo:
-    """Loads the checkpoints the DemoContext points at (cached by path + mtime) and answers requests."""
+    """Loads the checkpoints the DemoContext points at (a ModelCache: until a file changes) and answers requests."""
 
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
-        self._models: dict[tuple, dict[str, Any]] = {}
-        self._lock = threading.Lock()
+        self._models: ModelCache[dict[str, Any]] = ModelCache(ctx, missing=lambda name: NO_CHECKPOINT)
         self.panels = analysis.PanelCache(Path(ctx.data_dir) / "blockdrop-panels")
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -110,32 +108,30 @@ class BlockDropDemo:
     def models(self, policy_name: str) -> dict[str, Any]:
         """Full ResNet, BlockDrop backbone + policy net, labels and FLOP table for ``policy_name``."""
         backbone_path, policy_path = self._paths(policy_name)
-        key = (str(backbone_path), backbone_path.stat().st_mtime, str(policy_path), policy_path.stat().st_mtime)
-        with self._lock:
-            if key not in self._models:
-                full = self.ctx.load_checkpoint("backbone")
-                bd = self.ctx.load_checkpoint(policy_name)
-                try:  # the architectures come from the cards (typed configs; flat legacy cards adapted)
-                    full_net = backbone_from_checkpoint(full).eval()
-                    bd_net = backbone_from_checkpoint(bd).eval()
-                    policy_net = policy_from_checkpoint(bd).eval()
-                except (KeyError, ValueError, TypeError, RuntimeError) as exc:
-                    raise UserError(f"Checkpoint {policy_name!r} or 'backbone' is not a BlockDrop checkpoint "
-                                    f"({exc.__class__.__name__}: {exc}); retrain it.") from None
-                size = tuple(bd_net.config.input_size)
-                labels = list(bd_net.config.labels or full_net.config.labels)
-                labels += [f"class {i}" for i in range(len(labels), full_net.config.num_classes)]
-                layout = deployed_layout(1)  # the deployed inference path at batch 1 (benchmarks/blockdrop.py)
-                fast_full_net, _ = prepare(full_net, channels_last=layout)
-                fast_bd, fast_policy = prepare(bd_net, policy_net, channels_last=layout)
-                self._models[key] = {
-                    "full": full_net, "backbone": bd_net, "policy": policy_net, "labels": labels,
-                    "fast_full": fast_full_net, "fast_backbone": fast_bd, "fast_policy": fast_policy,
-                    "image_size": size, "free_blocks": bd.metadata.get("free_blocks"),
-                    "flops": analysis.flop_table(bd_net, policy_net, size),
-                    "hash": analysis.file_hash(backbone_path, policy_path), "card": bd.card,
-                }
-            return self._models[key]
+
+        def build(full: Any, bd: Any) -> dict[str, Any]:
+            try:  # the architectures come from the cards (typed configs; flat legacy cards adapted)
+                full_net = backbone_from_checkpoint(full).eval()
+                bd_net = backbone_from_checkpoint(bd).eval()
+                policy_net = policy_from_checkpoint(bd).eval()
+            except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+                raise UserError(f"Checkpoint {policy_name!r} or 'backbone' is not a BlockDrop checkpoint "
+                                f"({exc.__class__.__name__}: {exc}); retrain it.") from None
+            size = tuple(bd_net.config.input_size)
+            labels = list(bd_net.config.labels or full_net.config.labels)
+            labels += [f"class {i}" for i in range(len(labels), full_net.config.num_classes)]
+            layout = deployed_layout(1)  # the deployed inference path at batch 1 (benchmarks/blockdrop.py)
+            fast_full_net, _ = prepare(full_net, channels_last=layout)
+            fast_bd, fast_policy = prepare(bd_net, policy_net, channels_last=layout)
+            return {
+                "full": full_net, "backbone": bd_net, "policy": policy_net, "labels": labels,
+                "fast_full": fast_full_net, "fast_backbone": fast_bd, "fast_policy": fast_policy,
+                "image_size": size, "free_blocks": bd.metadata.get("free_blocks"),
+                "flops": analysis.flop_table(bd_net, policy_net, size),
+                "hash": analysis.file_hash(backbone_path, policy_path), "card": bd.card,
+            }
+
+        return self._models.get("backbone", policy_name, build=build)
 
     # -- handlers ----------------------------------------------------------------------------
 

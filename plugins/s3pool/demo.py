@@ -4,21 +4,20 @@ the predictions of the shipped max-pool and S3Pool networks, and the committed b
 The handlers (:meth:`S3PoolDemo.augment`, :meth:`S3PoolDemo.features`, :meth:`S3PoolDemo.predict`,
 :meth:`S3PoolDemo.analyse`) and :func:`benchmark_data` are plain functions returning dicts (images as
 H×W×3 uint8 arrays), so tests and scripts use them directly; :func:`build_demo` wraps them for Gradio.
-Checkpoints are loaded inside the handlers (``ctx.load_checkpoint``), never at start-up.
+Checkpoints are loaded inside the handlers (a ``ModelCache``), never at start-up.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
-import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from app.api import UserError, image_to_tensor, lenient_upload, load_rgb_image
+from app.api import ModelCache, UserError, image_to_tensor, lenient_upload, load_rgb_image
 from plugins.s3pool.layer import S3Pool2d, deterministic_downsample, s3pool_with_indices, stride1_max_pool
 from plugins.s3pool.model import PoolingNet, net_from_checkpoint
 
@@ -116,28 +115,22 @@ class S3PoolDemo:
 
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
-        self._nets: dict[str, tuple[Any, PoolingNet]] = {}
-        self._lock = threading.Lock()
+        self._nets: ModelCache[PoolingNet] = ModelCache(ctx, missing=how_to_train)
 
     # -- networks ----------------------------------------------------------------------------
 
     def net(self, name: str) -> PoolingNet:
         """The network of checkpoint ``name`` in eval mode, or a UserError saying how to train it."""
-        checkpoint = self.ctx.load_checkpoint(name)
-        if checkpoint is None:
-            raise UserError(how_to_train(name))
-        with self._lock:
-            cached = self._nets.get(name)
-            if cached is not None and cached[0] is checkpoint:  # the context caches until the file changes
-                return cached[1]
+
+        def build(checkpoint: Any) -> PoolingNet:
             try:
-                net = net_from_checkpoint(checkpoint, self.ctx.device).eval()
+                return net_from_checkpoint(checkpoint, self.ctx.device).eval()
             except (KeyError, ValueError, TypeError, RuntimeError) as exc:
                 raise UserError(f"Checkpoint `{name}` is not an S3Pool-plugin network "
                                 f"({type(exc).__name__}: {str(exc).splitlines()[0]}). "
                                 + how_to_train(name).split("\n", 1)[1].strip()) from None
-            self._nets[name] = (checkpoint, net)
-            return net
+
+        return self._nets.get(name, build=build)
 
     @staticmethod
     def labels(net: PoolingNet) -> list[str]:

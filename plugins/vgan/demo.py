@@ -5,14 +5,13 @@ where an image's energy falls among the energies of real and generated images.
 The handlers (:meth:`VganDemo.samples`, :meth:`VganDemo.interpolate`, :meth:`VganDemo.transitions`,
 :meth:`VganDemo.energy`, :meth:`VganDemo.analyse`) are plain functions returning dicts (images as
 H×W×3 uint8 arrays), so tests and scripts use them directly; :func:`build_demo` wraps them for Gradio.
-Checkpoints are loaded inside the handlers (``ctx.load_checkpoint``), never at start-up, and the
-rebuilt networks are cached until the checkpoint file changes.
+Checkpoints are loaded inside the handlers, never at start-up, and the rebuilt networks are kept (a
+``ModelCache``) until the checkpoint file changes.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.api import UserError, image_to_tensor, lenient_upload, load_rgb_image
+from app.api import ModelCache, UserError, image_to_tensor, lenient_upload, load_rgb_image
 from plugins.vgan.model import EnergyNet, GanConfig, Generator, models_from_checkpoint
 from plugins.vgan.recipes import energies, generate
 from plugins.vgan.visuals import image_grid, to_uint8
@@ -135,21 +134,15 @@ class VganDemo:
 
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
-        self._models: dict[str, tuple[Any, Loaded]] = {}
-        self._lock = threading.Lock()
+        self._models: ModelCache[Loaded] = ModelCache(ctx, missing=how_to_train)
 
     # -- models ------------------------------------------------------------------------------
 
     def model(self, name: str) -> Loaded:
         """The networks of checkpoint ``name`` (vgan | gan | vcd), or a UserError saying how to train them."""
         name = check_model(name)
-        checkpoint = self.ctx.load_checkpoint(name)
-        if checkpoint is None:
-            raise UserError(how_to_train(name))
-        with self._lock:
-            cached = self._models.get(name)
-            if cached is not None and cached[0] is checkpoint:  # the context caches until the file changes
-                return cached[1]
+
+        def build(checkpoint: Any) -> Loaded:
             try:
                 cfg, energy_net, generator = models_from_checkpoint(checkpoint)
             except (KeyError, ValueError, TypeError, RuntimeError) as exc:
@@ -159,10 +152,10 @@ class VganDemo:
             if cfg.kind != name:
                 raise UserError(f"Checkpoint `{name}` holds a {cfg.kind} model, not a {name} model. {retrain(name)}")
             device = self.ctx.device
-            loaded = Loaded(name, cfg, energy_net.to(device).eval(), generator.to(device).eval(),
-                            dict(checkpoint.metadata))
-            self._models[name] = (checkpoint, loaded)
-            return loaded
+            return Loaded(name, cfg, energy_net.to(device).eval(), generator.to(device).eval(),
+                          dict(checkpoint.metadata))
+
+        return self._models.get(name, build=build)
 
     def checkpoints_markdown(self) -> str:
         """One line: which of the three models are available (shipped or promoted; cards only, no model
