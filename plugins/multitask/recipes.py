@@ -72,11 +72,19 @@ class TrainConfig:
     augment: bool = config_field(True, "random shifts (4 px) and horizontal flips")
     seed: int = config_field(0, "random seed (data order, initialisation)")
 
+    def __post_init__(self) -> None:  # a bad value is refused before a run is queued, not when it starts
+        parse_dataset_options(self.dataset_options)
+
 
 @dataclass
 class WideConfig(TrainConfig):
     widths: list[int] = config_field(list(WIDE_WIDTHS), "widths of the 7 hidden layers, bottom to top: 5 conv, "
                                      "then 2 fully connected", min=1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if len(self.widths) != len(WIDE_WIDTHS):
+            raise ConfigError(f"widths: give one per hidden layer ({len(WIDE_WIDTHS)}), got {self.widths}")
 
 
 @dataclass
@@ -93,6 +101,7 @@ class TreeRecipeConfig(TrainConfig):
     name: str = config_field("", "checkpoint name ('' = thin, thin-random or branched-l<λ>[-random])")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.name and not all(c.isalnum() or c in "-_." for c in self.name):
             raise ConfigError(f"name: letters, digits, '-', '_' and '.' only, got {self.name!r}")
 
@@ -128,15 +137,20 @@ def multilabel_tensors(dataset: Any, limit: int = 0) -> tuple[torch.Tensor, torc
     return images, targets
 
 
-def load_data(ctx: Any, config: TrainConfig, split: str, limit: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Images, targets and attribute names of ``split``; a UserError for a dataset that is not multi-label."""
+def parse_dataset_options(items: list[str]) -> dict[str, str]:
+    """``["key=value", ...]`` as a dict; a ConfigError naming an item that is not key=value."""
     options = {}
-    for item in config.dataset_options:
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"dataset_options: expected key=value, got {item!r}")
         options[key.strip()] = value.strip()
-    dataset = ctx.dataset(config.dataset, split, **options)
+    return options
+
+
+def load_data(ctx: Any, config: TrainConfig, split: str, limit: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Images, targets and attribute names of ``split``; a UserError for a dataset that is not multi-label."""
+    dataset = ctx.dataset(config.dataset, split, **parse_dataset_options(config.dataset_options))
     images, targets = multilabel_tensors(dataset, limit)
     labels = list(getattr(dataset, "labels", [])) or [f"attribute {i}" for i in range(targets.shape[1])]
     if len(labels) != targets.shape[1]:
@@ -178,8 +192,6 @@ def replay(net: BranchedNet, decisions: list[dict[str, Any]]) -> BranchedNet:
 
 def _initial_net(config: TrainConfig, ctx: Any, tasks: list[str], input_size: int, channels: int) -> BranchedNet:
     if isinstance(config, WideConfig):
-        if len(config.widths) != len(WIDE_WIDTHS):
-            raise ConfigError(f"widths: give one per hidden layer ({len(WIDE_WIDTHS)}), got {config.widths}")
         try:
             return BranchedNet(TreeConfig.wide(tasks, widths=config.widths, input_size=input_size, channels=channels))
         except ValueError as exc:
@@ -245,7 +257,8 @@ def _train(config: TrainConfig, ctx: Any, name: str, lam: float, unit_cost: floa
     loop.resume(modules={"net": net}, optimizers=[optimizer])
     tracker = AffinityTracker(len(tasks))
     if saved and saved.get("tracker"):
-        tracker.load_state({k: torch.tensor(v) for k, v in saved["tracker"].items()})
+        # float64 as saved: float32 would round the margin sums, and with them the next hard/easy calls
+        tracker.load_state({k: torch.tensor(v, dtype=torch.float64) for k, v in saved["tracker"].items()})
     images, targets = images.to(loop.device), targets.to(loop.device)
     steps = config.epochs * TrainLoop.num_batches(len(images), config.batch_size)
     widening = lam > 0
@@ -268,7 +281,9 @@ def _train(config: TrainConfig, ctx: Any, name: str, lam: float, unit_cost: floa
             decision = decide(net.config, tracker.affinity(), lam, unit_cost=unit_cost)
             growth.decisions.append(decision.to_dict())
             best = decision.candidates[decision.chosen]
-            ctx.log_metrics(loop.step, widen_layer=decision.layer, widen_groups=decision.d, widen_cost=best.total)
+            # on the epoch axis of the other metrics: at the global step, beyond the last epoch, it made the
+            # worker log the final metrics a second time there
+            ctx.log_metrics(loop.epoch, widen_layer=decision.layer, widen_groups=decision.d, widen_cost=best.total)
             if decision.d > 1:
                 net = widen(net, decision)
                 optimizer = _optimizer(net, config)
@@ -313,7 +328,7 @@ def tree_from_card(metadata: dict[str, Any]) -> TreeConfig:
 
 
 __all__ = ["RECIPES", "TrainConfig", "TreeRecipeConfig", "WideConfig", "attribute_accuracy", "checkpoint_name",
-           "learning_rate", "load_data", "multilabel_tensors", "predict_logits", "replay",
+           "learning_rate", "load_data", "multilabel_tensors", "parse_dataset_options", "predict_logits", "replay",
            "train_tree", "train_wide", "tree_from_card"]
 
 RECIPES = [
