@@ -23,6 +23,7 @@ from plugins.datasets.real import (
     load_image_folder,
     load_mnist,
     load_svhn,
+    read_attributes_csv,
 )
 from trainer.datasets import save_preview_grid
 
@@ -109,6 +110,34 @@ def test_attribute_folder_errors(tmp_path):
         load_attribute_folder(images, tmp_path / "absent.csv")
 
 
+@pytest.mark.parametrize(("text", "expected"), [
+    ("filename,smiling,hat\na.png,1\n", ["line 2", "2 columns of 3", "missing 'hat'"]),
+    ("filename,smiling,hat,bag\na.png,1,0,1\nb.png,1\n", ["line 3", "missing 'hat', 'bag'"]),
+    ("filename,smiling,hat\na.png,1,0,1\n", ["line 2", "4 columns", "1 more", "last column 'hat'"]),
+    ("filename,smiling,hat\na.png,1,0\nb.png,1,yes\n", ["line 3", "column 'hat'", "'yes'", "0/1 or -1/1"]),
+    ("filename,smiling,hat\n\na.png,0.5,0\n", ["line 3", "column 'smiling'", "'0.5'"]),  # the blank line counts
+    ("filename,smiling,hat\na.png,,1\n", ["line 2", "column 'smiling'", "got ''"]),
+    ("filename,smiling,,hat\na.png,1,0,1\n", ["line 1", "column(s) 3 of the header have no name"]),
+    ("filename,hat,smiling,hat\na.png,1,0,1\n", ["line 1", "names 'hat' more than once"]),
+], ids=["too-few", "two-missing", "too-many", "not-binary", "after-a-blank-line", "empty-value", "unnamed-column",
+        "repeated-column"])
+def test_attributes_csv_errors_name_the_line_and_the_column(tmp_path, text, expected):
+    csv_path = tmp_path / "attrs.csv"
+    csv_path.write_text(text)
+    with pytest.raises(ValueError) as raised:
+        read_attributes_csv(csv_path)
+    message = str(raised.value)
+    assert message.startswith(f"{csv_path} line ")
+    for part in expected:
+        assert part in message
+
+
+def test_attributes_csv_skips_blank_lines(tmp_path):
+    csv_path = tmp_path / "attrs.csv"
+    csv_path.write_text("filename, smiling ,hat\n\na.png,1,-1\n  ,  \n\nb.png,false,true\n\n")
+    assert read_attributes_csv(csv_path) == (["smiling", "hat"], [("a.png", [1.0, 0.0]), ("b.png", [0.0, 1.0])])
+
+
 def test_user_folders_through_the_plugin(tmp_path):
     for i in range(10):
         _png(tmp_path / "folder" / "x" / f"{i}.png", (0, 0, 0))
@@ -123,6 +152,9 @@ def test_user_folders_through_the_plugin(tmp_path):
         registry.load_dataset("imagefolder", "train", tmp_path)
     with pytest.raises(UserError, match="does not exist"):
         registry.load_dataset("imagefolder", "train", tmp_path, path=str(tmp_path / "missing"))
+    csv_path.write_text("filename,smiling,hat\np0.png,1,maybe\n")  # the UI shows the line and the column
+    with pytest.raises(UserError, match=r"^attributes-csv: .* line 2, column 'hat': .* got 'maybe'$"):
+        registry.load_dataset("attributes-csv", "train", tmp_path, path=str(images), csv=str(csv_path))
     save_preview_grid(folder, tmp_path / "grid.png", n=4)
     assert (tmp_path / "grid.png").stat().st_size > 0
 

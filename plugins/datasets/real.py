@@ -193,26 +193,53 @@ def _binary(value: str, where: str) -> float:
     raise ValueError(f"{where}: attribute values must be 0/1 or -1/1, got {value!r}")
 
 
+def _check_header(csv_path: Path, header: list[str] | None) -> list[str]:
+    """The attribute names of a ``filename,attr1,attr2,...`` header; a ValueError naming what is wrong."""
+    if not header or header[0].strip().lower() not in ("filename", "file", "image", "path"):
+        raise ValueError(f"{csv_path}: the first column must be 'filename' (header: filename,attr1,attr2,...)")
+    names = [h.strip() for h in header[1:]]
+    if not names:
+        raise ValueError(f"{csv_path}: no attribute columns after 'filename'")
+    empty = [str(i) for i, name in enumerate(names, start=2) if not name]
+    if empty:
+        raise ValueError(f"{csv_path} line 1: column(s) {', '.join(empty)} of the header have no name")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{csv_path} line 1: the header names {', '.join(map(repr, repeated))} more than once")
+    return names
+
+
+def _row_length_error(where: str, row: list[str], header: list[str]) -> ValueError:
+    if len(row) < len(header):
+        missing = ", ".join(repr(h.strip()) for h in header[len(row):])
+        return ValueError(f"{where}: {len(row)} columns of {len(header)}, missing {missing}")
+    return ValueError(f"{where}: {len(row)} columns, {len(row) - len(header)} more than the header's {len(header)} "
+                      f"(after its last column {header[-1].strip()!r})")
+
+
 def read_attributes_csv(csv_path: Path | str) -> tuple[list[str], list[tuple[str, list[float]]]]:
-    """Parse ``filename,attr1,attr2,...`` rows into (attribute names, [(filename, 0/1 values)])."""
+    """Parse ``filename,attr1,attr2,...`` rows into (attribute names, [(filename, 0/1 values)]).
+
+    Blank lines are skipped. A bad header (no ``filename`` first, an empty or repeated name), a row with
+    too few or too many columns and a value that is not 0/1 or -1/1 raise a ValueError naming the line,
+    and the columns by their header names.
+    """
     csv_path = Path(csv_path).expanduser()
     if not csv_path.is_file():
         raise DatasetFilesMissing(f"attributes CSV {csv_path} does not exist")
     with csv_path.open(newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
-        if not header or header[0].strip().lower() not in ("filename", "file", "image", "path"):
-            raise ValueError(f"{csv_path}: the first column must be 'filename' (header: filename,attr1,attr2,...)")
-        names = [h.strip() for h in header[1:]]
-        if not names:
-            raise ValueError(f"{csv_path}: no attribute columns after 'filename'")
+        names = _check_header(csv_path, header)
         rows = []
-        for line_no, row in enumerate(reader, start=2):
+        for row in reader:
             if not row or not "".join(row).strip():
                 continue
+            where = f"{csv_path} line {reader.line_num}"
             if len(row) != len(header):
-                raise ValueError(f"{csv_path} line {line_no}: {len(row)} columns, expected {len(header)}")
-            rows.append((row[0].strip(), [_binary(v, f"{csv_path} line {line_no}") for v in row[1:]]))
+                raise _row_length_error(where, row, header)
+            values = [_binary(v, f"{where}, column {name!r}") for name, v in zip(names, row[1:], strict=True)]
+            rows.append((row[0].strip(), values))
     return names, rows
 
 
