@@ -148,7 +148,7 @@ def test_split_streams_are_the_ones_the_generators_always_used(module, salt, mon
 
 
 @pytest.mark.parametrize(("load", "name", "version"), [(shapes.load_shapes, "shapes", 4),
-                                                       (persons.load_persons, "persons", 3)])
+                                                       (persons.load_persons, "persons", 4)])
 def test_cache_keys_are_unchanged(tmp_path, load, name, version):
     data = load("val", tmp_path, size=16, num_train=2, num_val=5, num_test=3, seed=1)
     assert len(data) == 5

@@ -42,7 +42,7 @@ from plugins.datasets.raster import (
 HEAD_ATTRIBUTES = ["hat", "glasses", "beard", "smiling", "long_hair", "blond_hair", "earrings"]
 BODY_ATTRIBUTES = ["long_sleeves", "striped_shirt", "red_shirt", "skirt", "bag", "dark_shoes", "belt"]
 PERSON_ATTRIBUTES = HEAD_ATTRIBUTES + BODY_ATTRIBUTES
-GENERATOR_VERSION = 3  # bump when the images change, so old caches are not reused
+GENERATOR_VERSION = 4  # bump when the images change, so old caches are not reused
 SEED_SALT = 7  # part of every persons split seed stream (changing it changes every image)
 CHUNK = 500
 
@@ -56,10 +56,10 @@ ATTRIBUTE_PROBABILITY = {
 
 # Region nuisances and the weight of each one's term (in [0, 1]) in the region's difficulty.
 HEAD_WEIGHTS = {
-    "occlusion": 0.30,  # fraction of the face disc covered by an object in front of it (×1.5, capped)
+    "occlusion": 0.35,  # fraction of the face disc covered by an object in front of it (×1.5, capped)
     "turn": 0.20,       # head turned towards a profile: |yaw| / MAX_TURN
-    "frame": 0.25,      # fraction of the head above the top of the image / MAX_HEAD_OUT
-    "blur": 0.25,       # blur sigma of the head region / MAX_REGION_BLUR
+    "frame": 0.15,      # fraction of the head (chin to hat top) above the top of the image / MAX_HEAD_OUT
+    "blur": 0.30,       # blur sigma of the head region / MAX_REGION_BLUR
 }
 BODY_WEIGHTS = {
     "occlusion": 0.30,  # fraction of the body silhouette hidden by a foreground object (×1.5, capped)
@@ -67,15 +67,16 @@ BODY_WEIGHTS = {
     "contrast": 0.25,   # how far the clothes' colours are faded towards the background / MAX_FADE
     "blur": 0.20,       # blur sigma of the body region / MAX_REGION_BLUR
 }
-NUISANCE_ONSET = 0.45  # a nuisance's strength t (level + noise) acts only above this
+NUISANCE_ONSET = 0.6  # a nuisance's strength t (level + noise) acts only above this
 MAX_TURN = 1.2  # radians of yaw
-MAX_HEAD_OUT = 0.5  # of the head's height (chin to crown)
-MAX_CROP = 0.6  # of the legs' length (hips to soles)
-MAX_FADE = 0.65
-MAX_REGION_BLUR = 1.6  # pixels at 64×64 (scaled with size)
+MAX_HEAD_OUT = 0.35  # of the head's height (chin to the top of a hat)
+MAX_CROP = 0.55  # of the legs' length (hips to soles)
+MAX_FADE = 0.8
+MAX_REGION_BLUR = 2.4  # pixels at 64×64 (scaled with size)
 MAX_UNIT = 1.4  # the largest figure scale (a head out of the frame and a crop at once zoom in)
 # Person-local geometry (origin at the hips, y up, unit = figure scale).
 HEAD_Y, HEAD_R = 0.78, 0.2  # head centre and radius
+FACE_Y, FACE_OCC_TOP = 0.76, 0.9  # the face occluder's centre is drawn around FACE_Y; it stays below the hat
 CROWN, CHIN, SOLES, HAT_TOP = 1.0, 0.58, 0.965, 1.1  # heights of the hair top, chin, soles (below), hat top
 HEAD_REGION_Y = 0.5  # head nuisances act only above this height, body nuisances only below it
 HEAD_BLUR_RADIUS = 0.36  # the head blur fades out at this distance from the head (inside its window)
@@ -128,16 +129,16 @@ def sample_params(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     unit = rng.uniform(0.72, 0.92, n)
     low, high = -0.99 + SOLES * unit, 0.99 - HAT_TOP * unit  # the whole figure (with a hat) in the frame
     cy = low + (high - low) * rng.random(n)
-    # Head partly above the frame (a fraction of chin-to-crown), legs partly below it; both → zoom in.
+    # Head partly above the frame (a fraction of chin to hat top), legs partly below it; both → zoom in.
     head_out = MAX_HEAD_OUT * head["frame"]
     crop = MAX_CROP * body["crop"]
     both = (head_out > 0) & (crop > 0)
-    overflow = (CROWN - CHIN) * head_out + SOLES * crop
-    most = CROWN + SOLES - 2 / MAX_UNIT
+    overflow = (HAT_TOP - CHIN) * head_out + SOLES * crop
+    most = HAT_TOP + SOLES - 2 / MAX_UNIT
     shrink = np.where(both & (overflow > most), most / np.maximum(overflow, 1e-9), 1.0)
     head_out, crop = head_out * shrink, crop * shrink
-    unit = np.where(both, 2 / (CROWN + SOLES - (CROWN - CHIN) * head_out - SOLES * crop), unit)
-    cy = np.where(head_out > 0, 1 - unit * (CROWN - (CROWN - CHIN) * head_out), cy)
+    unit = np.where(both, 2 / (HAT_TOP + SOLES - (HAT_TOP - CHIN) * head_out - SOLES * crop), unit)
+    cy = np.where(head_out > 0, 1 - unit * (HAT_TOP - (HAT_TOP - CHIN) * head_out), cy)
     cy = np.where(crop > 0, -1 + unit * SOLES * (1 - crop), cy)  # (both: the same cy as the line above)
     p["unit"], p["cy"], p["head_out"], p["crop"] = unit, cy, head_out, crop
     p["cx"] = rng.uniform(-1, 1, n) * np.maximum(0.95 - 0.45 * unit, 0)
@@ -146,6 +147,8 @@ def sample_params(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     p["leg_spread"] = rng.uniform(0.0, 0.12, n)
     # Colours.
     p["skin"] = _pick(rng, _SKIN, n)
+    light_skin = p["skin"] @ np.array([0.3, 0.59, 0.11]) > 0.45
+    p["beard"] = np.where(light_skin[:, None], 0.08, 0.8) * np.ones((n, 3))  # dark on light skin, grey on dark
     blond = attrs[:, PERSON_ATTRIBUTES.index("blond_hair")]
     p["hair"] = np.where(blond[:, None], _pick(rng, _BLOND, n), _pick(rng, _DARK_HAIR, n))
     red = attrs[:, PERSON_ATTRIBUTES.index("red_shirt")]
@@ -166,24 +169,26 @@ def sample_params(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     p["tex_freq"] = rng.uniform(3, 9, n)
     p["n_clutter"] = rng.integers(0, 4, n)
     p["clutter_xy"] = rng.uniform(-1, 1, (n, 3, 2))
-    p["clutter_size"] = rng.uniform(0.06, 0.2, (n, 3, 2))
+    p["clutter_size"] = rng.uniform(0.05, 0.15, (n, 3, 2))
     p["clutter_color"] = rng.random((n, 3, 3))
     p["hat"] = _contrasting(rng, [p["hair"], p["bg_color"]], n)
     p["blur"] = rng.uniform(0, 0.5, n)
     p["noise"] = rng.uniform(0, 0.04, n)
     p["noise_seed"] = rng.integers(0, 2**31, n)
     # Head nuisances: an object in front of the face, yaw, (out of frame: placement above), blur.
-    p["face_occ_size"] = np.where(head["occlusion"] > 0, 0.06 + 0.1 * head["occlusion"], 0.0)
-    angle, dist = rng.uniform(0, 2 * np.pi, n), rng.uniform(0, 0.18, n)
-    p["face_occ_xy"] = np.stack([dist * np.cos(angle), HEAD_Y + dist * np.sin(angle)], 1)
+    # Occluder size, blur and fading grow with the square of the strength: most nuisances are mild, and
+    # the strongest (high levels) wipe their region out, so that every task of the region fails at once.
+    p["face_occ_size"] = np.where(head["occlusion"] > 0, 0.06 + 0.16 * head["occlusion"], 0.0)
+    angle, dist = rng.uniform(0, 2 * np.pi, n), rng.uniform(0, 0.12, n) * (1 - head["occlusion"])
+    p["face_occ_xy"] = np.stack([dist * np.cos(angle), FACE_Y + dist * np.sin(angle)], 1)
     p["face_occ_aspect"] = rng.uniform(0.6, 1.3, n)
     p["face_occ_color"] = rng.random((n, 3))
     p["turn"] = MAX_TURN * head["turn"] * rng.choice([-1.0, 1.0], n)
     p["head_blur"] = MAX_REGION_BLUR * head["blur"]
     # Body nuisances: a foreground object, (crop: placement above), faded clothes, blur.
-    p["body_occ_size"] = np.where(body["occlusion"] > 0, 0.1 + 0.28 * body["occlusion"], 0.0)
-    p["body_occ_xy"] = np.stack([rng.uniform(-0.25, 0.25, n), rng.uniform(-0.7, 0.2, n)], 1)
-    p["body_occ_aspect"] = rng.uniform(0.5, 1.8, n)
+    p["body_occ_size"] = np.where(body["occlusion"] > 0, 0.14 + 0.3 * body["occlusion"], 0.0)
+    p["body_occ_xy"] = np.stack([rng.uniform(-0.2, 0.2, n), rng.uniform(-0.6, 0.1, n)], 1)
+    p["body_occ_aspect"] = rng.uniform(0.7, 1.5, n)
     p["body_occ_color"] = rng.random((n, 3))
     p["fade"] = MAX_FADE * body["contrast"]
     p["body_blur"] = MAX_REGION_BLUR * body["blur"]
@@ -244,7 +249,7 @@ def _draw_head(p, canvas, size, idx, side_px):
     head = _circle(x, y, 0.0, HEAD_Y, HEAD_R)
     face = alpha(head)
     paint(target, face, q["skin"])
-    draw(np.maximum(head, y - 0.71), q["hair"] * 0.6, attr["beard"])
+    draw(np.maximum(head, y - 0.72), q["beard"], attr["beard"])
     draw(np.maximum(_circle(x, y, 0.0, HEAD_Y, HEAD_R + 0.015), 0.85 - y), q["hair"])
     # A turned head (yaw θ): a feature at azimuth φ on the head sphere shows at x = R·sin(φ + θ), narrowed
     # by cos(φ + θ) and hidden when that is negative; the back of the head (|φ| > 1.3) shows hair.
@@ -258,28 +263,31 @@ def _draw_head(p, canvas, size, idx, side_px):
 
     mouth_color = np.zeros((n, 3), np.float32) + np.array([0.45, 0.03, 0.05], np.float32)
     teeth = np.zeros((n, 3), np.float32) + 0.97
+    lens_color = np.zeros((n, 3), np.float32) + np.array([0.05, 0.05, 0.12], np.float32)
     for side in (-1, 1):
         fx, fw, facing = feature(side * np.arcsin(0.075 / HEAD_R))
         ex = (x - _col(fx)) / _col(fw)
         draw(_circle(ex, y, 0.0, 0.80, 0.028), dark, facing > 0.1)
-        draw(np.abs(_circle(ex, y, 0.0, 0.80, 0.055)) - 0.018, dark, attr["glasses"] & (facing > 0.1))
+        lens = _circle(ex, y, 0.0, 0.80, 0.062)  # dark sunglasses: filled lenses, much larger than the eyes
+        draw(lens, lens_color, attr["glasses"] & (facing > 0.1))
         ear_x, _, ear_facing = feature(side * np.pi / 2)
-        draw(_circle(x, y, _col(1.03 * ear_x), 0.665, 0.045), np.zeros((n, 3), np.float32)
-             + np.array([0.95, 0.8, 0.1], np.float32), attr["earrings"] & (ear_facing > -0.35))
+        draw(_circle(x, y, _col(1.05 * ear_x), 0.64, 0.06), np.zeros((n, 3), np.float32)
+             + np.array([1.0, 0.85, 0.05], np.float32), attr["earrings"] & (ear_facing > -0.35))
     fx, fw, _ = feature(0.0)
     mx = (x - _col(fx)) / _col(fw)
-    draw(sd_box(mx, y - 0.80, 0.03, 0.014), dark, attr["glasses"])
-    smile = np.maximum(_circle(mx, y, 0.0, 0.70, 0.095), y - 0.70)  # an open "D" mouth ...
+    draw(sd_box(mx, y - 0.80, 0.04, 0.022), lens_color, attr["glasses"])
+    smile = np.maximum(_circle(mx, y, 0.0, 0.71, 0.11), y - 0.71)  # an open "D" mouth ...
     draw(smile, mouth_color, attr["smiling"])
-    draw(np.maximum(smile, 0.665 - y), teeth, attr["smiling"])  # ... showing the teeth
+    draw(np.maximum(smile, 0.67 - y), teeth, attr["smiling"])  # ... showing the teeth
     draw(sd_box(mx, y - 0.665, 0.055, 0.014), mouth_color, ~attr["smiling"])  # closed and straight
-    draw(sd_box(x, y - 1.02, 0.16, 0.08), q["hat"], attr["hat"])
-    draw(sd_box(x, y - 0.935, 0.27, 0.025), q["hat"] * 0.75, attr["hat"])
-    # An object in front of the face (a rounded box), kept inside the head region.
+    # A hat: a dome with a wide, thick black brim (no other part of the scene has this outline).
+    draw(np.maximum(_circle(x, y, 0.0, 0.93, 0.17), 0.93 - y), q["hat"], attr["hat"])
+    draw(sd_box(x, y - 0.935, 0.29, 0.045), dark + 0.05, attr["hat"])
+    # An object in front of the face (an ellipse), kept between the chin and the hat's brim.
     ox, oy = q["face_occ_xy"][:, 0], q["face_occ_xy"][:, 1]
-    size_x, size_y = q["face_occ_size"], q["face_occ_size"] * q["face_occ_aspect"]
-    occ = sd_box(x - _col(ox), y - _col(oy), _col(size_x), _col(size_y)) - 0.02
-    occ = np.maximum(occ, np.maximum(np.abs(x) - 0.3, np.maximum(0.58 - y, y - 1.12)))
+    size_x, size_y = _col(np.maximum(q["face_occ_size"], 1e-3)), _col(q["face_occ_size"] * q["face_occ_aspect"])
+    occ = (np.hypot((x - _col(ox)) / size_x, (y - _col(oy)) / np.maximum(size_y, 1e-3)) - 1) * np.minimum(size_x, size_y)
+    occ = np.maximum(occ, np.maximum(np.abs(x) - 0.3, np.maximum(0.58 - y, y - FACE_OCC_TOP)))
     occ_alpha = alpha(occ, q["face_occ_size"] > 0)
     paint(target, occ_alpha, q["face_occ_color"])
     # Head blur, in the window: a disc around the head fading out before the window's edge, never
@@ -326,7 +334,8 @@ def render(p: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
     for k in range(p["clutter_xy"].shape[1]):
         cx, cy = p["clutter_xy"][:, k, 0][:, None, None], p["clutter_xy"][:, k, 1][:, None, None]
         hw, hh = p["clutter_size"][:, k, 0][:, None, None], p["clutter_size"][:, k, 1][:, None, None]
-        a = coverage(sd_box(gx - cx, gy - cy, hw, hh), half_px) * (k < p["n_clutter"])[:, None, None]
+        blob = (np.hypot((gx - cx) / hw, (gy - cy) / hh) - 1) * np.minimum(hw, hh)  # an ellipse
+        a = coverage(blob, half_px) * (k < p["n_clutter"])[:, None, None]
         paint(canvas, a, p["clutter_color"][:, k])
 
     # Person-local coordinates: origin at the hips, y up, unit = the figure's scale.
@@ -348,7 +357,7 @@ def render(p: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
         leg = _capsule(x, y, side * 0.09 * ones, -0.05 * ones, foot_x, -0.86 * ones, 0.08)
         silhouette = np.minimum(silhouette, leg)
         draw(canvas, leg, legs_color)
-        draw(canvas, sd_box(x - foot_x[:, None, None] - side * 0.03, y + 0.92, 0.085, 0.045), shoes)
+        draw(canvas, sd_box(x - foot_x[:, None, None] - side * 0.04, y + 0.91, 0.1, 0.06), shoes)
     # Arms: the sleeve covers the upper arm's upper half (short) or the whole arm down to the wrist (long).
     for side, k in ((-1, 0), (1, 1)):
         sx, sy = side * 0.2 * ones, 0.48 * ones
@@ -361,6 +370,9 @@ def render(p: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
         silhouette = np.minimum(silhouette, upper)
         draw(canvas, upper, np.where(long_sleeve, shirt, p["skin"]))
         draw(canvas, _capsule(x, y, ex, ey, hx, hy, 0.07), np.where(long_sleeve, shirt, p["skin"]))
+        cuff_x, cuff_y = ex + 0.75 * (hx - ex), ey + 0.75 * (hy - ey)  # long sleeves end in a dark cuff
+        draw(canvas, _capsule(x, y, cuff_x, cuff_y, ex + 0.92 * (hx - ex), ey + 0.92 * (hy - ey), 0.075),
+             cloth(np.zeros((n, 3), np.float32) + 0.08), attr["long_sleeves"])
         draw(canvas, _circle(x, y, hx[:, None, None], hy[:, None, None], 0.07), p["skin"])
         draw(canvas, _capsule(x, y, sx, sy, mx, my, 0.085), shirt)
     # Torso, stripes, skirt, belt, bag.
@@ -370,15 +382,17 @@ def render(p: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
         waves = np.sin(2 * np.pi * (y - 0.25) / 0.11 + p["stripe_phase"][i, None, None])
         return np.maximum(torso[i], (np.abs(waves) - 0.45) * 0.03)
 
-    skirt = np.array([[-0.21, -0.0], [0.21, -0.0], [0.33, -0.5], [-0.33, -0.5]], np.float32)
+    skirt = np.array([[-0.21, -0.0], [0.21, -0.0], [0.42, -0.5], [-0.42, -0.5]], np.float32)
     paint(canvas, alpha_some(attr["striped_shirt"], striped), cloth(p["stripe"]))
     paint(canvas, alpha_some(attr["skirt"], lambda x, y, i: sd_polygon(x, y, skirt)), lower)
-    paint(canvas, alpha_some(attr["belt"], lambda x, y, i: sd_box(x, y + 0.0, 0.21, 0.035)), cloth(p["belt"]))
+    paint(canvas, alpha_some(attr["belt"], lambda x, y, i: sd_box(x, y + 0.0, 0.21, 0.06)), cloth(p["belt"]))
+    paint(canvas, alpha_some(attr["belt"], lambda x, y, i: sd_box(x, y + 0.0, 0.06, 0.05)),
+          cloth(np.zeros((n, 3), np.float32) + np.array([1.0, 0.85, 0.05], np.float32)))  # a gold buckle
     def strap(x, y, i):
-        return _capsule(x, y, -0.17 * ones[i], 0.45 * ones[i], 0.27 * ones[i], 0.0 * ones[i], 0.022)
+        return _capsule(x, y, -0.17 * ones[i], 0.45 * ones[i], 0.28 * ones[i], 0.0 * ones[i], 0.03)
 
-    paint(canvas, alpha_some(attr["bag"], strap), cloth(p["bag"] * 0.7))
-    paint(canvas, alpha_some(attr["bag"], lambda x, y, i: sd_box(x - 0.3, y + 0.06, 0.11, 0.09)), cloth(p["bag"]))
+    paint(canvas, alpha_some(attr["bag"], strap), cloth(p["bag"] * 0.5))
+    paint(canvas, alpha_some(attr["bag"], lambda x, y, i: sd_box(x - 0.33, y + 0.07, 0.15, 0.13)), cloth(p["bag"]))
 
     # A foreground object hiding part of the body (a rounded box), kept below the head region.
     def body_occluder(x, y, i):

@@ -277,6 +277,8 @@ def _train(config: TrainConfig, ctx: Any, name: str, lam: float, unit_cost: floa
                 "tree": net.config.describe()}
 
     for epoch in loop.epochs():
+        if growth.finished:
+            tracker.reset()  # the card's affinity: this epoch's, of the network as it now is
         if not growth.finished and epoch > 0 and epoch % widen_every == 0 and tracker.count:
             decision = decide(net.config, tracker.affinity(), lam, unit_cost=unit_cost)
             growth.decisions.append(decision.to_dict())
