@@ -24,8 +24,10 @@ state's card, so a crash between two widenings loses nothing.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -190,15 +192,19 @@ def replay(net: BranchedNet, decisions: list[dict[str, Any]]) -> BranchedNet:
     return net
 
 
-def _initial_net(config: TrainConfig, ctx: Any, tasks: list[str], input_size: int, channels: int) -> BranchedNet:
+def _initial_net(config: TrainConfig, ctx: Any, tasks: list[str], input_size: int, channels: int
+                 ) -> tuple[BranchedNet, dict[str, Any]]:
+    """The starting network and where it came from (``wide_sha256``: the wide checkpoint file's hash)."""
     if isinstance(config, WideConfig):
         try:
-            return BranchedNet(TreeConfig.wide(tasks, widths=config.widths, input_size=input_size, channels=channels))
+            return BranchedNet(TreeConfig.wide(tasks, widths=config.widths, input_size=input_size,
+                                               channels=channels)), {}
         except ValueError as exc:
             raise UserError(str(exc)) from None
     assert isinstance(config, TreeRecipeConfig)
     try:
-        wide = net_from_checkpoint(ctx.load_checkpoint(config.wide))
+        source = ctx.load_checkpoint(config.wide)
+        wide = net_from_checkpoint(source)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         raise UserError(f"wide: cannot load {config.wide!r}: {exc}".splitlines()[0]) from None
     c = wide.config
@@ -208,10 +214,11 @@ def _initial_net(config: TrainConfig, ctx: Any, tasks: list[str], input_size: in
     if any(len(g) > 1 for g in c.branches):
         raise UserError(f"wide: {config.wide!r} is already branched; start from a single-trunk wide network")
     widths = tuple(max(1, w // config.divisor) for w in c.widths)
+    origin = {"wide_sha256": hashlib.sha256(Path(source.path).read_bytes()).hexdigest()}
     if config.init == "somp":
         thin, _ = thin_from_wide(wide, widths)
-        return thin.train()
-    return BranchedNet(TreeConfig(**{**asdict(c), "widths": widths}))
+        return thin.train(), origin
+    return BranchedNet(TreeConfig(**{**asdict(c), "widths": widths})), origin
 
 
 # -- the training loop ---------------------------------------------------------------------------------------
@@ -251,7 +258,8 @@ def _train(config: TrainConfig, ctx: Any, name: str, lam: float, unit_cost: floa
         net = BranchedNet.from_config(saved["net"])
         growth = _Growth(list(saved.get("decisions", [])), bool(saved.get("finished", False)))
     else:
-        net = _initial_net(config, ctx, tasks, size, channels)
+        net, origin = _initial_net(config, ctx, tasks, size, channels)
+        saved = None
     net = net.to(loop.device).train()
     optimizer = _optimizer(net, config)
     loop.resume(modules={"net": net}, optimizers=[optimizer])
@@ -264,7 +272,7 @@ def _train(config: TrainConfig, ctx: Any, name: str, lam: float, unit_cost: floa
     widening = lam > 0
     if not widening:
         growth.finished = True
-    initial = {"params": count_params(net), "flops": count_flops(net)} if not saved else saved.get("initial", {})
+    initial = {"params": count_params(net), "flops": count_flops(net), **origin} if not saved else saved.get("initial", {})
     val_accuracy = torch.zeros(len(tasks))
 
     def card() -> dict[str, Any]:
