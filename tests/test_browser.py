@@ -182,3 +182,23 @@ def test_vgan_samples_toggle_and_example_click_show_images(page, tmp_path):
     assert "what the model sees: 32×32" in page.inner_text("#vgan-model-input")
     page.locator("#vgan-energy-plot canvas, #vgan-energy-plot svg").first.wait_for(timeout=30_000)
     _shots(tmp_path, page, "vgan-example")
+
+
+def test_multitask_example_click_shows_probabilities_by_branch_tree_and_heatmap(page, tmp_path):
+    assets = Path(os.environ.get("AVSTUDIO_ASSETS", ROOT / "assets"))
+    if not (assets / "multitask" / "wide.safetensors").exists():
+        pytest.skip("no shipped multitask checkpoints (assets/multitask/wide.safetensors is absent)")
+    page.get_by_role("tab", name="Multi-task widening").click()
+    # the tree, the heatmap and the table are drawn from the cards when the page loads
+    page.locator("#multitask-tree img").first.wait_for(timeout=60_000)
+    page.locator("#multitask-affinity img").first.wait_for(timeout=60_000)
+    assert "wide" in page.inner_text("#multitask-table")
+    # clicking an example is enough (no Run press): every attribute's probability, by branch
+    page.locator("#multitask-examples .gallery-item, #multitask-examples button").first.click()
+    page.locator("#multitask-probabilities >> text=%").first.wait_for(timeout=60_000)
+    probabilities = page.inner_text("#multitask-probabilities")
+    assert all(name in probabilities for name in ("hat", "glasses", "skirt", "belt"))
+    assert "what the network sees: 64×64" in page.inner_text("#multitask-model-input")
+    natural, drawn = _natural_and_drawn_width(page, "#multitask-tree img")
+    assert natural >= 600 and drawn >= 400, (natural, drawn)
+    _shots(tmp_path, page, "multitask-example")
