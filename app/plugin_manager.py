@@ -34,6 +34,7 @@ DEFAULT_PLUGINS = (
     "plugins.blockdrop",
     "plugins.s3pool",
     "plugins.vgan",
+    "plugins.multitask",
 )
 
 

@@ -248,7 +248,8 @@ def test_plugins_json_lists_failures_and_plugin_commands_work(env, tmp_path):
 
     everything = json.loads(avstudio("--plugins-dir", str(tmp_path), "plugins", "--all", env=env).stdout)
     builtins = {p["name"]: p["status"] for p in everything if p["source"] == "builtin"}
-    assert builtins == {"plugins.datasets": "ok", "plugins.blockdrop": "ok", "plugins.s3pool": "ok", "plugins.vgan": "ok"}
+    assert builtins == {"plugins.datasets": "ok", "plugins.blockdrop": "ok", "plugins.s3pool": "ok", "plugins.vgan": "ok",
+                        "plugins.multitask": "ok"}
 
     greet = avstudio("--plugins-dir", str(tmp_path), "greet", "world", env=env)
     assert greet.returncode == 0, greet.stderr

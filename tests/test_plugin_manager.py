@@ -52,8 +52,10 @@ def test_builtins_are_registered_through_the_hooks():
     assert registry.owner("blockdrop").name == "plugins.blockdrop"
     assert by_name["plugins.s3pool"].methods == ["s3pool"] and registry.owner("s3pool").name == "plugins.s3pool"
     assert by_name["plugins.vgan"].methods == ["vgan"] and registry.owner("vgan").name == "plugins.vgan"
+    assert by_name["plugins.multitask"].methods == ["multitask"]
+    assert registry.owner("multitask").name == "plugins.multitask"
     assert sorted(impl.plugin_name for impl in registry.pm.hook.register_methods.get_hookimpls()) == [
-        "plugins.blockdrop", "plugins.s3pool", "plugins.vgan"]
+        "plugins.blockdrop", "plugins.multitask", "plugins.s3pool", "plugins.vgan"]
 
 
 def test_plugins_dir_loads_single_file_plugins(tmp_path):

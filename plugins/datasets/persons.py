@@ -275,8 +275,9 @@ def _draw_head(p, canvas, size, idx, side_px):
              + np.array([1.0, 0.85, 0.05], np.float32), attr["earrings"] & (ear_facing > -0.35))
     fx, fw, _ = feature(0.0)
     mx = (x - _col(fx)) / _col(fw)
-    draw(sd_box(mx, y - 0.80, 0.04, 0.022), lens_color, attr["glasses"])
-    smile = np.maximum(_circle(mx, y, 0.0, 0.71, 0.11), y - 0.71)  # an open "D" mouth ...
+    # ... joined by a thick band across the face at eye height, from temple to temple
+    draw(sd_box(mx, y - 0.80, 0.15, 0.028), lens_color, attr["glasses"])
+    smile = np.maximum(_circle(mx, y, 0.0, 0.72, 0.125), y - 0.72)  # an open "D" mouth ...
     draw(smile, mouth_color, attr["smiling"])
     draw(np.maximum(smile, 0.67 - y), teeth, attr["smiling"])  # ... showing the teeth
     draw(sd_box(mx, y - 0.665, 0.055, 0.014), mouth_color, ~attr["smiling"])  # closed and straight

@@ -65,9 +65,9 @@ class TrainConfig:
     dataset: str = config_field("persons", "a registered multi-label dataset (persons, celeba, attributes-csv)")
     dataset_options: list[str] = config_field(
         [], "options of the dataset as key=value, e.g. path=IMAGES_DIR csv=FILE.csv for attributes-csv")
-    train_size: int = config_field(10000, "train on the first N training images (0 = the whole split)", min=0)
+    train_size: int = config_field(15000, "train on the first N training images (0 = the whole split)", min=0)
     val_size: int = config_field(1000, "measure val accuracy on the first N val images (0 = all)", min=0)
-    epochs: int = config_field(12, "epochs over the training images", min=1)
+    epochs: int = config_field(15, "epochs over the training images", min=1)
     batch_size: int = config_field(64, "batch size", min=2)
     lr: float = config_field(0.05, "peak SGD learning rate (warm-up, then cosine decay)", min=0)
     weight_decay: float = config_field(5e-4, "weight decay", min=0)
