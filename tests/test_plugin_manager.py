@@ -181,7 +181,7 @@ def test_an_unknown_method_mentions_the_plugins_that_failed(tmp_path):
     with pytest.raises(UserError) as info:
         registry.method("edges")
     message = str(info.value)
-    assert message.startswith("unknown method 'edges'; valid methods: blockdrop, s3pool")
+    assert message.startswith("unknown method 'edges'; valid methods: blockdrop, multitask, s3pool")
     assert "edges (ModuleNotFoundError: No module named 'this_module_does_not_exist')" in message
 
 
