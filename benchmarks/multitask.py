@@ -73,7 +73,7 @@ QUICK_DATA = ["num_train=1500", "num_val=300", "num_test=1000"]
 QUICK_WIDE = {"dataset": "persons", "dataset_options": QUICK_DATA, "train_size": 0, "val_size": 0, "epochs": 3,
               "batch_size": 32, "widths": [16, 32, 32, 32, 64, 64, 64], "seed": 0}
 QUICK_TREE = {"dataset": "persons", "dataset_options": QUICK_DATA, "train_size": 0, "val_size": 0, "epochs": 4,
-              "batch_size": 32, "seed": 0}
+              "batch_size": 32, "seed": 0, "widen_after": 1}
 QUICK_LAMS = (10.0, 100.0)  # when no branched model is shipped
 
 
@@ -477,7 +477,7 @@ def commands(wide_config: Mapping[str, Any], runs: Mapping[str, Mapping[str, Any
 def shipped_runs(assets: Path, lams: Sequence[float] | None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """What --train retrains: the shipped wide card's config (else the recipe's defaults), and the tree runs
     with the shipped thin card's budget (else the defaults): thin, thin-random, and one branched run per
-    ``lams``, or per shipped branched card with that card's own settings (λ, init, unit_cost, widen_every)."""
+    ``lams``, or per shipped branched card with that card's own settings (λ, init, unit_cost, widen_after, widen_every)."""
     wide, thin = assets / "wide.safetensors", assets / "thin.safetensors"
     wide_config = load_cards({"wide": wide})["wide"].get("config", {}) if wide.is_file() else {}
     tree_config = load_cards({"thin": thin})["thin"].get("config", {}) if thin.is_file() else {}
@@ -487,7 +487,7 @@ def shipped_runs(assets: Path, lams: Sequence[float] | None) -> tuple[dict[str, 
     branched = {p.stem: p for p in sorted(assets.glob("branched-l*.safetensors"), key=lambda p: _lam_of(p.stem))}
     for name, card in load_cards(branched).items():
         own = card.get("config", {})
-        runs[name] = {**runs["thin"], **{k: own[k] for k in ("init", "lam", "unit_cost", "widen_every", "name")
+        runs[name] = {**runs["thin"], **{k: own[k] for k in ("init", "lam", "unit_cost", "widen_after", "widen_every", "name")
                                          if k in own}}
     if len(runs) == 2:
         raise SystemExit(f"no branched-l*.safetensors in {assets} to take λ from: pass --lams")

@@ -27,7 +27,7 @@ TINY_DATA = ["num_train=256", "num_val=64", "num_test=128"]
 TINY_WIDE = {"dataset": "persons", "dataset_options": TINY_DATA, "train_size": 0, "val_size": 0, "epochs": 2,
              "batch_size": 32, "widths": [4, 8, 8, 8, 16, 16, 16], "seed": 0}
 TINY_TREE = {"dataset": "persons", "dataset_options": TINY_DATA, "train_size": 0, "val_size": 0, "epochs": 3,
-             "batch_size": 32, "divisor": 2, "seed": 0}
+             "batch_size": 32, "divisor": 2, "seed": 0, "widen_after": 1}
 LAMS = (50.0, 400.0)
 TINY_EVAL = {"latency_calls": 3, "latency_warmup": 1, "latency_rounds": 5}
 MODEL_FIGURES = {"mean_accuracy", "per_attribute_accuracy", "params", "flops", "latency_ms", "latency_ms_range"}

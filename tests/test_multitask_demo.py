@@ -46,7 +46,7 @@ DATA = {"dataset_options": ["num_train=96", "num_val=32", "num_test=16"],  # a t
         "train_size": 64, "val_size": 32, "batch_size": 32, "epochs": 2}
 WIDE = {**DATA, "widths": [4, 8, 8, 8, 16, 16, 16]}
 TREES = {"thin": {"lam": 0.0}, "thin-random": {"lam": 0.0, "init": "random"},
-         "branched-l5": {"lam": 5.0}, "branched-l50": {"lam": 50.0}}
+         "branched-l5": {"lam": 5.0, "widen_after": 1}, "branched-l50": {"lam": 50.0, "widen_after": 1}}
 PROMOTED = ("wide", "thin", "branched-l50")  # promoted from their runs; the others are shipped (copied to assets)
 BRANCHED = ["branched-l5", "branched-l50"]  # by λ
 
@@ -343,7 +343,7 @@ def test_the_lambda_selector_lists_exactly_the_branched_checkpoints_present(stud
     assert model["value"] == MultitaskDemo(ctx).default_model()
     # a branched model promoted after start-up appears when the selector is opened (its focus event)
     blocks, _ = _built(ctx)
-    extra = studio.train("multitask", "tree", {**DATA, "epochs": 2, "divisor": 2, "lam": 20.0,
+    extra = studio.train("multitask", "tree", {**DATA, "epochs": 2, "divisor": 2, "lam": 20.0, "widen_after": 1,
                                                 "wide": str(studio.runs["wide"].checkpoints["wide"])})
     studio.promote(extra.run_id, "branched-l20")
     try:

@@ -50,7 +50,7 @@ def wide(studio):
 
 
 def _tree_config(wide, **changes) -> dict:
-    return {**DATA, "epochs": EPOCHS, "divisor": 2, "wide": f"run:{wide.run_id}/wide", **changes}
+    return {**DATA, "epochs": EPOCHS, "divisor": 2, "wide": f"run:{wide.run_id}/wide", "widen_after": 1, **changes}
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +253,8 @@ def test_wide_then_tree_on_an_images_and_attributes_csv_folder(studio, tmp_path)
     card = _card(wide, "wide")
     assert card["tasks"] == ["red_square", "on_top", "blue_bar"] and card["train_size"] == train
     assert card["dataset"] == "attributes-csv" and card["net"]["input_size"] == 64
-    tree = studio.train("multitask", "tree", {**own, "wide": f"run:{wide.run_id}/wide", "lam": HUGE, "divisor": 2})
+    tree = studio.train("multitask", "tree", {**own, "wide": f"run:{wide.run_id}/wide", "lam": HUGE, "divisor": 2,
+                                             "widen_after": 1})
     assert tree.status == "succeeded", tree.error
     card = _card(tree, f"branched-l{HUGE:g}")
     assert list(card["net"]["widths"]) == THIN_WIDTHS and [d["layer"] for d in card["decisions"]] == [6, 5]

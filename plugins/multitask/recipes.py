@@ -3,9 +3,10 @@ networks grown from it, all trained by one loop with one schedule.
 
 - ``wide`` trains the wide single-trunk network from scratch (the paper's pretrained VGG-16); saves ``wide``.
 - ``tree`` trains a thin network, initialised from a wide checkpoint by SOMP (``init=somp``) or at random
-  (``init=random``). With ``lam > 0`` it is widened top-down during training: after every ``widen_every``
-  epochs the affinity tracked on the training batches since the last step decides the grouping at the
-  active layer (:func:`~plugins.multitask.widening.decide`); the layer is copied once per group and
+  (``init=random``). With ``lam > 0`` it is widened top-down during training: after ``widen_after`` epochs
+  of training (the affinity of a network that has not learnt its tasks yet is noise), and then after every
+  ``widen_every`` epochs, the affinity tracked on the training batches of the last ``widen_every`` epochs
+  decides the grouping at the active layer (:func:`~plugins.multitask.widening.decide`); the layer is copied once per group and
   training goes on, until a decision keeps one group or layer 0 has been split. The remaining epochs are
   the final training of the tree. ``lam = 0`` never branches: that is the thin baseline. Saves ``thin``,
   ``thin-random`` or ``branched-l<λ>`` (``-random`` appended for a random start) unless ``name`` says.
@@ -99,6 +100,8 @@ class TreeRecipeConfig(TrainConfig):
     lam: float = config_field(0.0, "λ, the weight of the separation cost (0 = never branch: the thin baseline; "
                               "larger = more branches)", min=0)
     unit_cost: float = config_field(1.0, "L_0, the cost of one extra branch at a layer with no pooling above", min=0)
+    widen_after: int = config_field(5, "epochs of training of the thin network before the first widening decision "
+                                    "(its affinity means little until its tasks are learnt)", min=1)
     widen_every: int = config_field(1, "epochs of training between two widening decisions", min=1)
     name: str = config_field("", "checkpoint name ('' = thin, thin-random or branched-l<λ>[-random])")
 
@@ -245,7 +248,8 @@ class _Growth:
     finished: bool = False
 
 
-def _train(config: TrainConfig, ctx: Any, name: str, lam: float, unit_cost: float, widen_every: int) -> dict:
+def _train(config: TrainConfig, ctx: Any, name: str, lam: float, unit_cost: float, widen_after: int = 1,
+           widen_every: int = 1) -> dict:
     images, targets, tasks = load_data(ctx, config, "train", config.train_size)
     val_images, val_targets, _ = load_data(ctx, config, "val", config.val_size)
     size, channels = images.shape[-1], images.shape[1]
@@ -284,10 +288,14 @@ def _train(config: TrainConfig, ctx: Any, name: str, lam: float, unit_cost: floa
                 "val_attribute_accuracy": dict(zip(tasks, [round(a, 4) for a in val_accuracy.tolist()], strict=True)),
                 "tree": net.config.describe()}
 
+    def decides_at(epoch: int) -> bool:
+        return epoch >= widen_after and (epoch - widen_after) % widen_every == 0
+
     for epoch in loop.epochs():
-        if growth.finished:
-            tracker.reset()  # the card's affinity: this epoch's, of the network as it now is
-        if not growth.finished and epoch > 0 and epoch % widen_every == 0 and tracker.count:
+        if growth.finished or (decides_at(epoch + widen_every) and not decides_at(epoch)):
+            # the card's affinity is this epoch's, and a decision sees only the last widen_every epochs
+            tracker.reset()
+        if not growth.finished and decides_at(epoch) and tracker.count:
             decision = decide(net.config, tracker.affinity(), lam, unit_cost=unit_cost)
             growth.decisions.append(decision.to_dict())
             best = decision.candidates[decision.chosen]
@@ -323,13 +331,13 @@ def _train(config: TrainConfig, ctx: Any, name: str, lam: float, unit_cost: floa
 
 def train_wide(config: WideConfig, ctx: Any) -> dict:
     """The wide single-trunk network from scratch; saves ``wide``."""
-    return _train(config, ctx, "wide", lam=0.0, unit_cost=1.0, widen_every=1)
+    return _train(config, ctx, "wide", lam=0.0, unit_cost=1.0)
 
 
 def train_tree(config: TreeRecipeConfig, ctx: Any) -> dict:
     """A thin network (SOMP or random start), widened top-down while λ > 0; saves :func:`checkpoint_name`."""
     return _train(config, ctx, checkpoint_name(config), lam=config.lam, unit_cost=config.unit_cost,
-                  widen_every=config.widen_every)
+                  widen_after=config.widen_after, widen_every=config.widen_every)
 
 
 def tree_from_card(metadata: dict[str, Any]) -> TreeConfig:
