@@ -54,7 +54,7 @@ from plugins.multitask.model import (
     net_from_checkpoint,
 )
 from plugins.multitask.somp import thin_from_wide
-from plugins.multitask.widening import WideningDecision, decide, widen
+from plugins.multitask.widening import SEPARATIONS, WideningDecision, decide, widen
 
 WARMUP = 0.03  # of the steps
 
@@ -100,6 +100,10 @@ class TreeRecipeConfig(TrainConfig):
     lam: float = config_field(0.0, "λ, the weight of the separation cost (0 = never branch: the thin baseline; "
                               "larger = more branches)", min=0)
     unit_cost: float = config_field(1.0, "L_0, the cost of one extra branch at a layer with no pooling above", min=0)
+    separation: str = config_field(
+        "size", "how L_s weights each group's (1 − within affinity): by its share of the branches (size), or "
+        "equally, 1/d (mean, the brief's form: it makes splitting off one outlier cheaper than any balanced "
+        "split)", choices=SEPARATIONS)
     widen_after: int = config_field(5, "epochs of training of the thin network before the first widening decision "
                                     "(its affinity means little until its tasks are learnt)", min=1)
     widen_every: int = config_field(1, "epochs of training between two widening decisions", min=1)
@@ -249,7 +253,7 @@ class _Growth:
 
 
 def _train(config: TrainConfig, ctx: Any, name: str, lam: float, unit_cost: float, widen_after: int = 1,
-           widen_every: int = 1) -> dict:
+           widen_every: int = 1, separation: str = "size") -> dict:
     images, targets, tasks = load_data(ctx, config, "train", config.train_size)
     val_images, val_targets, _ = load_data(ctx, config, "val", config.val_size)
     size, channels = images.shape[-1], images.shape[1]
@@ -296,7 +300,7 @@ def _train(config: TrainConfig, ctx: Any, name: str, lam: float, unit_cost: floa
             # the card's affinity is this epoch's, and a decision sees only the last widen_every epochs
             tracker.reset()
         if not growth.finished and decides_at(epoch) and tracker.count:
-            decision = decide(net.config, tracker.affinity(), lam, unit_cost=unit_cost)
+            decision = decide(net.config, tracker.affinity(), lam, unit_cost=unit_cost, separation=separation)
             growth.decisions.append(decision.to_dict())
             best = decision.candidates[decision.chosen]
             # on the epoch axis of the other metrics: at the global step, beyond the last epoch, it made the
@@ -337,7 +341,7 @@ def train_wide(config: WideConfig, ctx: Any) -> dict:
 def train_tree(config: TreeRecipeConfig, ctx: Any) -> dict:
     """A thin network (SOMP or random start), widened top-down while λ > 0; saves :func:`checkpoint_name`."""
     return _train(config, ctx, checkpoint_name(config), lam=config.lam, unit_cost=config.unit_cost,
-                  widen_after=config.widen_after, widen_every=config.widen_every)
+                  widen_after=config.widen_after, widen_every=config.widen_every, separation=config.separation)
 
 
 def tree_from_card(metadata: dict[str, Any]) -> TreeConfig:

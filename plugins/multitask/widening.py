@@ -78,6 +78,7 @@ class WideningDecision:
     candidates: list[Candidate]  # one per d = 1..n
     chosen: int  # index of the chosen candidate
     tasks: list[str] = field(default_factory=list)  # task names, for reading the record
+    separation: str = "mean"  # how L_s weights the groups (see separation_cost)
 
     @property
     def groups(self) -> list[list[int]]:
@@ -125,9 +126,21 @@ def within_affinity(affinity: Sequence[Sequence[float]], group: Sequence[int]) -
     return sum(min(affinity[k][j] for j in group if j != k) for k in group) / len(group)
 
 
-def separation_cost(affinity: Sequence[Sequence[float]], groups: Sequence[Sequence[int]]) -> float:
-    """L_s = (1/d) Σ_groups (1 − within-group affinity)."""
-    return sum(1.0 - within_affinity(affinity, g) for g in groups) / len(groups)
+SEPARATIONS = ("size", "mean")
+
+
+def _group_weight(group: Sequence[int], separation: str) -> float:
+    if separation not in SEPARATIONS:
+        raise ValueError(f"separation must be one of {', '.join(SEPARATIONS)}, got {separation!r}")
+    return float(len(group)) if separation == "size" else 1.0
+
+
+def separation_cost(affinity: Sequence[Sequence[float]], groups: Sequence[Sequence[int]],
+                    separation: str = "mean") -> float:
+    """L_s: ``mean`` = (1/d) Σ_groups (1 − within-group affinity), as the brief writes it; ``size`` =
+    (1/n) Σ_groups |group| · (1 − within), each group weighted by the share of the n branches it holds."""
+    total = sum(_group_weight(g, separation) * (1.0 - within_affinity(affinity, g)) for g in groups)
+    return total / (len(groups) if separation == "mean" else sum(len(g) for g in groups))
 
 
 # -- the search over groupings ---------------------------------------------------------------------------
@@ -151,17 +164,17 @@ def set_partitions(n: int) -> Iterator[list[list[int]]]:
         yield from grow(0, [])
 
 
-def best_groupings(affinity: Sequence[Sequence[float]], exhaustive_limit: int = EXHAUSTIVE_LIMIT
-                   ) -> tuple[list[list[list[int]]], str]:
+def best_groupings(affinity: Sequence[Sequence[float]], exhaustive_limit: int = EXHAUSTIVE_LIMIT,
+                   separation: str = "mean") -> tuple[list[list[list[int]]], str]:
     """For d = 1..n, the grouping of the n branches into d groups with the least L_s (index d − 1), and the
     search used (``exhaustive`` up to ``exhaustive_limit`` branches, else ``greedy`` agglomeration)."""
     n = len(affinity)
     cache: dict[tuple[int, ...], float] = {}
 
-    def cost(group: Sequence[int]) -> float:  # 1 − within, memoised
+    def cost(group: Sequence[int]) -> float:  # (weight ×) (1 − within), memoised; L_s ∝ its sum for a fixed d
         key = tuple(group)
         if key not in cache:
-            cache[key] = 1.0 - within_affinity(affinity, key)
+            cache[key] = _group_weight(key, separation) * (1.0 - within_affinity(affinity, key))
         return cache[key]
 
     if n <= exhaustive_limit:
@@ -194,7 +207,7 @@ def best_groupings(affinity: Sequence[Sequence[float]], exhaustive_limit: int = 
 
 def make_decision(branches: Sequence[Sequence[int]], task_affinity: torch.Tensor, lam: float, *, layer: int,
                   pools_above: int, unit_cost: float = 1.0, exhaustive_limit: int = EXHAUSTIVE_LIMIT,
-                  tasks: Sequence[str] = ()) -> WideningDecision:
+                  tasks: Sequence[str] = (), separation: str = "mean") -> WideningDecision:
     """Score the best grouping of ``branches`` (task groups) for every d and choose the least L."""
     if lam < 0 or unit_cost < 0:
         raise ValueError(f"λ and L_0 must be non-negative, got λ={lam}, L_0={unit_cost}")
@@ -204,10 +217,10 @@ def make_decision(branches: Sequence[Sequence[int]], task_affinity: torch.Tensor
                          f"affinity matrix {tuple(task_affinity.shape)}")
     between = branch_affinity(task_affinity.double(), branches).tolist()
     candidates = []
-    groupings, search = best_groupings(between, exhaustive_limit)
+    groupings, search = best_groupings(between, exhaustive_limit, separation)
     for groups in groupings:
         lb = branch_cost(len(groups), pools_above, unit_cost)
-        ls = separation_cost(between, groups)
+        ls = separation_cost(between, groups, separation)
         candidates.append(Candidate(groups, lb, ls, lb + lam * ls))
     chosen = 0
     for i, candidate in enumerate(candidates):
@@ -216,11 +229,13 @@ def make_decision(branches: Sequence[Sequence[int]], task_affinity: torch.Tensor
     return WideningDecision(
         layer=layer, pools_above=pools_above, branches=[sorted(int(i) for i in b) for b in branches],
         task_affinity=task_affinity.double().tolist(), branch_affinity=between, lam=float(lam),
-        unit_cost=float(unit_cost), search=search, candidates=candidates, chosen=chosen, tasks=list(tasks))
+        unit_cost=float(unit_cost), search=search, candidates=candidates, chosen=chosen, tasks=list(tasks),
+        separation=separation)
 
 
 def decide(config: TreeConfig, task_affinity: torch.Tensor, lam: float, *, layer: int | None = None,
-           unit_cost: float = 1.0, exhaustive_limit: int = EXHAUSTIVE_LIMIT) -> WideningDecision:
+           unit_cost: float = 1.0, exhaustive_limit: int = EXHAUSTIVE_LIMIT, separation: str = "mean"
+           ) -> WideningDecision:
     """The widening decision at ``layer`` (default: the active layer) of the tree ``config``."""
     if layer is None:
         layer = config.active_layer()
@@ -229,7 +244,7 @@ def decide(config: TreeConfig, task_affinity: torch.Tensor, lam: float, *, layer
     _check_active(config, layer)
     return make_decision(config.junction_branches(layer), task_affinity, lam, layer=layer,
                          pools_above=config.pools_above(layer), unit_cost=unit_cost,
-                         exhaustive_limit=exhaustive_limit, tasks=config.tasks)
+                         exhaustive_limit=exhaustive_limit, tasks=config.tasks, separation=separation)
 
 
 def _check_active(config: TreeConfig, layer: int) -> None:
