@@ -32,6 +32,7 @@ from plugins.multitask.widening import (
     best_groupings,
     decide,
     make_decision,
+    separation_cost,
     set_partitions,
     widen,
 )
@@ -357,6 +358,37 @@ def test_greedy_grouping_matches_exhaustive_on_clear_groups():
     assert greedy[:2] == exhaustive[:2] == [[[0, 1, 2, 3, 4, 5]], [[0, 1, 2], [3, 4, 5]]]
     assert [len(g) for g in greedy] == [1, 2, 3, 4, 5, 6]
     assert [sum(1 for _ in set_partitions(n)) for n in range(1, 7)] == [1, 2, 5, 15, 52, 203]  # Bell numbers
+
+
+def blocks_with_outlier_affinity() -> torch.Tensor:
+    """Two blocks of 4 tasks (0.8 inside, 0.55 across) and task 8, an outlier (0.45 with everyone)."""
+    a = torch.full((9, 9), 0.55)
+    a[:4, :4] = a[4:8, 4:8] = 0.8
+    a[8, :] = a[:, 8] = 0.45
+    a.fill_diagonal_(1.0)
+    return a
+
+
+def test_separation_weighted_by_size_groups_blocks_where_the_mean_peels_off_the_outlier():
+    """L_s as the brief writes it, (1/d)·Σ(1 − within), charges a singleton nothing and averages over d: the best
+    2-grouping splits off the outlier alone; weighted by group size it finds the blocks."""
+    affinity = blocks_with_outlier_affinity()
+    blocks = [[0, 1, 2, 3, 8], [4, 5, 6, 7]]
+    outlier = [list(range(8)), [8]]
+    rows = affinity.double().tolist()
+    assert separation_cost(rows, outlier, "mean") == pytest.approx((1 - 0.55) / 2)
+    # within [0, 1, 2, 3, 8]: every task's least affinity in it is 0.45 (with or of the outlier)
+    assert separation_cost(rows, blocks, "mean") == pytest.approx((0.55 + 0.2) / 2)
+    assert separation_cost(rows, outlier, "size") == pytest.approx(8 * (1 - 0.55) / 9)
+    assert separation_cost(rows, blocks, "size") == pytest.approx((5 * 0.55 + 4 * 0.2) / 9)
+    branches = [[t] for t in range(9)]
+    mean = make_decision(branches, affinity, 5.0, layer=6, pools_above=0, exhaustive_limit=0, separation="mean")
+    size = make_decision(branches, affinity, 5.0, layer=6, pools_above=0, exhaustive_limit=0, separation="size")
+    assert mean.candidates[1].groups == outlier and size.separation == "size"
+    assert size.candidates[1].groups == blocks  # the blocks (the outlier joins one of them)
+    assert mean.candidates[2].groups == size.candidates[2].groups == [[0, 1, 2, 3], [4, 5, 6, 7], [8]]
+    with pytest.raises(ValueError, match="separation"):
+        separation_cost(rows, blocks, "median")
 
 
 def head_body_net() -> BranchedNet:
