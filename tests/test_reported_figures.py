@@ -246,3 +246,83 @@ def test_the_vgan_report_measured_the_shipped_checkpoints_and_its_targets_follow
     semi = figures["vcd"]["semi_supervised"]
     assert targets["vcd_augmentation_error_at_most_no_augmentation"]["met"] == (
         semi["vcd_augmentation"] <= semi["no_augmentation"])
+
+
+# -- multi-task widening --------------------------------------------------------------------------------
+
+MULTITASK_REPORT = RESULTS / "multitask.json"
+MULTITASK_HEADER = ["wide", "thin", "thin-random"]  # then "branched λ = <λ>" per branched model, by λ
+
+
+def _multitask_keys(figures: dict) -> list[str]:
+    branched = sorted((k for k in figures["models"] if k.startswith("branched_")), key=lambda k: float(k.split("_")[1]))
+    return ["wide", "thin", "thin_random", *branched]
+
+
+def _split(figures: dict, key: str) -> str:
+    if not key.startswith("branched_"):
+        return "—"
+    pick = lambda name: figures[name][key] if isinstance(figures[name], dict) else figures[name]  # noqa: E731
+    return f"{pick('first_split_layer')} · {pick('first_split_groups')} · {pick('first_split_purity'):.2f}"
+
+
+MULTITASK_ROWS = {
+    "mean test accuracy (14 attributes)": lambda f, k: f"{f['models'][k]['mean_accuracy']:.3f}",
+    "parameters": lambda f, k: f"{f['models'][k]['params']:,}",
+    "FLOPs per image (M)": lambda f, k: f"{f['models'][k]['flops'] / 1e6:.1f}",
+    "CPU latency, batch 1, one thread (ms)": lambda f, k: f"{f['models'][k]['latency_ms']:.2f}",
+    "first split of the tree: layer · groups · head/body purity": _split,
+}
+
+
+@pytest.mark.skipif(not MULTITASK_REPORT.exists(), reason="no committed multitask report yet")
+@pytest.mark.parametrize("doc", ["README.md", "docs/multitask.md"])
+def test_multitask_table_matches_the_committed_report(doc):
+    figures = json.loads(MULTITASK_REPORT.read_text())["figures"]
+    keys = _multitask_keys(figures)
+    table = next((t for t in _all_tables((REPO / doc).read_text()) if t[0][1:4] == MULTITASK_HEADER), None)
+    assert table is not None, f"{doc} has no multitask results table (header '| | wide | thin | thin-random | ...')"
+    lams = [f"branched λ = {float(k.split('_')[1]):g}" for k in keys[3:]]
+    assert table[0][1:] == MULTITASK_HEADER + lams, f"{doc}: the table's models differ from the report's"
+    checked = set()
+    for row in table[1:]:
+        label = next((lab for lab in MULTITASK_ROWS if row[0].startswith(lab)), None)
+        if label is not None:
+            expected = [MULTITASK_ROWS[label](figures, k) for k in keys]
+            assert row[1:] == expected, f"{doc}: row {row[0]!r} says {row[1:]}, the report says {expected}"
+            checked.add(label)
+    assert checked == set(MULTITASK_ROWS), f"{doc}: rows missing from the multitask table: {set(MULTITASK_ROWS) - checked}"
+
+
+@pytest.mark.skipif(not MULTITASK_REPORT.exists(), reason="no committed multitask report yet")
+def test_the_multitask_report_measured_the_shipped_checkpoints_and_its_targets_follow_its_figures():
+    from trainer.checkpoints import load_checkpoint
+
+    report = json.loads(MULTITASK_REPORT.read_text())
+    figures, targets = report["figures"], report["targets"]
+    assert report["mode"] == "shipped"
+    shipped = {p.stem for p in (REPO / "assets" / "multitask").glob("*.safetensors")}
+    assert {k.replace("_", "-").replace("branched-", "branched-l") for k in figures["models"]} == shipped
+    for key, entry in report["checkpoints"].items():  # the report's models are the shipped files, unchanged
+        card = load_checkpoint(REPO / entry["file"])
+        assert entry["config"] == card.metadata["config"], key
+        assert figures["models"][key]["params"] == card.metadata["params"], key
+    models = figures["models"]
+    branched = [k for k in models if k.startswith("branched_")]
+    small = [k for k in branched if models[k]["params"] <= models["wide"]["params"] / 5
+             and models[k]["flops"] <= models["wide"]["flops"] / 5]
+    close = [k for k in small if models[k]["mean_accuracy"] >= models["wide"]["mean_accuracy"] - 0.01
+             and models[k]["mean_accuracy"] > models["thin"]["mean_accuracy"]]
+    met = {name: t["met"] for name, t in targets.items() if isinstance(t, dict)}
+    assert any(bool(close) == value for name, value in met.items() if "wide" in name), met
+    assert any((models["thin"]["mean_accuracy"] > models["thin_random"]["mean_accuracy"]) == value
+               for name, value in met.items() if "random" in name), met
+
+
+@pytest.mark.skipif(not MULTITASK_REPORT.exists(), reason="no committed multitask report yet")
+def test_the_multitask_prose_quotes_the_report():
+    figures = json.loads(MULTITASK_REPORT.read_text())["figures"]
+    models = figures["models"]
+    text = " ".join((REPO / "README.md").read_text().split())
+    gap = models["wide"]["mean_accuracy"] - max(models[k]["mean_accuracy"] for k in models if k.startswith("branched_"))
+    assert f"{100 * gap:.1f} points below the wide network" in text
