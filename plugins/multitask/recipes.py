@@ -41,6 +41,7 @@ from app.api import (
     UserError,
     config_field,
     dataclass_from_dict,
+    parse_assignments,
     random_crop_flip,
 )
 from plugins.multitask.affinity import AffinityTracker
@@ -148,13 +149,10 @@ def multilabel_tensors(dataset: Any, limit: int = 0) -> tuple[torch.Tensor, torc
 
 def parse_dataset_options(items: list[str]) -> dict[str, str]:
     """``["key=value", ...]`` as a dict; a ConfigError naming an item that is not key=value."""
-    options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"dataset_options: expected key=value, got {item!r}")
-        options[key.strip()] = value.strip()
-    return options
+    try:
+        return parse_assignments(items)
+    except ConfigError as exc:
+        raise ConfigError(f"dataset_options: {exc}") from None
 
 
 def load_data(ctx: Any, config: TrainConfig, split: str, limit: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
