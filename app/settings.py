@@ -36,6 +36,44 @@ def parse_threads(value: str | int | None) -> int | None:
     return int(text)
 
 
+DEFAULT_MAX_UPLOAD_MB = 10.0
+DEFAULT_MAX_UPLOAD_MEGAPIXELS = 16.0
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """The largest image a visitor may send: file size in bytes and pixel count (width × height)."""
+
+    max_bytes: int
+    max_pixels: int
+
+
+def _positive_number(name: str, env: Mapping[str, str], default: float) -> float:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{name} must be a positive number, got {text!r}")
+    return value
+
+
+def upload_limits(env: Mapping[str, str] | None = None) -> UploadLimits:
+    """``AVSTUDIO_MAX_UPLOAD_MB`` (default 10) and ``AVSTUDIO_MAX_UPLOAD_MEGAPIXELS`` (default 16) of ``env``
+    (default: the environment). Uploads over either are refused with a clear message; the pixel count
+    is read from the file's header, before decoding, so a decompression bomb never reaches memory.
+
+    Raises ValueError naming the variable for a value that is not a positive number.
+    """
+    env = os.environ if env is None else env
+    megabytes = _positive_number("AVSTUDIO_MAX_UPLOAD_MB", env, DEFAULT_MAX_UPLOAD_MB)
+    megapixels = _positive_number("AVSTUDIO_MAX_UPLOAD_MEGAPIXELS", env, DEFAULT_MAX_UPLOAD_MEGAPIXELS)
+    return UploadLimits(max_bytes=int(megabytes * 1_000_000), max_pixels=int(megapixels * 1_000_000))
+
+
 @dataclass
 class Settings:
     """Where the studio keeps its state and how it behaves."""

@@ -388,7 +388,7 @@ def build_demo(ctx: Any) -> None:
                                                  elem_id="s3pool-input"))
                 run_upload = gr.Button("Run", variant="primary")
             with gr.Tab("Draw"):
-                sketch = gr.Sketchpad(label="Draw something", type="numpy")
+                sketch = lenient_upload(gr.Sketchpad(label="Draw something", type="numpy"))
                 run_sketch = gr.Button("Run on drawing", variant="primary")
             grid = gr.Slider(GRID_CHOICES[0], GRID_CHOICES[-1], value=RECOMMENDED_GRID, step=2,
                              label="grid size g (larger = more distortion; the benchmark's first layer: 16)",
