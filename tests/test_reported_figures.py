@@ -326,3 +326,14 @@ def test_the_multitask_prose_quotes_the_report():
     text = " ".join((REPO / "README.md").read_text().split())
     gap = models["wide"]["mean_accuracy"] - max(models[k]["mean_accuracy"] for k in models if k.startswith("branched_"))
     assert f"{100 * gap:.1f} points below the wide network" in text
+
+
+def test_the_persons_baseline_is_quoted_as_reported():
+    figures = json.loads((RESULTS / "datasets.json").read_text())["figures"]
+    readme = " ".join((REPO / "README.md").read_text().split())
+    quoted = (f"multi-task CNN reaches {figures['persons_mean_accuracy']:.3f} mean attribute accuracy against "
+              f"{figures['persons_mean_accuracy_width16']:.3f} at width 16, every attribute at least "
+              f"{figures['persons_min_gain_over_majority']:.2f} above its majority rate")
+    assert quoted in readme
+    for key in ("within_head", "within_body", "head_body"):
+        assert f"({figures['persons_affinity_' + key]:.3f})" in readme or f"{figures['persons_affinity_' + key]:.3f})" in readme
