@@ -3,15 +3,65 @@
 from __future__ import annotations
 
 import io
+import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from app.settings import upload_limits
 from trainer.errors import UserError
 
-MAX_PIXELS = 40_000_000  # refuse decompression bombs before they eat the server's memory
+# What a malformed file makes PIL's decoders raise (bit flips reach zlib, struct and index errors too).
+DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError,
+                 TypeError, ZeroDivisionError, OverflowError, MemoryError, RuntimeError, AttributeError)
+UNREADABLE = "This file is not a readable image ({}); upload a PNG, JPEG, WebP, BMP or GIF."
+UNREADABLE_UPLOAD = "(unreadable upload)"  # what lenient_upload hands on when an upload has no file at all
+
+
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:.3g} megapixels"
+
+
+def check_pixels(width: int, height: int) -> None:
+    """Raise UserError when ``width × height`` is over the upload pixel limit (AVSTUDIO_MAX_UPLOAD_MEGAPIXELS)."""
+    limit = upload_limits().max_pixels
+    if width * height > limit:
+        raise UserError(f"Image too large ({width}×{height}, {_megapixels(width * height)}); "
+                        f"keep it under {_megapixels(limit)}.")
+
+
+def check_upload_file(path: str | os.PathLike) -> None:
+    """Check an uploaded file against the upload limits without decoding it: its size on disk
+    (AVSTUDIO_MAX_UPLOAD_MB), then the pixel count its header declares. Raises UserError when over;
+    a file whose header cannot be read passes (decoding it later gives the clear error)."""
+    size = os.path.getsize(path)
+    check_bytes(size)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:  # reads the header only
+                width, height = image.size
+    except Image.DecompressionBombError:
+        raise UserError(_bomb_message()) from None
+    except DECODE_ERRORS:
+        return
+    check_pixels(width, height)
+
+
+def check_bytes(size: int) -> None:
+    """Raise UserError when a file of ``size`` bytes is over the upload size limit (AVSTUDIO_MAX_UPLOAD_MB)."""
+    limit = upload_limits().max_bytes
+    if size > limit:
+        raise UserError(f"File too large ({size / 1e6:.1f} MB); keep uploads under {limit / 1e6:g} MB.")
+
+
+def _bomb_message() -> str:
+    # PIL raises DecompressionBombError for more than twice its MAX_IMAGE_PIXELS, before our own check
+    return (f"Image too large: it declares over {_megapixels(2 * (Image.MAX_IMAGE_PIXELS or 0))} (a decompression "
+            f"bomb?); keep it under {_megapixels(upload_limits().max_pixels)}.")
 
 
 def _from_array(array: np.ndarray) -> Image.Image:
@@ -39,16 +89,26 @@ def _open(source: Any) -> Image.Image:
     if isinstance(source, np.ndarray):
         return _from_array(source)
     if isinstance(source, (bytes, bytearray)):
+        check_bytes(len(source))
         source = io.BytesIO(source)
     elif isinstance(source, (str, Path)):
+        if source == UNREADABLE_UPLOAD:
+            raise UserError(UNREADABLE.format("upload"))
         if not Path(source).is_file():
             raise UserError(f"No image file at {source}.")
+        check_bytes(os.path.getsize(source))
     try:
-        image = Image.open(source)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own, lower limit follows
+            image = Image.open(source)
+        check_pixels(*image.size)  # from the header: before a single pixel is decoded
         image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise UserError(f"This file is not a readable image ({exc.__class__.__name__}); "
-                        "upload a PNG, JPEG, WebP, BMP or GIF.") from None
+    except UserError:
+        raise
+    except Image.DecompressionBombError:
+        raise UserError(_bomb_message()) from None
+    except DECODE_ERRORS as exc:
+        raise UserError(UNREADABLE.format(exc.__class__.__name__)) from None
     return image
 
 
@@ -59,14 +119,20 @@ def load_rgb_image(source: Any) -> Image.Image:
     CMYK and 16-bit images. Raises UserError with a clear message for anything unreadable.
     """
     image = _open(source)
-    if image.width * image.height > MAX_PIXELS:
-        raise UserError(f"Image too large ({image.width}×{image.height}); keep it under 40 megapixels.")
+    check_pixels(image.width, image.height)
     if image.width == 0 or image.height == 0:
         raise UserError("The image is empty (zero width or height).")
     try:
         image = ImageOps.exif_transpose(image)
     except Exception:  # a broken EXIF block should not make an otherwise fine image unusable
         pass
+    try:
+        return _to_rgb(image)
+    except DECODE_ERRORS as exc:  # e.g. a LAB TIFF or a mode PIL cannot convert
+        raise UserError(UNREADABLE.format(exc.__class__.__name__)) from None
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         image = _from_array(np.asarray(image))
     if image.mode == "P":
@@ -87,16 +153,41 @@ def image_to_tensor(image: Image.Image, size: tuple[int, int]) -> Any:
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
+def _upload_paths(payload: Any) -> list[str]:
+    """The files of a ``gr.Image`` payload (FileData) or a ``gr.Sketchpad`` / ``gr.ImageEditor`` one (EditorData)."""
+    files = [payload, *(getattr(payload, name, None) for name in ("composite", "background"))]
+    files += list(getattr(payload, "layers", None) or [])
+    return [path for file in files if (path := getattr(file, "path", None))]
+
+
 def lenient_upload(component: Any) -> Any:
-    """Make a ``gr.Image`` hand an undecodable upload's path to the handler, so the user (UI and API) gets
-    :func:`load_rgb_image`'s clear UserError instead of Gradio's generic preprocessing failure."""
+    """Make a ``gr.Image`` (or ``gr.Sketchpad``) hand an oversized or undecodable upload's path to the handler,
+    so the user (UI and API) gets :func:`load_rgb_image`'s clear UserError instead of Gradio's generic
+    preprocessing failure, and Gradio never decodes a file over the upload limits.
+
+    A ``gr.Image(type="filepath")`` hands the upload as it came: :func:`load_rgb_image` converts every mode
+    (transparency onto white, 16-bit, CMYK) better than a plain ``convert("RGB")``.
+    """
     strict = component.preprocess
 
     def preprocess(payload: Any) -> Any:
+        paths = _upload_paths(payload) if payload is not None else []
+        for path in paths:
+            try:
+                check_upload_file(path)
+            except (UserError, OSError):
+                return _handed(payload, path)
+        if paths and getattr(component, "type", None) == "filepath" and not hasattr(payload, "layers"):
+            return paths[0]
         try:
             return strict(payload)
         except Exception:
-            return getattr(payload, "path", None) or "(unreadable upload)"
+            return _handed(payload, paths[0] if paths else UNREADABLE_UPLOAD)
 
     component.preprocess = preprocess
     return component
+
+
+def _handed(payload: Any, path: str) -> Any:
+    """What the handler gets for a refused upload: the path, shaped like the component's value."""
+    return {"composite": path} if hasattr(payload, "layers") else path

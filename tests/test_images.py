@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-from app import images
 from app.images import image_to_tensor, load_rgb_image
 from trainer.errors import UserError
 
@@ -205,15 +204,21 @@ def test_corrupt_data_is_a_clear_user_error(tmp_path, data):
 
 
 def test_too_many_pixels_is_a_user_error(monkeypatch):
-    monkeypatch.setattr(images, "MAX_PIXELS", 100)
+    monkeypatch.setenv("AVSTUDIO_MAX_UPLOAD_MEGAPIXELS", "0.0001")  # 100 pixels
     assert load_rgb_image(Image.new("RGB", (10, 10))).size == (10, 10)
     for too_big in (Image.new("RGB", (11, 10)), np.zeros((101, 1, 3), np.uint8), _encode(Image.new("L", (20, 20)))):
-        with pytest.raises(UserError, match=r"Image too large \(\d+×\d+\); keep it under 40 megapixels"):
+        with pytest.raises(UserError, match=r"Image too large \(\d+×\d+, [\d.]+ megapixels\); keep it under 0.0001 megapixels"):
             load_rgb_image(too_big)
 
 
-def test_the_default_pixel_limit_is_40_megapixels():
-    assert images.MAX_PIXELS == 40_000_000
+def test_the_default_limits_are_16_megapixels_and_10_megabytes(monkeypatch):
+    monkeypatch.delenv("AVSTUDIO_MAX_UPLOAD_MEGAPIXELS", raising=False)
+    monkeypatch.delenv("AVSTUDIO_MAX_UPLOAD_MB", raising=False)
+    assert load_rgb_image(np.zeros((4000, 4000, 3), np.uint8)).size == (4000, 4000)
+    with pytest.raises(UserError, match="keep it under 16 megapixels"):
+        load_rgb_image(np.zeros((4001, 4000, 3), np.uint8))
+    with pytest.raises(UserError, match=r"File too large \(10.0 MB\); keep uploads under 10 MB"):
+        load_rgb_image(b"\x00" * 10_000_001)
 
 
 @pytest.mark.parametrize("empty", [Image.new("RGB", (0, 5)), Image.new("L", (5, 0)), np.zeros((0, 4, 3), np.uint8)])

@@ -22,7 +22,7 @@ import gradio as gr
 from app.demo_context import StudioDemoContext
 from app.errors import UserError
 from app.plugin_manager import failure_line
-from app.settings import Settings
+from app.settings import Settings, upload_limits
 from app.ui.about_tab import build_about_tab
 from app.ui.datasets_tab import build_datasets_tab
 from app.ui.plugins_tab import build_plugins_tab
@@ -213,7 +213,7 @@ def launch(settings: Settings, registry: Any, *, host: str = "127.0.0.1", port: 
         demo.queue(default_concurrency_limit=2)
         demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=prevent_thread_lock,
                     css=CSS, allowed_paths=_asset_paths(settings, registry), footer_links=["api", "gradio", "settings"],
-                    ssr_mode=False, show_error=True)
+                    ssr_mode=False, show_error=True, max_file_size=upload_limits().max_bytes)
     except BaseException:
         shutdown()
         atexit.unregister(shutdown)

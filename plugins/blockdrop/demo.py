@@ -292,7 +292,7 @@ def build_demo(ctx: Any) -> None:
                                                  elem_id="blockdrop-input"))
                 run_upload = gr.Button("Run", variant="primary")
             with gr.Tab("Draw"):
-                sketch = gr.Sketchpad(label="Draw a shape", type="numpy")
+                sketch = lenient_upload(gr.Sketchpad(label="Draw a shape", type="numpy"))
                 run_sketch = gr.Button("Run on drawing", variant="primary")
             policy = gr.Dropdown(names, value=default_policy(names), elem_id="blockdrop-policy",
                                  label="policy (penalty γ: larger keeps more blocks; γ = 1 recommended)")

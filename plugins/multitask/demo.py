@@ -751,7 +751,7 @@ def build_demo(ctx: Any) -> None:
                                                  elem_id="multitask-input"))
                 run_upload = gr.Button("Run", variant="primary", elem_id="multitask-run")
             with gr.Tab("Draw"):
-                sketch = gr.Sketchpad(label="Draw a person", type="numpy", elem_id="multitask-sketch")
+                sketch = lenient_upload(gr.Sketchpad(label="Draw a person", type="numpy", elem_id="multitask-sketch"))
                 run_sketch = gr.Button("Run on drawing", variant="primary")
             # the outputs exist before the examples that fill them; they are drawn in the right column
             probabilities = gr.HTML(label="attribute probabilities by branch", elem_id="multitask-probabilities",
