@@ -340,6 +340,7 @@ def train(method: str, recipe: str, assignments: tuple[str, ...], device: str | 
         make_config,
         parse_assignments,
     )
+    from trainer.devices import check_device_name
     from trainer.gitinfo import current_commit
 
     settings = _settings()
@@ -351,7 +352,7 @@ def train(method: str, recipe: str, assignments: tuple[str, ...], device: str | 
         click.echo(_table(["key", "type", "default", "allowed", "help"], rows))
         return
     config = make_config(chosen.config_cls, parse_assignments(assignments))
-    device = device or settings.device
+    device = check_device_name(device or settings.device)  # refused before a run row exists
     store = _store(settings)
     run_id = store.enqueue(method, recipe, config_to_dict(config), device=device, commit=current_commit())
     if detach:

@@ -34,7 +34,13 @@ class CheckpointLookup:
         """The promoted file of ``method``/``name`` if it exists, else the shipped one, else None.
 
         A promotion whose file has gone falls back to the shipped checkpoint, so the demo keeps working.
+        ``name`` often comes from a visitor (a demo's selector): anything but a plain checkpoint name
+        (a path, ``..``, ``~``) is a UserError, so no file outside the method's checkpoints is reached.
         """
+        text = str(name)
+        if (not text or len(text) > 200 or text in (".", "..") or text.startswith("~")
+                or any(c in text for c in "/\\\x00")):
+            raise UserError(f"not a checkpoint name: {text[:60]!r}")
         try:
             return resolve_checkpoint(f"{method}/{name}", self.store, self.assets_of)
         except FileNotFoundError:
@@ -87,7 +93,10 @@ class StudioDemoContext:
             cached = self._cache.get(name)
             if cached is not None and cached[0] == path and cached[1] == mtime:
                 return cached[2]
-            checkpoint = load_checkpoint(path, device=self.device)
+            try:
+                checkpoint = load_checkpoint(path, device=self.device)
+            except ValueError as exc:  # not safetensors (a pickle included): refused, never unpickled
+                raise UserError(f"checkpoint {name!r} cannot be loaded: {exc}") from None
             self._cache[name] = (path, mtime, checkpoint)
             return checkpoint
 

@@ -83,6 +83,8 @@ class Settings:
     device: str = field(default_factory=lambda: os.environ.get("AVSTUDIO_DEVICE", "auto"))
     demo_device: str = field(default_factory=lambda: os.environ.get("AVSTUDIO_DEMO_DEVICE", "cpu"))
     enable_training: bool = field(default_factory=lambda: env_flag("AVSTUDIO_ENABLE_TRAINING"))
+    admin_token: str = field(default_factory=lambda: os.environ.get("AVSTUDIO_ADMIN_TOKEN", ""), repr=False)
+    """When set, the web UI's training and run-management actions also need this token (the CLI does not)."""
     plugins: str | None = field(default_factory=lambda: os.environ.get("AVSTUDIO_PLUGINS"))
     plugins_dir: Path | None = field(
         default_factory=lambda: Path(d) if (d := os.environ.get("AVSTUDIO_PLUGINS_DIR")) else None

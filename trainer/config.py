@@ -7,6 +7,7 @@ The CLI (``--set``), the Runs tab, the queue and the worker all build configs th
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from typing import Any
 
 from trainer.errors import ConfigError
 
+MAX_TEXT = 4096  # characters of one text value: paths and references are far shorter
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 
@@ -88,6 +90,11 @@ def describe_constraints(d: Mapping[str, Any]) -> str:
     return ""
 
 
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _coerce(name: str, kind: Any, value: Any) -> Any:
     origin = typing.get_origin(kind)
     if origin in (typing.Union, types.UnionType):
@@ -101,15 +108,23 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
         except ValueError:
             raise ConfigError(f"{name}: expected true/false, got {value!r}") from None
     if kind in (int, float, str):
+        # only a scalar: str() of a list, dict or None would pass for text and fail later, in the run
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{name}: expected {kind.__name__}, got {_shown(value)}")
         if kind is int and isinstance(value, float) and not value.is_integer():
             raise ConfigError(f"{name}: expected an integer, got {value!r}")
-        if kind is not str and isinstance(value, bool):
-            raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}")
         try:
-            return kind(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}") from None
+            coerced = kind(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"{name}: expected {kind.__name__}, got {_shown(value)}") from None
+        if kind is float and not math.isfinite(coerced):
+            raise ConfigError(f"{name}: expected a finite number, got {value!r}")
+        if kind is str and ("\x00" in coerced or len(coerced) > MAX_TEXT):
+            raise ConfigError(f"{name}: text must be at most {MAX_TEXT} characters without NUL bytes")
+        return coerced
     if origin in (list, tuple):
+        if not isinstance(value, (list, tuple, str)):
+            raise ConfigError(f"{name}: expected a list (or comma-separated text), got {_shown(value)}")
         (item_kind, *_) = typing.get_args(kind) or (str,)
         items = value if isinstance(value, (list, tuple)) else [v for v in str(value).split(",") if v]
         return origin(_coerce(name, item_kind, v) for v in items)

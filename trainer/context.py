@@ -52,6 +52,8 @@ def resolve_checkpoint(ref: str, store: RunStore | None, assets_of: Callable[[st
     a malformed reference and FileNotFoundError, saying what exists, when nothing matches.
     """
     ref = str(ref).strip()
+    if "\x00" in ref:
+        raise ValueError(f"bad checkpoint reference {ref[:60]!r}: it contains a NUL byte")
     match = _RUN_REF.match(ref)
     if match:
         if not match["id"].isdigit():
@@ -70,13 +72,16 @@ def resolve_checkpoint(ref: str, store: RunStore | None, assets_of: Callable[[st
             raise FileNotFoundError(f"run {run_id} has no {what}; it has: {', '.join(names) or 'none'}")
         return _existing(Path(artifact.path), ref)
 
-    path = Path(ref).expanduser()
-    if path.is_file():
-        return path
+    try:
+        path = Path(ref).expanduser()
+        if path.is_file():
+            return path
+    except (OSError, RuntimeError) as exc:  # a name too long for the file system, an unknown ~user
+        raise ValueError(f"bad checkpoint reference {ref[:60]!r}: {getattr(exc, 'strerror', None) or exc}") from None
     if ref.endswith(".safetensors") or path.is_absolute():
         raise FileNotFoundError(f"no checkpoint file at {path}")
     parts = ref.split("/")
-    if len(parts) != 2 or not all(parts):
+    if len(parts) != 2 or not all(parts) or any(p in (".", "..") or p.startswith("~") for p in parts):
         raise ValueError(f"bad checkpoint reference {ref!r}: use a .safetensors path, run:ID[/NAME] or METHOD/NAME")
     method, name = parts
     if store is not None:

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 
+from trainer.errors import ConfigError
+
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+
+
+def check_device_name(name: str) -> str:
+    """``name`` stripped and lower-cased if it is one of auto, cpu, cuda, cuda:N or mps (whether the
+    device exists is checked where the run starts: the worker may be another machine). ConfigError (a ValueError) otherwise."""
+    text = str(name).strip().lower()
+    if text in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:[0-9]{1,4}", text):
+        return text
+    raise ConfigError(f"unknown device {str(name)[:40]!r}; use one of: {', '.join(DEVICE_CHOICES)}")
 
 
 def _mps_available() -> bool:

@@ -38,6 +38,8 @@ def about_markdown(settings: Any, registry: Any) -> str:
     methods = "\n".join(f"- **{m.title}** — {m.summary} ({m.paper})" for m in registry.methods.values()) or "- none"
     training = ("**on**: the Runs tab can queue, cancel, resume and promote runs" if settings.enable_training
                 else "**off** (set `AVSTUDIO_ENABLE_TRAINING=1` to turn it on)")
+    if settings.enable_training and getattr(settings, "admin_token", ""):
+        training += ", for holders of the admin token (`AVSTUDIO_ADMIN_TOKEN`)"
     versions = ", ".join(f"{d} {_version(d)}" for d in ("adaptive-vision-studio", "gradio", "torch", "torchvision",
                                                         "sqlalchemy"))
     return f"""## Adaptive Vision Studio

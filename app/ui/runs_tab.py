@@ -18,7 +18,9 @@ import pandas as pd
 
 from app.errors import UserError
 from app.promotion import promote_artifact, promotions_of_run, unpromote
+from app.safety import check_config_files, check_training_allowed
 from trainer import config as configs
+from trainer.devices import check_device_name
 from trainer.gitinfo import current_commit
 from trainer.store import RunStatus
 
@@ -176,13 +178,17 @@ class RunsActions:
             return []
 
     # -- writes (training controls) -----------------------------------------------------------
+    # Each one checks, here and not only in the layout, that the studio lets the web UI train and
+    # that ``admin_token`` is AVSTUDIO_ADMIN_TOKEN when one is set: an API call reaches these directly.
     @user_errors
     def queue_run(self, method: str, recipe: str, config: str | dict | None = None,
-                  device: str = "auto") -> int:
+                  device: str = "auto", admin_token: str = "") -> int:
         """Queue a run of ``method``'s ``recipe`` with ``config`` (a dict or JSON object text); returns its id.
 
-        The config is validated against the recipe's dataclass (a gr.Error names the valid keys/choices).
+        The config is validated against the recipe's dataclass (a gr.Error names the valid keys/choices),
+        and may name files only under the studio's home; nothing is queued when a value is refused.
         """
+        check_training_allowed(self.settings, admin_token)
         if not method:
             raise UserError("pick a method")
         if not recipe:
@@ -195,30 +201,35 @@ class RunsActions:
                 raise UserError(f"config is not valid JSON: {exc.msg} (line {exc.lineno})") from None
         if config is not None and not isinstance(config, dict):
             raise UserError("config must be a JSON object like {\"epochs\": 3}")
+        device = check_device_name(device or "auto")
         typed = configs.make_config(spec.config_cls, config or {})
-        return self.store.enqueue(method, recipe, configs.config_to_dict(typed), device=device or "auto",
-                                  commit=current_commit())
+        values = configs.config_to_dict(typed)
+        check_config_files(values, [self.settings.home, self.settings.data_dir])
+        return self.store.enqueue(method, recipe, values, device=device, commit=current_commit())
 
     @user_errors
-    def cancel_run(self, run_id: Any) -> str:
+    def cancel_run(self, run_id: Any, admin_token: str = "") -> str:
         """Ask a run to stop (a queued one is cancelled at once)."""
+        check_training_allowed(self.settings, admin_token)
         run = self.store.request_cancel(_run_id(run_id))
         if run.status == RunStatus.CANCELLED:
             return f"Run #{run.id} cancelled."
         return f"Run #{run.id} will stop at its next check."
 
     @user_errors
-    def resume_run(self, run_id: Any) -> str:
+    def resume_run(self, run_id: Any, admin_token: str = "") -> str:
         """Put an interrupted, failed or cancelled run back in the queue to resume from its last checkpoint."""
+        check_training_allowed(self.settings, admin_token)
         run = self.store.requeue_for_resume(_run_id(run_id))
         return f"Run #{run.id} queued to resume (resume #{run.resume_count})."
 
     @user_errors
-    def promote_checkpoint(self, artifact_id: Any, slot: str | None = None) -> str:
+    def promote_checkpoint(self, artifact_id: Any, slot: str | None = None, admin_token: str = "") -> str:
         """Make a checkpoint artifact the one its method's demo uses for ``slot`` (default: the artifact's name).
 
         Only a slot the method declares, and only a checkpoint the slot accepts (same architecture).
         """
+        check_training_allowed(self.settings, admin_token)
         if artifact_id is None or artifact_id == "":
             raise UserError("pick a checkpoint artifact first")
         done = promote_artifact(self.store, self.registry, artifact_id, slot)
@@ -230,8 +241,9 @@ class RunsActions:
         return [(f"{m}/{s} ← run #{a.run_id} {a.name}", f"{m}/{s}") for (m, s), a in self.store.promotions().items()]
 
     @user_errors
-    def unpromote_checkpoint(self, promotion: str | None) -> str:
+    def unpromote_checkpoint(self, promotion: str | None, admin_token: str = "") -> str:
         """Forget a promotion (``"method/slot"``): the demo goes back to the shipped checkpoint."""
+        check_training_allowed(self.settings, admin_token)
         method, sep, slot = (promotion or "").partition("/")
         if not sep or not method or not slot:
             raise UserError("pick a promotion (method/slot) first")
@@ -271,7 +283,7 @@ def _recipe_choices(registry: Any, method: str | None) -> list[str]:
 
 
 def _build_queue_form(actions: RunsActions, registry: Any, settings: Any,
-                      run_select: gr.Dropdown) -> None:
+                      run_select: gr.Dropdown, token_in: gr.Textbox) -> None:
     methods = _training_methods(registry)
     first = methods[0][1] if methods else None
     recipes = _recipe_choices(registry, first)
@@ -305,9 +317,10 @@ def _build_queue_form(actions: RunsActions, registry: Any, settings: Any,
         return [gr.update(visible=key == (method, recipe)) for key in groups]
 
     def queue_from_form(method: str, recipe: str, device: str, *values: Any) -> tuple[str, Any]:
+        *values, admin_token = values  # the config fields, then the admin token box
         config = {name: value for (m, r, name, _), value in zip(fields, values, strict=True)
                   if (m, r) == (method, recipe)}
-        run_id = actions.queue_run(method, recipe, config, device)
+        run_id = actions.queue_run(method, recipe, config, device, admin_token)
         return f"Queued run #{run_id} ({method}/{recipe} on {device}).", gr.update(
             choices=actions.run_choices(), value=run_id)
 
@@ -315,7 +328,7 @@ def _build_queue_form(actions: RunsActions, registry: Any, settings: Any,
     method_in.change(on_method, method_in, recipe_in, api_visibility="private").then(
         show_group, [method_in, recipe_in], group_list, api_visibility="private")
     recipe_in.change(show_group, [method_in, recipe_in], group_list, api_visibility="private")
-    queue_btn.click(queue_from_form, [method_in, recipe_in, device_in, *[f[3] for f in fields]],
+    queue_btn.click(queue_from_form, [method_in, recipe_in, device_in, *[f[3] for f in fields], token_in],
                     [queue_msg, run_select], api_visibility="private")
     # The scriptable form of the same action: config as a JSON object.
     gr.api(actions.queue_run, api_name="queue_run")
@@ -356,7 +369,11 @@ def build_runs_tab(demo: gr.Blocks, actions: RunsActions, registry: Any, setting
 
     if settings.enable_training:
         with gr.Accordion("Train", open=True, elem_id="training-controls"):
-            _build_queue_form(actions, registry, settings, run_select)
+            # Shown only when the studio has a token; every action below sends it and checks it.
+            token_in = gr.Textbox("", type="password", label="Admin token", visible=bool(settings.admin_token),
+                                  info="this studio has AVSTUDIO_ADMIN_TOKEN set: enter it to queue, cancel, "
+                                       "resume or promote runs", elem_id="admin-token")
+            _build_queue_form(actions, registry, settings, run_select, token_in)
             with gr.Row():
                 cancel_btn = gr.Button("Cancel selected run", variant="stop", elem_id="cancel-button")
                 resume_btn = gr.Button("Resume selected run", elem_id="resume-button")
@@ -371,13 +388,13 @@ def build_runs_tab(demo: gr.Blocks, actions: RunsActions, registry: Any, setting
                                                elem_id="unpromote-select", allow_custom_value=True)
                 unpromote_btn = gr.Button("Un-promote", elem_id="unpromote-button", scale=0)
             action_msg = gr.Markdown(elem_id="action-message")
-        cancel_btn.click(actions.cancel_run, run_select, action_msg, api_name="cancel_run")
-        resume_btn.click(actions.resume_run, run_select, action_msg, api_name="resume_run")
+        cancel_btn.click(actions.cancel_run, [run_select, token_in], action_msg, api_name="cancel_run")
+        resume_btn.click(actions.resume_run, [run_select, token_in], action_msg, api_name="resume_run")
         refresh_promotions = {"fn": lambda: gr.update(choices=actions.promotion_choices()), "inputs": None,
                               "outputs": promotion_select, "api_visibility": "private"}
-        promote_btn.click(actions.promote_checkpoint, [artifact_select, slot_in], action_msg,
+        promote_btn.click(actions.promote_checkpoint, [artifact_select, slot_in, token_in], action_msg,
                           api_name="promote_checkpoint").then(**refresh_promotions)
-        unpromote_btn.click(actions.unpromote_checkpoint, promotion_select, action_msg,
+        unpromote_btn.click(actions.unpromote_checkpoint, [promotion_select, token_in], action_msg,
                             api_name="unpromote_checkpoint").then(**refresh_promotions)
         run_select.change(lambda rid: gr.update(choices=actions.checkpoint_choices(rid), value=None),
                           run_select, artifact_select, api_visibility="private")
@@ -386,7 +403,8 @@ def build_runs_tab(demo: gr.Blocks, actions: RunsActions, registry: Any, setting
     else:
         gr.Markdown(
             "**Training from the web UI is off.** Start the studio with `AVSTUDIO_ENABLE_TRAINING=1` to queue, "
-            "cancel, resume and promote runs here; or use the CLI: `avstudio train METHOD RECIPE --set key=value`.",
+            "cancel, resume and promote runs here (if `AVSTUDIO_ADMIN_TOKEN` is also set, these actions need that "
+            "token); or use the CLI: `avstudio train METHOD RECIPE --set key=value`.",
             elem_id="training-disabled")
 
     fast = {"concurrency_limit": None, "show_progress": "hidden"}

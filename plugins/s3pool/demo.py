@@ -145,8 +145,8 @@ class S3PoolDemo:
         """The image itself through S3Pool in pixel space (``layers`` 1 or 2): ``draws`` random draws, the
         deterministic (test) path and plain 2×2 max pooling, at the output resolution and enlarged."""
         grid_size = check_grid_size(grid_size)
-        if int(layers) not in (1, 2):
-            raise UserError(f"S3Pool layers must be 1 or 2, got {layers!r}.")
+        if layers not in (1, 2) and str(layers).strip() not in ("1", "2"):
+            raise UserError(f"S3Pool layers must be 1 or 2, got {str(layers)[:40]!r}.")
         layers, draws, seed = int(layers), max(1, int(draws)), _fresh_seed(seed)
         h, w = INPUT_SIZE
         x = image_to_tensor(load_rgb_image(image), (w, h))
