@@ -271,7 +271,8 @@ class TrainContext(Protocol):
         """When this run is being resumed: what :meth:`save_state` saved last, else None."""
 
     def should_stop(self) -> bool:
-        """True once the run was cancelled: save what is worth saving and return promptly."""
+        """True once the run was cancelled, or interrupted (its worker is stopping or died): save what is
+        worth saving and return promptly. An interrupted run resumes from its last checkpoint."""
 
     def progress(self, total: int, desc: str = "") -> Progress:
         """A progress reporter for ``total`` steps: ``with ctx.progress(n, "epoch 1") as bar: bar.update()``."""

@@ -125,6 +125,28 @@ def test_mark_interrupted_dead_pid_and_stale_heartbeat(store):
     assert store.mark_interrupted(host="here", alive_pids={102}) == []
 
 
+def test_a_running_run_whose_heartbeat_went_stale_is_shown_as_interrupted(store):
+    """A killed foreground `avstudio train` records nothing: every read of runs ends it once its heartbeat is stale."""
+    killed, alive = store.enqueue("m", "r", {}), store.enqueue("m", "r", {})
+    store.claim_run(killed, "cli-h-101", host="h", pid=101)
+    store.claim_run(alive, "cli-h-102", host="h", pid=102)
+    old = store.get_run(killed).heartbeat_at - timedelta(seconds=store.stale_after_s + 1)
+    with store.engine.begin() as conn:
+        conn.execute(update(Run).where(Run.id == killed).values(heartbeat_at=old))
+    assert [(r.id, r.status) for r in store.list_runs()] == [(alive, "running"), (killed, "interrupted")]
+    run = store.get_run(killed)
+    assert run.error.startswith("interrupted: no heartbeat for more than 60 s") and run.finished_at is not None
+    assert store.requeue_for_resume(killed).status == "queued"  # and it can resume
+    # a single read sees it too: the run store of another process, asked for that run alone
+    with store.engine.begin() as conn:
+        conn.execute(update(Run).where(Run.id == alive).values(heartbeat_at=old))
+    other = RunStore(store.url)
+    try:
+        assert other.get_run(alive).status == "interrupted"
+    finally:
+        other.close()
+
+
 def test_requeue_for_resume(store):
     run_id = store.enqueue("m", "r", {})
     store.claim_next("w", host="h", pid=1)

@@ -140,8 +140,11 @@ class RunContext:
 
     def __init__(self, store: RunStore, run: RunInfo, registry: Any, *, device: torch.device,
                  data_dir: Path | str, runs_dir: Path | str, assets_dir: Path | str,
-                 config: Any = None, commit: str | None = None, show_progress: bool = False) -> None:
+                 config: Any = None, commit: str | None = None, show_progress: bool = False,
+                 interrupt: threading.Event | None = None) -> None:
         self.store, self.run, self.registry = store, run, registry
+        self.interrupt = interrupt  # set (by a signal, or the worker's death) to stop the run and leave it resumable
+        self.interrupted = False  # should_stop() said yes because of ``interrupt``: the recipe stopped early
         self.run_id = run.id
         self.device = device
         self.data_dir = Path(data_dir)
@@ -247,7 +250,10 @@ class RunContext:
 
     # -- control -----------------------------------------------------------------------------
     def should_stop(self, *, fresh: bool = False) -> bool:
-        """True once the run was cancelled (the store is asked at most once per second)."""
+        """True once the run was cancelled (the store is asked at most once per second) or interrupted."""
+        if self.interrupt is not None and self.interrupt.is_set():
+            self.interrupted = True
+            return True
         if self._cancelled:
             return True
         now = time.monotonic()

@@ -23,6 +23,7 @@ from trainer.db_models import Artifact, LatestMetric, Metric, Param, Promotion, 
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 MIGRATION_LOCK_KEY = 0x61767374  # "avst": the PostgreSQL advisory lock held while migrating
+STALE_AFTER_S = 60.0  # a running run with no heartbeat for this long has lost its process (beats come every 2 s)
 SCHEMA_REVISION = "0002"  # the head migration (a test checks it), so opening a current database skips alembic
 
 
@@ -77,12 +78,14 @@ class RunStore:
     Metric values that are NaN or infinite are stored as NULL and read back as ``float("nan")``.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, stale_after_s: float = STALE_AFTER_S) -> None:
         """Open (and create or upgrade, via Alembic migrations) the database at ``url``.
 
         SQLite gets WAL, a busy timeout and foreign keys; any other SQLAlchemy URL works.
+        ``stale_after_s``: see :meth:`expire_stale`.
         """
         self.url = str(url)
+        self.stale_after_s = float(stale_after_s)
         self.engine = make_engine(self.url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         upgrade_to_head(self.engine)
@@ -211,6 +214,15 @@ class RunStore:
                 marked.append(run_id)
         return marked
 
+    def expire_stale(self) -> list[int]:
+        """Mark running runs with no heartbeat for ``stale_after_s`` seconds as interrupted; return their ids.
+
+        Their process is gone without a word: a killed foreground ``avstudio train``, a worker on a
+        machine that went away. :meth:`get_run` and :meth:`list_runs` call this first, so every
+        command and tab that shows runs shows such a run as interrupted (and resumable).
+        """
+        return self.mark_interrupted(host="", stale_after_s=self.stale_after_s)
+
     def requeue_for_resume(self, run_id: int) -> RunInfo:
         """Put an interrupted / failed / cancelled run back in the queue to resume from its last checkpoint.
 
@@ -243,6 +255,7 @@ class RunStore:
     # -- reads -------------------------------------------------------------------------------
     def get_run(self, run_id: int) -> RunInfo:
         """The run, with its latest metrics; KeyError when there is none."""
+        self.expire_stale()
         with self._sessions() as session:
             run = session.get(Run, run_id)
             if run is None:
@@ -252,6 +265,7 @@ class RunStore:
     def list_runs(self, *, method: str | None = None, status: RunStatus | str | None = None,
                   limit: int = 100) -> list[RunInfo]:
         """Newest first."""
+        self.expire_stale()
         query = select(Run).order_by(Run.id.desc()).limit(limit)
         if method is not None:
             query = query.where(Run.method == method)

@@ -4,6 +4,21 @@
 ``run_worker`` is the loop behind ``avstudio worker``: it claims runs, executes each in a *spawned*
 child (so a run can be stopped for good), heartbeats, enforces cancellation after a grace period
 and records a final status even when the child dies.
+
+How a worker stops, and what it guarantees (POSIX; on Linux and macOS):
+
+* Each run's child leads a process group of its own, so the worker ends everything a run started
+  (a recipe's data-loading processes too) with one ``killpg``, and a signal sent to the worker's
+  whole group (``timeout``, Ctrl-C in a terminal) reaches the worker alone.
+* SIGTERM or SIGINT to the worker, or to its group: the worker sends SIGTERM to the child, which
+  asks the recipe to stop at its next ``should_stop()``; the run ends "interrupted", resumable from
+  its last checkpoint. After ``CHILD_STOP_WAIT_S`` the child's group is killed. The same SIGTERM
+  reaching the child directly (systemd signals every process of a service) does the same.
+* SIGKILL to the worker: the child sees its parent go (a pipe closes), interrupts the run the same
+  way and, after ``CHILD_STOP_WAIT_S``, kills its own group. A worker stopped any of these ways
+  leaves no process behind, unless one of them put itself in another process group or session.
+  The watch runs in a Python thread: a child stuck in C code that never releases the GIL is only
+  killed when its group is (by the worker, or by systemd's final SIGKILL).
 """
 
 from __future__ import annotations
@@ -28,6 +43,24 @@ from trainer.store import RunStatus, RunStore
 log = logging.getLogger("avstudio.worker")
 
 EXIT_PARENT_GONE = 70  # the child's exit code when its worker died under it
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+CHILD_STOP_WAIT_S = 5.0  # how long a run gets to stop by itself once asked to (then its process group is killed)
+STOPPED_TEXT = "the worker was stopped (SIGTERM/SIGINT); resume the run to continue"
+
+
+class StopRequest(threading.Event):
+    """A request to stop a run now and leave it resumable ("interrupted"), with the reason why.
+
+    Set from a signal handler or from another thread; the run's ``ctx.should_stop()`` sees it.
+    """
+
+    reason = "interrupted"
+
+    def request(self, reason: str) -> None:
+        """Ask for the stop (the first reason given is kept)."""
+        if not self.is_set():
+            self.reason = reason
+            self.set()
 
 
 class _Heartbeat:
@@ -77,13 +110,16 @@ def _final_metrics(result: Any) -> dict[str, float]:
 
 def execute_run(store_url: str, run_id: int, registry_factory: Callable[[], Any], *,
                 data_dir: Path | str, runs_dir: Path | str, assets_dir: Path | str,
-                device: str = "auto", show_progress: bool = False, threads: int | None = None) -> RunStatus:
+                device: str = "auto", show_progress: bool = False, threads: int | None = None,
+                interrupt: StopRequest | None = None) -> RunStatus:
     """Execute an already-claimed run in this process and record how it ended; returns the final status.
 
     The run's own device wins unless it is "auto", in which case ``device`` (the worker's) is used.
-    Ends as "succeeded", "cancelled" (when a stop was requested by the time train returned), or
-    "failed" with the error message as the first line of ``error`` and the traceback below it (a
-    stored config that no longer validates fails the run with the :class:`ConfigError`'s one line).
+    Ends as "succeeded", "cancelled" (when a cancel was requested by the time train returned),
+    "interrupted" (``interrupt`` was set and the recipe stopped early for it, or raised after it was
+    set: its helper processes may have got the same signal), or "failed" with the error message as
+    the first line of ``error`` and the traceback below it (a stored config that no longer validates
+    fails the run with the :class:`ConfigError`'s one line).
     A KeyboardInterrupt / SystemExit marks the run "interrupted" and propagates.
     """
     apply_threads(threads)
@@ -99,7 +135,8 @@ def execute_run(store_url: str, run_id: int, registry_factory: Callable[[], Any]
                 torch_device = resolve_device(run.device if run.device not in ("", "auto") else device)
                 store.set_started(run_id, device=str(torch_device))
                 ctx = RunContext(store, run, registry, device=torch_device, data_dir=data_dir, runs_dir=runs_dir,
-                                 assets_dir=assets_dir, config=config, show_progress=show_progress)
+                                 assets_dir=assets_dir, config=config, show_progress=show_progress,
+                                 interrupt=interrupt)
                 heartbeat.ctx = ctx
                 log.info("run %s: %s/%s on %s", run_id, run.method, run.recipe, torch_device)
                 result = recipe.train(config, ctx)
@@ -109,12 +146,20 @@ def execute_run(store_url: str, run_id: int, registry_factory: Callable[[], Any]
                 if final:
                     ctx.log_metrics(ctx.last_step, **final)
                 ctx.close()
-                status = RunStatus.CANCELLED if ctx.should_stop(fresh=True) else RunStatus.SUCCEEDED
-                store.finish(run_id, status)
+                if store.cancel_requested(run_id):
+                    store.finish(run_id, RunStatus.CANCELLED)
+                elif ctx.interrupted:  # it stopped early for the interrupt (one that came after its last step does not count)
+                    store.finish(run_id, RunStatus.INTERRUPTED, error=_interrupted_text(interrupt))
+                else:
+                    store.finish(run_id, RunStatus.SUCCEEDED)
             except Exception as exc:
-                log.error("run %s failed: %s", run_id, exc, exc_info=True)
                 _close_quietly(ctx)
-                store.finish(run_id, RunStatus.FAILED, error=_error_text(exc))
+                if interrupt is not None and interrupt.is_set():
+                    log.warning("run %s ended with an error after it was interrupted: %s", run_id, exc)
+                    store.finish(run_id, RunStatus.INTERRUPTED, error=f"{_interrupted_text(interrupt)}\n\n{_error_text(exc)}")
+                else:
+                    log.error("run %s failed: %s", run_id, exc, exc_info=True)
+                    store.finish(run_id, RunStatus.FAILED, error=_error_text(exc))
             except BaseException as exc:  # Ctrl-C or exit while running inline
                 _close_quietly(ctx)
                 store.finish(run_id, RunStatus.INTERRUPTED, error=f"stopped ({type(exc).__name__}) while running")
@@ -124,6 +169,11 @@ def execute_run(store_url: str, run_id: int, registry_factory: Callable[[], Any]
         return final_status
     finally:
         store.close()
+
+
+def _interrupted_text(interrupt: StopRequest | None) -> str:
+    reason = interrupt.reason if interrupt is not None else "interrupted"
+    return f"{reason}; resume the run to continue"
 
 
 def _close_quietly(ctx: RunContext | None) -> None:
@@ -137,26 +187,76 @@ def _close_quietly(ctx: RunContext | None) -> None:
 # -- the worker loop ------------------------------------------------------------------------------
 
 
-def _exit_with_parent() -> None:
-    """In a child: exit at once when the worker that started us dies (e.g. killed with SIGKILL)."""
-    parent = mp.parent_process()
-    if parent is None:
+def _lead_own_process_group() -> bool:
+    """Make this process the leader of a new process group (in the same session); whether it is now."""
+    if not hasattr(os, "setpgid"):
+        return False
+    try:
+        os.setpgid(0, 0)
+    except OSError:  # e.g. a session leader cannot
+        log.warning("could not put the run's process in a process group of its own", exc_info=True)
+    return os.getpgrp() == os.getpid()
+
+
+def _kill_process_group(pgid: int | None) -> None:
+    """SIGKILL every process still in group ``pgid``: a run's child (its leader) and what it started.
+
+    Called with a child's pid after it was reaped, too: a group's id cannot be taken by a new process
+    while any member of the group lives, so this reaches the leftovers and nothing else.
+    """
+    if pgid is None or pgid <= 1 or not hasattr(os, "killpg") or pgid == os.getpgrp():
         return
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):  # nothing left in it
+        pass
 
-    def watch() -> None:
-        parent.join()
-        os._exit(EXIT_PARENT_GONE)
 
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+def _stop_when_orphaned(parent: Any, interrupt: StopRequest, leader: bool, store_url: str, run_id: int) -> None:
+    """In a child: once the worker that started it is gone (killed with SIGKILL, say), interrupt the run;
+    if it has not ended ``CHILD_STOP_WAIT_S`` later, record it as interrupted and kill this process group
+    (or this process)."""
+    parent.join()  # returns when the pipe from the parent closes, i.e. when it died
+    interrupt.request(f"interrupted: its worker (pid {parent.pid}) died")
+    time.sleep(CHILD_STOP_WAIT_S)
+    log.warning("run %s: its worker is gone and the run did not stop; killing its process", run_id)
+
+    def record() -> None:
+        store = RunStore(store_url)
+        try:
+            store.finish(run_id, RunStatus.INTERRUPTED, error=_interrupted_text(interrupt))
+        finally:
+            store.close()
+
+    recorder = threading.Thread(target=record, name="record-interrupted", daemon=True)
+    recorder.start()
+    recorder.join(CHILD_STOP_WAIT_S)  # a database that does not answer must not keep the processes alive
+    if leader:
+        os.killpg(os.getpid(), signal.SIGKILL)
+    os._exit(EXIT_PARENT_GONE)
 
 
 def _child_main(store_url: str, run_id: int, registry_factory: Callable[[], Any], options: dict[str, Any],
                 log_level: int) -> None:
-    """Entry point of the spawned child that executes one run."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the worker's to handle
+    """Entry point of the spawned child that executes one run (see the module's docstring for signals)."""
+    leader = _lead_own_process_group()
+    interrupt = StopRequest()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        interrupt.request(f"interrupted by {signal.Signals(signum).name}")
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, on_signal)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _exit_with_parent()
-    execute_run(store_url, run_id, registry_factory, **options)
+    parent = mp.parent_process()
+    if parent is not None:
+        threading.Thread(target=_stop_when_orphaned, args=(parent, interrupt, leader, store_url, run_id),
+                         name="parent-watch", daemon=True).start()
+    try:
+        execute_run(store_url, run_id, registry_factory, interrupt=interrupt, **options)
+    finally:
+        if leader and parent is not None and not parent.is_alive():
+            os.killpg(os.getpid(), signal.SIGKILL)  # no worker is left to clear up after the run: this process goes too
 
 
 def _pid_alive(pid: int | None) -> bool:
@@ -176,14 +276,27 @@ def _alive_pids(store: RunStore, host: str) -> set[int]:
             if r.host == host and r.pid is not None and _pid_alive(r.pid)}
 
 
-def _stop_child(child: Any, wait_s: float = 5.0) -> None:
-    """Terminate the child, then kill it if it does not go."""
-    if child.is_alive():
+def _stop_child(child: Any, wait_s: float = CHILD_STOP_WAIT_S) -> None:
+    """Ask the child to stop (SIGTERM: its run stops at the next should_stop() and ends "interrupted");
+    after ``wait_s`` seconds (at once when 0) kill its process group: the child and all it started."""
+    if wait_s > 0 and child.is_alive():
         child.terminate()
         child.join(wait_s)
+    if child.pid is None:  # it never started
+        return
+    _kill_process_group(child.pid)
     if child.is_alive():
-        child.kill()
-        child.join(wait_s)
+        child.kill()  # it could not lead a group of its own
+    child.join(5.0)
+
+
+def _exit_text(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"{exitcode} ({signal.Signals(-exitcode).name})"
+        except ValueError:
+            pass
+    return str(exitcode)
 
 
 def _supervise(store: RunStore, child: Any, run_id: int, stop: threading.Event, *, grace_s: float,
@@ -209,18 +322,25 @@ def _supervise(store: RunStore, child: Any, run_id: int, stop: threading.Event, 
         except Exception:  # a busy or briefly unreachable database must not orphan the child
             log.warning("worker could not reach the run store while supervising run %s", run_id, exc_info=True)
         if kill_at is not None and now >= kill_at:
-            _stop_child(child)
+            _stop_child(child, wait_s=0)  # it had its grace period
             store.finish(run_id, RunStatus.CANCELLED, error=f"stopped by force: still running {grace_s:g} s after the cancel request")
             log.warning("run %s did not stop within %.0f s of the cancel request; killed", run_id, grace_s)
             return
         if stop.is_set():
             _stop_child(child)
-            store.finish(run_id, RunStatus.INTERRUPTED, error="the worker was stopped (SIGTERM/SIGINT); resume the run to continue")
-            log.warning("run %s interrupted: worker stopping", run_id)
+            store.finish(run_id, RunStatus.INTERRUPTED, error=STOPPED_TEXT)
+            log.warning("run %s %s: worker stopping", run_id, store.get_run(run_id).status)
             return
+    _kill_process_group(child.pid)  # what the run started and left running
     if store.get_run(run_id).status == RunStatus.RUNNING:
-        store.finish(run_id, RunStatus.FAILED, error=f"worker child exited with code {child.exitcode}")
-        log.error("run %s: worker child exited with code %s without a final status", run_id, child.exitcode)
+        code = _exit_text(child.exitcode)
+        if stop.is_set() or child.exitcode in (-signal.SIGTERM, -signal.SIGINT):
+            # a stop signal reached the child before it could handle it (in its first second or two)
+            store.finish(run_id, RunStatus.INTERRUPTED, error=f"{STOPPED_TEXT} (worker child exited with code {code})")
+            log.warning("run %s interrupted: worker child exited with code %s", run_id, code)
+        else:
+            store.finish(run_id, RunStatus.FAILED, error=f"worker child exited with code {code}")
+            log.error("run %s: worker child exited with code %s without a final status", run_id, code)
 
 
 def run_worker(store_url: str, registry_factory: Callable[[], Any], *, data_dir: Path | str,
