@@ -73,7 +73,8 @@ def test_the_enum_matches_the_schema():
 
 
 def test_a_run_queued_from_the_ui_records_the_commit(store, avstudio_home, store_url):
-    actions = RunsActions(store, make_registry(), Settings(home=avstudio_home, db_url=store_url))
+    actions = RunsActions(store, make_registry(), Settings(home=avstudio_home, db_url=store_url,
+                                                                  enable_training=True))
     run = store.get_run(actions.queue_run("counter", "count", {"steps": 2}))
     assert run.commit == current_commit()
     if (REPO_ROOT / ".git").exists():
