@@ -230,3 +230,12 @@ class StudioForTests:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a test server)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

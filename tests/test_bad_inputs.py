@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from PIL import Image
 
 from app.images import load_rgb_image
 from app.settings import REPO_ROOT, upload_limits
+from app.testing import free_port as _free_port
 from tests.bad_inputs import OVERSIZED_BYTES, write_corpus
 from trainer.errors import UserError
 
@@ -56,12 +56,6 @@ STATE_ENDPOINTS = {"s3pool_augment": (16, 1), "s3pool_augment_grid": (8, 2), "s3
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     return write_corpus(tmp_path_factory.mktemp("bad-inputs"))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

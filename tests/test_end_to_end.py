@@ -6,22 +6,16 @@ artifact land in the database → promote the checkpoint → the method's demo t
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
 
 from app.plugin_manager import load_registry
 from app.settings import Settings
+from app.testing import free_port as _free_port
 from app.ui import launch
 
 COUNTER_PLUGIN = "tests.plugins_for_tests.counter_plugin"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_for_status(client, run_id: int, wanted: set[str], timeout_s: float = 90.0) -> dict:

@@ -10,7 +10,6 @@ import dataclasses
 import hmac
 import os
 import pickle
-import socket
 import sys
 import types
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from app.demo_context import StudioDemoContext
 from app.errors import UserError
 from app.plugin_manager import load_registry
 from app.promotion import promote_artifact
+from app.testing import free_port as _free_port
 from app.ui import build_app, launch
 from app.ui.runs_tab import RunsActions
 from trainer.checkpoints import load_checkpoint, save_checkpoint
@@ -61,12 +61,6 @@ def _rows(store) -> tuple[int, int]:
     """How many runs (queued jobs included) and params rows the store holds."""
     with store.engine.connect() as connection:
         return tuple(connection.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar() for t in ("runs", "params"))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

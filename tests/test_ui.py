@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import socket
 import time
 
 import gradio as gr
@@ -13,6 +12,7 @@ import torch
 from app import api
 from app.plugin_manager import PluginStatus, Registry, load_registry
 from app.settings import Settings
+from app.testing import free_port as _free_port
 from app.ui import build_app, launch
 from app.ui.datasets_tab import DatasetActions
 from app.ui.plugins_tab import plugins_table
@@ -320,12 +320,6 @@ def test_a_failing_demo_leaves_the_app_up_and_is_listed(store, settings):
     failed = table[table["status"] == "failed"]
     assert set(failed["error"]) == {"ImportError: no module named nowhere",
                                     "build_demo of broken: RuntimeError: the demo could not find its weights"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_launched_app_answers_gradio_client(store, settings, tmp_path):
