@@ -47,8 +47,12 @@ class PolicyConfig:
         8, "iterations per curriculum step: one more block (from the end) is learned after each, so the "
            "curriculum takes K steps and the rest of training learns all K blocks (paper: one epoch of "
            "≈25 iterations per step, then all K for the remaining ~5000 epochs)", min=1)
+    policy_arch: str = config_field(
+        "strided", "policy network: 'strided' (three wide stride-2 convolutions, whose time at batch 1 "
+                   "matches its FLOPs) or 'resnet8' (the paper's ResNet-8; the studio's policies before "
+                   "issue 13, at policy_input_size 16)", choices=("strided", "resnet8"))
     policy_input_size: int = config_field(
-        16, "the policy sees the image resized to this size: 16 costs a quarter of the FLOPs of 32 "
+        32, "the policy sees the image resized to this size; 32 = the shapes images as they are "
             "(paper: 32 on CIFAR, 112 for 224 ImageNet)", min=4)
     num_train: int = config_field(0, "use only the first N training images (0 = the whole split)", min=0)
     flip: bool = config_field(True, "random horizontal flips during training")

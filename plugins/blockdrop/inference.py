@@ -9,8 +9,9 @@
   batches run each block on the sub-batch that keeps it (gather → block → scatter), as
   :meth:`BlockDropResNet.forward` does, with the folded layers.
 
-Both :class:`FastResNet` (from a :class:`BlockDropResNet`) and :class:`FastPolicy` (from a
-:class:`PolicyNet`) compute the same function as the modules they are built from; the tests check it.
+:class:`FastResNet` (from a :class:`BlockDropResNet`), :class:`FastPolicy` (from a ResNet-8
+:class:`PolicyNet`) and :class:`FastStridedPolicy` (from a :class:`StridedPolicyNet`) compute the same
+function as the modules they are built from; the tests check it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plugins.blockdrop.model import BlockDropResNet, DownsampleB, PolicyNet, ResNetTrunk
+from plugins.blockdrop.model import (
+    BlockDropResNet,
+    DownsampleB,
+    PolicyModule,
+    PolicyNet,
+    ResNetTrunk,
+    StridedPolicyNet,
+)
 
 
 def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
@@ -132,6 +140,41 @@ class FastPolicy(_Folded):
         return torch.sigmoid(self._head(x))
 
 
+class FastStridedPolicy(nn.Module):
+    """:class:`StridedPolicyNet` for inference: normalisation as one affine op, batch norm folded."""
+
+    def __init__(self, policy: StridedPolicyNet) -> None:
+        super().__init__()
+        policy = policy.eval()
+        self.input_size = policy.config.input_size
+        self.register_buffer("in_scale", (1.0 / policy.std).clone())
+        self.register_buffer("in_shift", (-policy.mean / policy.std).clone())
+        self.convs = nn.ModuleList(fold_bn(c, b) for c, b in zip(policy.convs, policy.bns, strict=True))
+        self.fc = policy.fc
+        self.channels_last = False
+        self.requires_grad_(False)
+
+    def use_channels_last(self, enabled: bool = True) -> FastStridedPolicy:
+        self.channels_last = enabled
+        return self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = self.input_size
+        if x.shape[-1] != size or x.shape[-2] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = torch.addcmul(self.in_shift, x, self.in_scale)
+        for conv in self.convs:
+            x = F.relu(conv(x))
+        return torch.sigmoid(self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)))
+
+
+def fast_policy(policy: PolicyModule) -> FastPolicy | FastStridedPolicy:
+    """The inference-path version of either policy architecture."""
+    return FastStridedPolicy(policy) if isinstance(policy, StridedPolicyNet) else FastPolicy(policy)
+
+
 # The deployed layout, from the benchmark's per-step measurements (docs/blockdrop.md): channels-last
 # speeds up both networks at batch 1 (oneDNN's preferred layout, fewer reorders), but in a batch it slows
 # BlockDrop's per-block gathers and scatters more than it speeds up the convolutions, so batches stay NCHW.
@@ -143,12 +186,12 @@ def deployed_layout(batch_size: int) -> bool:
     return batch_size <= CHANNELS_LAST_UP_TO_BATCH
 
 
-def prepare(backbone: BlockDropResNet, policy: PolicyNet | None = None, *, channels_last: bool = True
-            ) -> tuple[FastResNet, FastPolicy | None]:
+def prepare(backbone: BlockDropResNet, policy: PolicyModule | None = None, *, channels_last: bool = True
+            ) -> tuple[FastResNet, FastPolicy | FastStridedPolicy | None]:
     """The inference-path versions of a backbone (and policy network), on the backbone's device."""
     fast = FastResNet(backbone).use_channels_last(channels_last)
-    fast_policy = FastPolicy(policy).use_channels_last(channels_last) if policy is not None else None
-    return fast, fast_policy
+    fast_pol = fast_policy(policy).use_channels_last(channels_last) if policy is not None else None
+    return fast, fast_pol
 
 
 def keep_list(probs: torch.Tensor, free_blocks: int | None) -> list[bool]:
@@ -171,7 +214,7 @@ def keep_tensor(probs: torch.Tensor, free_blocks: int | None) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def fast_blockdrop(backbone: FastResNet, policy: FastPolicy, x: torch.Tensor,
+def fast_blockdrop(backbone: FastResNet, policy: FastPolicy | FastStridedPolicy, x: torch.Tensor,
                    free_blocks: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """BlockDrop at test time on the inference path: logits and the N×K policy that produced them."""
     probs = policy(x)

@@ -1,5 +1,6 @@
 """BlockDrop models: a CIFAR-style ResNet whose residual blocks can really be skipped, per sample,
-and the ResNet-8 policy network that decides which blocks to keep (arXiv:1711.08393).
+and the policy network that decides which blocks to keep (arXiv:1711.08393): the paper's ResNet-8
+(``arch="resnet8"``) or three strided convolutions (``arch="strided"``, the default since issue 13).
 
 Backbone: depth 6n+2 (20/32/56/110), K = 3n BasicBlocks in three stages of 16/32/64 channels.
 The shortcut of the first block of stages 2 and 3 is the paper's parameter-free ``DownsampleB``
@@ -48,9 +49,18 @@ class PolicyConfig:
 
     num_blocks: int = 15  # K: one keep/drop output per backbone block
     input_size: int = 32  # the policy looks at the image resized to input_size × input_size
-    width: int = 16
+    width: int = 16  # resnet8: channels of its first stage
     mean: tuple[float, float, float] = MEAN
     std: tuple[float, float, float] = STD
+    # "resnet8": the paper's ResNet-8 (cards written before this field have it). "strided": conv 2×2 → conv
+    # 3×3 → conv 3×3, each stride 2 with batch norm and ReLU, then pooled → linear. At batch 1 a small
+    # network's time is per-layer overhead, not FLOPs; three wide layers run in 0.13 ms where the ResNet-8's
+    # eight small ones took 0.33 ms on a 2-core CPU (docs/blockdrop.md, "The policy network").
+    arch: str = "resnet8"
+    channels: tuple[int, ...] = (32, 64, 128)  # strided: output channels of its three layers
+
+
+POLICY_ARCHS = ("strided", "resnet8")
 
 
 class BasicBlock(nn.Module):
@@ -203,14 +213,66 @@ class PolicyNet(ResNetTrunk):
         return self.head(x)
 
 
+class StridedPolicyNet(nn.Module):
+    """Keep probabilities from a few wide strided convolutions (``PolicyConfig.arch == "strided"``)."""
+
+    def __init__(self, config: PolicyConfig):
+        super().__init__()
+        self.config = config
+        self.register_buffer("mean", torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.convs = nn.ModuleList()
+        self.bns = nn.ModuleList()
+        in_ch = 3
+        for i, out_ch in enumerate(config.channels):
+            kernel, padding = (2, 0) if i == 0 else (3, 1)  # the first layer halves the image without overlap
+            self.convs.append(nn.Conv2d(in_ch, out_ch, kernel, 2, padding, bias=False))
+            self.bns.append(nn.BatchNorm2d(out_ch))
+            in_ch = out_ch
+        self.fc = nn.Linear(in_ch, config.num_blocks)
+        for conv in self.convs:
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+
+    @property
+    def num_blocks(self) -> int:
+        return self.config.num_blocks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Keep probabilities N×K in (0, 1)."""
+        return torch.sigmoid(self.logits(x))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        size = self.config.input_size
+        if x.shape[-1] != size or x.shape[-2] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        x = (x - self.mean) / self.std
+        for conv, bn in zip(self.convs, self.bns, strict=True):
+            x = F.relu(bn(conv(x)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+PolicyModule = PolicyNet | StridedPolicyNet
+
+
+def make_policy(config: PolicyConfig) -> PolicyModule:
+    """The policy network a config describes (its ``arch``)."""
+    if config.arch == "resnet8":
+        return PolicyNet(config)
+    if config.arch == "strided":
+        if len(config.channels) < 1:
+            raise ValueError("a strided policy needs at least one layer (channels)")
+        return StridedPolicyNet(config)
+    raise ValueError(f"unknown policy architecture {config.arch!r}; expected one of {POLICY_ARCHS}")
+
+
 def build_resnet(depth: int, num_classes: int, width: int = 16) -> BlockDropResNet:
     """A CIFAR-style ResNet-``depth`` (6n+2) with ``num_classes`` outputs, ready for BlockDrop."""
     return BlockDropResNet(ResNetConfig(depth=depth, num_classes=num_classes, width=width))
 
 
-def build_policy(num_blocks: int, input_size: int = 32, width: int = 16) -> PolicyNet:
-    """The ResNet-8 policy network for a backbone with ``num_blocks`` blocks."""
-    return PolicyNet(PolicyConfig(num_blocks=num_blocks, input_size=input_size, width=width))
+def build_policy(num_blocks: int, input_size: int = 32, width: int = 16, arch: str = "resnet8") -> PolicyModule:
+    """A policy network (ResNet-8 unless ``arch`` says otherwise) for a backbone with ``num_blocks`` blocks."""
+    return make_policy(PolicyConfig(num_blocks=num_blocks, input_size=input_size, width=width, arch=arch))
 
 
 def greedy_policy(probs: torch.Tensor) -> torch.Tensor:
@@ -252,9 +314,9 @@ def backbone_from_checkpoint(checkpoint: Checkpoint, device: Any = "cpu") -> Blo
     return load_module_tensors(BlockDropResNet(config), checkpoint.tensors, "backbone").to(device)
 
 
-def policy_from_checkpoint(checkpoint: Checkpoint, device: Any = "cpu") -> PolicyNet:
+def policy_from_checkpoint(checkpoint: Checkpoint, device: Any = "cpu") -> PolicyModule:
     """The policy network stored (``policy.*``) in a checkpoint, built from the config its card records."""
     _, config = model_configs(checkpoint.metadata)
     if config is None:
         raise ValueError(f"{checkpoint.path.name or 'the checkpoint'} holds no policy network (a backbone?)")
-    return load_module_tensors(PolicyNet(config), checkpoint.tensors, "policy").to(device)
+    return load_module_tensors(make_policy(config), checkpoint.tensors, "policy").to(device)

@@ -29,9 +29,9 @@ from plugins.blockdrop.data import augment, eval_split, labels_of, load_split
 from plugins.blockdrop.evaluation import evaluate, infer
 from plugins.blockdrop.model import (
     BlockDropResNet,
-    PolicyNet,
     ResNetConfig,
     backbone_from_checkpoint,
+    make_policy,
     policy_from_checkpoint,
 )
 from plugins.blockdrop.model import PolicyConfig as PolicyNetConfig
@@ -127,8 +127,9 @@ def train_policy(config: PolicyConfig, ctx: Any) -> dict[str, float]:
     val_split = eval_split(ctx, config.dataset)
     val_images, val_targets = load_split(ctx, config.dataset, val_split)
     images, targets = images.to(loop.device), targets.to(loop.device)
-    policy_net = PolicyNet(PolicyNetConfig(num_blocks=k, input_size=config.policy_input_size,
-                                           mean=backbone.config.mean, std=backbone.config.std)).to(loop.device)
+    policy_net = make_policy(PolicyNetConfig(num_blocks=k, input_size=config.policy_input_size,
+                                             mean=backbone.config.mean, std=backbone.config.std,
+                                             arch=config.policy_arch)).to(loop.device)
     optimizer = torch.optim.Adam(policy_net.parameters(), lr=config.lr)
     loop.resume(modules={"backbone": backbone, "policy": policy_net}, optimizers=[optimizer])
     card = {"kind": "policy", "config": asdict(config), "dataset": config.dataset, "eval_split": val_split,
@@ -230,7 +231,7 @@ RECIPES = [
     Recipe("backbone", BackboneConfig, train_backbone,
            "Train the CIFAR-style ResNet (default ResNet-32 on shapes); saves checkpoint 'backbone'."),
     Recipe("policy", PolicyConfig, train_policy,
-           "Curriculum REINFORCE of the ResNet-8 policy on the frozen backbone; saves 'policy'."),
+           "Curriculum REINFORCE of the policy network on the frozen backbone; saves 'policy'."),
     Recipe("finetune", FinetuneConfig, train_finetune,
            "Joint fine-tuning of policy and backbone at penalty γ; saves 'policy-g<γ>'."),
 ]
