@@ -94,6 +94,20 @@ def timing_rounds(paths: dict[str, tuple], images: torch.Tensor, device: torch.d
     return summary
 
 
+def policy_time_share(full, policy, images: torch.Tensor, count: int, repeats: int) -> dict[str, float]:
+    """Batch-1 time of the policy network alone against the full ResNet's, both on the deployed path
+    (medians over ``count`` images): a policy whose time share far exceeds its FLOPs share is what kept
+    the speedup below the ideal (issue 13)."""
+    policy_ms = full_ms = 0.0
+    for i in range(count):
+        x = images[i:i + 1].float().div_(255.0)
+        times = analysis.interleaved_latency_ms({"full": lambda x=x: full(x), "policy": lambda x=x: policy(x)},
+                                                repeats=repeats, warmup=2 if i == 0 else 1)
+        policy_ms += times["policy"] / count
+        full_ms += times["full"] / count
+    return {"policy_ms": policy_ms, "full_ms": full_ms, "time_share": policy_ms / full_ms}
+
+
 def cpu_model() -> str:
     """The CPU's model name (Linux /proc/cpuinfo), else what platform says."""
     try:
@@ -195,6 +209,16 @@ def main() -> None:
                                                                            deployed["fraction_of_ideal_max"]]
             figures[f"latency_b{batch}_{name}_full_ms"] = deployed["full_ms_median"]
             figures[f"latency_b{batch}_{name}_blockdrop_ms"] = deployed["blockdrop_ms_median"]
+    for net in (backbone_full, backbone_bd, policy_net):
+        net.cpu()
+    from plugins.blockdrop.inference import prepare
+
+    full_fast, _ = prepare(backbone_full, None, channels_last=deployed_layout(1))
+    _, policy_fast = prepare(backbone_bd, policy_net, channels_last=deployed_layout(1))
+    with torch.inference_mode():
+        share = policy_time_share(full_fast, policy_fast, shuffled, n1 // 2, 5)
+    figures["policy_net_b1_cpu"] = {**share, "flops_share": table.policy / table.full,
+                                    "arch": getattr(policy_net.config, "arch", "resnet8")}
     figures["timing_rounds"] = rounds
     figures["cpu_model"] = cpu_model()
     figures["torch_threads"] = {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()}

@@ -23,10 +23,11 @@ def _randomise_bn(net: torch.nn.Module, seed: int) -> torch.nn.Module:
     return net.eval()
 
 
-@pytest.fixture(scope="module")
-def nets():
+@pytest.fixture(scope="module", params=["resnet8", "strided"])
+def nets(request):
     torch.manual_seed(0)
-    return _randomise_bn(build_resnet(14, 5), 1), _randomise_bn(build_policy(6, input_size=16), 2)
+    policy = build_policy(6, input_size=16, arch=request.param)  # 16: the 32×32 inputs are resized first
+    return _randomise_bn(build_resnet(14, 5), 1), _randomise_bn(policy, 2)
 
 
 def test_folding_batch_norm_keeps_the_function():
@@ -50,6 +51,8 @@ def test_the_inference_path_matches_the_modules_at_batch_1_and_in_a_batch(nets, 
             one, keep_one = fast_blockdrop(fast, fast_policy, x[i:i + 1], free_blocks)
             assert torch.equal(keep_one, ref_policy[i:i + 1]) and torch.allclose(one, ref_logits[i:i + 1], atol=1e-4)
         assert torch.allclose(fast_full(fast, x), backbone(x), atol=1e-4)
+        assert torch.allclose(fast_policy(x), policy(x), atol=1e-5)
+        assert 0 < int(ref_policy.sum()) < ref_policy.numel() or free_blocks is not None  # not all one way
         if free_blocks is not None:  # blocks outside the curriculum are always kept
             assert bool((keep[:, : backbone.num_blocks - free_blocks] == 1).all())
 
