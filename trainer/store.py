@@ -447,6 +447,13 @@ def make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        # Crash-safe against a killed process (tests/test_crash_consistency.py SIGKILLs the app and
+        # `avstudio train` mid-write): in WAL mode a transaction counts only once its commit frame is in
+        # the log, so a process killed mid-transaction leaves nothing half-written, and its locks die
+        # with it. synchronous=NORMAL: a returned COMMIT is in the OS's cache, which outlives the
+        # process; a power loss may lose the last commits but never corrupts the file. FULL would keep
+        # those too, for an fsync per commit (4 ms here against 0.07 ms, with other writers queued
+        # behind it). busy_timeout: wait up to 20 s for another writer's lock, not "database is locked".
         cursor = dbapi_connection.cursor()
         for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=20000", "foreign_keys=ON"):
             cursor.execute(f"PRAGMA {pragma}")
