@@ -280,6 +280,43 @@ def _cancel_on_ctrl_c(store, run_id: int):
         signal.signal(signal.SIGINT, previous)
 
 
+@contextmanager
+def _interrupt_on_stop_signals(store, run_id: int):
+    """SIGTERM (`kill`, `timeout`, a container or systemd stop) and SIGHUP (the terminal went away)
+    ask the run to stop at its next should_stop() and end "interrupted", resumable from its last
+    checkpoint; a run still going ``CHILD_STOP_WAIT_S`` later (or at a second signal) is recorded as
+    interrupted and stopped at once. Yields the StopRequest; a signal set to be ignored (nohup) stays so."""
+    import _thread
+
+    from trainer.store import RunStatus
+    from trainer.worker import CHILD_STOP_WAIT_S, StopRequest
+
+    interrupt = StopRequest()
+    interrupt.signum = None  # the signal that asked for the stop
+    timers: list[threading.Timer] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if interrupt.is_set():  # its grace is over
+            _in_thread(store.finish, run_id, RunStatus.INTERRUPTED, wait=True, error=f"{interrupt.reason}; "
+                       "it did not stop by itself and was stopped at once; resume the run to continue")
+            raise KeyboardInterrupt
+        interrupt.signum = signum
+        interrupt.request(f"interrupted by {signal.Signals(signum).name}")
+        timers.append(threading.Timer(CHILD_STOP_WAIT_S, _thread.interrupt_main, (signum,)))
+        timers[-1].daemon = True
+        timers[-1].start()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)
+                if signal.getsignal(sig) is not signal.SIG_IGN}
+    try:
+        yield interrupt
+    finally:
+        for timer in timers:
+            timer.cancel()
+        for sig, handler_before in previous.items():
+            signal.signal(sig, handler_before)
+
+
 def _in_thread(fn, *args: Any, wait: bool, **kwargs: Any) -> None:
     """Call a store method from a signal handler: in a thread, since the interrupted code may hold
     a database transaction (so we wait a few seconds at most)."""
@@ -299,27 +336,35 @@ def _in_thread(fn, *args: Any, wait: bool, **kwargs: Any) -> None:
 
 
 def _run_inline(store, settings: Settings, registry, run_id: int, device: str) -> None:
-    """Claim a queued run and execute it here with a progress bar; exit non-zero unless it succeeded."""
+    """Claim a queued run and execute it here with a progress bar; exit non-zero unless it succeeded.
+
+    Ctrl-C cancels it (see ``_cancel_on_ctrl_c``); SIGTERM or SIGHUP interrupt it, resumable.
+    """
     from trainer.store import RunStatus
     from trainer.worker import execute_run
 
     host, pid = socket.gethostname(), os.getpid()
-    if store.claim_run(run_id, f"cli-{host}-{pid}", host=host, pid=pid) is None:
-        raise CliError(f"run {run_id} was taken by a worker; follow it with `avstudio runs show {run_id}`")
-    try:
-        with _cancel_on_ctrl_c(store, run_id):
-            execute_run(settings.db_url, run_id, lambda: registry, data_dir=settings.data_dir,
-                        runs_dir=settings.runs_dir, assets_dir=settings.assets_dir, device=device,
-                        show_progress=True, threads=settings.threads)
-    except KeyboardInterrupt:
-        store.finish(run_id, RunStatus.CANCELLED, error="cancelled with Ctrl-C")  # no-op if it has finished
+    with _interrupt_on_stop_signals(store, run_id) as interrupt:
+        if store.claim_run(run_id, f"cli-{host}-{pid}", host=host, pid=pid) is None:
+            raise CliError(f"run {run_id} was taken by a worker; follow it with `avstudio runs show {run_id}`")
+        try:
+            with _cancel_on_ctrl_c(store, run_id):
+                execute_run(settings.db_url, run_id, lambda: registry, data_dir=settings.data_dir,
+                            runs_dir=settings.runs_dir, assets_dir=settings.assets_dir, device=device,
+                            show_progress=True, threads=settings.threads, interrupt=interrupt)
+        except KeyboardInterrupt:  # no-op if it has finished
+            store.finish(run_id, RunStatus.INTERRUPTED if interrupt.is_set() else RunStatus.CANCELLED,
+                         error=f"{interrupt.reason}; resume the run to continue" if interrupt.is_set()
+                         else "cancelled with Ctrl-C")
     run = store.get_run(run_id)
     click.echo(f"run {run.id} {run.status} on {run.device}")
     for key in sorted(run.latest_metrics):
         click.echo(f"  {key} = {_fmt(run.latest_metrics[key])}")
     if run.status != RunStatus.SUCCEEDED:
+        # a stop signal gives the shell's code for it (143 for SIGTERM), as if it had ended the process
+        signum = interrupt.signum if run.status == RunStatus.INTERRUPTED else None
         raise CliError(f"run {run.id} {run.status}" + (f": {run.error}" if run.error else ""),
-                       exit_code=130 if run.status == RunStatus.CANCELLED else 1)
+                       exit_code=130 if run.status == RunStatus.CANCELLED else 128 + signum if signum else 1)
 
 
 @cli.command(context_settings={"ignore_unknown_options": False})
