@@ -129,6 +129,9 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(REPO_ROOT / ".data"))
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for the CPU timings")
     parser.add_argument("--rounds", type=int, default=5, help="timing rounds (median and spread are reported)")
+    parser.add_argument("--compare-policy", default=None,
+                        help="another policy checkpoint (e.g. the earlier ResNet-8 policy) whose network's batch-1 "
+                             "time share is measured in the same run, as a control")
     args = parser.parse_args()
 
     from plugins.datasets.shapes import load_shapes
@@ -219,6 +222,14 @@ def main() -> None:
         share = policy_time_share(full_fast, policy_fast, shuffled, n1 // 2, 5)
     figures["policy_net_b1_cpu"] = {**share, "flops_share": table.policy / table.full,
                                     "arch": getattr(policy_net.config, "arch", "resnet8")}
+    if args.compare_policy:
+        other = policy_from_checkpoint(load_checkpoint(Path(args.compare_policy))).eval()
+        _, other_fast = prepare(backbone_bd, other, channels_last=deployed_layout(1))
+        with torch.inference_mode():
+            other_share = policy_time_share(full_fast, other_fast, shuffled, n1 // 2, 5)
+        other_flops = analysis.flop_table(backbone_bd, other, tuple(images.shape[2:])).policy
+        figures["policy_net_b1_cpu_compared"] = {**other_share, "flops_share": other_flops / table.full,
+                                                 "arch": other.config.arch, "checkpoint": Path(args.compare_policy).name}
     figures["timing_rounds"] = rounds
     figures["cpu_model"] = cpu_model()
     figures["torch_threads"] = {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()}

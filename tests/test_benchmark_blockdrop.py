@@ -57,7 +57,7 @@ def test_report_has_every_figure_the_issue_names(tmp_path):
     proc = subprocess.run(
         [sys.executable, "benchmarks/blockdrop.py", "--quick", "--device", "cpu", "--backbone", str(full),
          "--policy", str(assets / "policy-g1.safetensors"), "--out", str(out),
-         "--data-dir", str(tmp_path / "data")],
+         "--data-dir", str(tmp_path / "data"), "--compare-policy", str(assets / "policy-g1.safetensors")],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -77,6 +77,9 @@ def test_report_has_every_figure_the_issue_names(tmp_path):
     assert share["arch"] == "resnet8" and 0 < share["time_share"] < 1
     assert share["flops_share"] == pytest.approx(figures["flops_policy_net"] / figures["flops_full"])
     assert share["policy_ms"] < share["full_ms"]
+    compared = figures["policy_net_b1_cpu_compared"]  # the control: here the same policy, timed again
+    assert compared["flops_share"] == pytest.approx(share["flops_share"]) and compared["arch"] == "resnet8"
+    assert 0 < compared["time_share"] < 1
     assert len(figures["timing"]["b1_cpu"]["channels_last"]["rounds"]["speedup"]) == figures["timing_rounds"] >= 3
     assert {"accuracy_within_1pt_of_full", "blocks_at_most_50pct", "spearman_at_least_0.3"} <= set(report["targets"])
     assert report["command"].startswith("python benchmarks/blockdrop.py")
