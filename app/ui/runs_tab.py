@@ -26,7 +26,7 @@ from trainer.store import RunStatus
 
 POLL_S = 2.0
 DEVICES = ("auto", "cpu", "cuda", "mps")
-RUN_COLUMNS = ["id", "method", "recipe", "status", "progress %", "device", "created", "latest metrics"]
+RUN_COLUMNS = ["id", "method", "recipe", "status", "progress %", "device", "host", "created", "latest metrics"]
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -81,8 +81,9 @@ class RunsActions:
 
     # -- reads ---------------------------------------------------------------------------------
     def runs_list(self) -> pd.DataFrame:
-        """The newest runs, one row each: id, method, recipe, status, progress %, device, created, metrics."""
-        rows = [[r.id, r.method, r.recipe, r.status, round(100.0 * (r.progress or 0.0), 1), r.device,
+        """The newest runs, one row each: id, method, recipe, status, progress %, device, the host of the
+        worker that ran it, created, metrics."""
+        rows = [[r.id, r.method, r.recipe, r.status, round(100.0 * (r.progress or 0.0), 1), r.device, r.host or "",
                  _when(r.created_at), _metrics_text(r.latest_metrics)] for r in self.store.list_runs(limit=200)]
         return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
@@ -104,7 +105,7 @@ class RunsActions:
         return {
             "id": run.id, "method": run.method, "recipe": run.recipe, "status": run.status,
             "progress": f"{100.0 * (run.progress or 0.0):.1f}% {run.progress_desc or ''}".strip(),
-            "device": run.device, "commit": run.commit, "created": _when(run.created_at),
+            "device": run.device, "host": run.host, "commit": run.commit, "created": _when(run.created_at),
             "started": _when(run.started_at), "finished": _when(run.finished_at),
             "resumed": run.resume_count, "cancel_requested": run.cancel_requested,
             "error": run.error, "config": run.config, "latest_metrics": run.latest_metrics,
