@@ -139,9 +139,7 @@ def _try_load_plugins(ctx: click.Context) -> bool:
 
 
 def _store(settings: Settings):
-    from trainer.store import RunStore
-
-    return RunStore(settings.db_url)
+    return settings.open_store()
 
 
 def _on_run(action, run_id: int):
@@ -244,7 +242,8 @@ def worker(exit_when_idle: bool, max_runs: int | None, grace_s: float, poll_inte
         result = run_worker(settings.db_url, registry_from_env, data_dir=settings.data_dir,
                             runs_dir=settings.runs_dir, assets_dir=settings.assets_dir,
                             device=settings.device, poll_interval_s=poll_interval_s, grace_s=grace_s,
-                            exit_when_idle=exit_when_idle, max_runs=max_runs, threads=settings.threads)
+                            exit_when_idle=exit_when_idle, max_runs=max_runs, threads=settings.threads,
+                            stale_after_s=settings.stale_after_s, db_retry_s=settings.db_retry_s)
     except KeyboardInterrupt:
         click.echo("worker stopped", err=True)
         sys.exit(130)
@@ -436,9 +435,9 @@ def runs_list(method: str | None, status: str | None, limit: int, as_json: bool)
     if not found:
         click.echo("no runs yet: start one with `avstudio train METHOD RECIPE`")
         return
-    rows = [[r.id, r.method, r.recipe, r.status, r.device, r.created_at, _metrics_text(r.latest_metrics)]
+    rows = [[r.id, r.method, r.recipe, r.status, r.device, r.host or "", r.created_at, _metrics_text(r.latest_metrics)]
             for r in found]
-    click.echo(_table(["id", "method", "recipe", "status", "device", "created", "metrics"], rows))
+    click.echo(_table(["id", "method", "recipe", "status", "device", "host", "created", "metrics"], rows))
 
 
 @runs.command("show")
@@ -460,7 +459,7 @@ def runs_show(run_id: int, as_json: bool) -> None:
                     "artifacts": [{**asdict(a), "promoted_as": promoted.get(a.id, [])} for a in artifacts]})
         return
     click.echo(f"run {run.id}: {run.method}/{run.recipe}  [{run.status}]")
-    for label, value in [("device", run.device), ("commit", run.commit), ("worker", run.worker_id),
+    for label, value in [("device", run.device), ("commit", run.commit), ("worker", run.worker_id), ("host", run.host),
                          ("created", run.created_at), ("started", run.started_at),
                          ("finished", run.finished_at), ("resumed", run.resume_count or None)]:
         if value is not None:

@@ -141,9 +141,7 @@ class StudioCommandContext:
     def _lookup(self) -> CheckpointLookup:
         settings = self.settings
         if self._store is None or self._store.url != settings.db_url:
-            from trainer.store import RunStore
-
-            self._store = RunStore(settings.db_url)
+            self._store = settings.open_store()
         return CheckpointLookup(self._registry, self._store, settings.assets_dir)
 
     def load_checkpoint(self, ref: str) -> Checkpoint:

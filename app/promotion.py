@@ -9,6 +9,7 @@ only into a declared slot, only for the method whose run saved it, and only if t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from app.errors import UserError
@@ -68,6 +69,9 @@ def promote_artifact(store: Any, registry: Any, artifact_id: int, slot: str | No
     if declared is None:
         slots = ", ".join(s.name for s in method.checkpoint_slots) or "(none: this method's demo reads no checkpoint)"
         raise UserError(f"{run.method} has no checkpoint slot {slot!r}; its demo reads: {slots}")
+    if not Path(artifact.path).is_file():  # e.g. written on another machine, with no shared AVSTUDIO_HOME here
+        raise UserError(f"cannot promote artifact {artifact.id}: its file {artifact.path} is not on this machine "
+                        "(machines that share runs share one AVSTUDIO_HOME)")
     if declared.check is not None:
         try:
             checkpoint = load_checkpoint(artifact.path)

@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from trainer.config import parse_flag
 
@@ -36,6 +37,8 @@ def parse_threads(value: str | int | None) -> int | None:
     return int(text)
 
 
+DEFAULT_STALE_AFTER_S = 60.0  # heartbeats come every 2 s: 30 missed beats
+DEFAULT_DB_RETRY_S = 600.0  # a database server restart, or a network blip, takes far less
 DEFAULT_MAX_UPLOAD_MB = 10.0
 DEFAULT_MAX_UPLOAD_MEGAPIXELS = 16.0
 
@@ -92,6 +95,12 @@ class Settings:
     assets_dir: Path = field(default_factory=lambda: Path(os.environ.get("AVSTUDIO_ASSETS", str(ASSETS_DIR))))
     threads: int | None = field(default_factory=lambda: parse_threads(os.environ.get("AVSTUDIO_THREADS")))
     """CPU threads for recipes, workers and demos (None: torch's default, one per core)."""
+    stale_after_s: float = field(default_factory=lambda: _positive_number(
+        "AVSTUDIO_STALE_AFTER_S", os.environ, DEFAULT_STALE_AFTER_S))
+    """A running run whose heartbeat is older than this is marked interrupted (its worker was lost)."""
+    db_retry_s: float = field(default_factory=lambda: _positive_number(
+        "AVSTUDIO_DB_RETRY_S", os.environ, DEFAULT_DB_RETRY_S))
+    """How long a worker and its runs retry a database they cannot reach before they give up."""
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).expanduser()
@@ -105,6 +114,14 @@ class Settings:
     @property
     def runs_dir(self) -> Path:
         return self.home / "runs"
+
+    def open_store(self) -> Any:
+        """The run store at ``db_url`` for the CLI and the web UI: its calls fail at once when the
+        database is unreachable (a worker's store retries instead), and artifact paths are read under
+        this machine's ``runs_dir``."""
+        from trainer.store import RunStore
+
+        return RunStore(self.db_url, stale_after_s=self.stale_after_s, runs_dir=self.runs_dir)
 
     def ensure_dirs(self) -> None:
         for path in (self.home, self.data_dir, self.runs_dir):

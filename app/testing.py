@@ -34,7 +34,7 @@ from app.settings import ASSETS_DIR, Settings
 from trainer.config import config_to_dict, make_config
 from trainer.context import RunContext
 from trainer.gitinfo import current_commit
-from trainer.store import RunInfo, RunStatus, RunStore
+from trainer.store import RunInfo, RunStatus
 from trainer.worker import execute_run
 
 
@@ -101,7 +101,7 @@ class StudioForTests:
         self.settings.ensure_dirs()
         self._plugin_modules = [p.__name__ if isinstance(p, ModuleType) else str(p) for p in plugins]
         self.registry: Registry = load_registry(plugins=installed, extra_plugins=tuple(plugins))
-        self.store = RunStore(self.settings.db_url)
+        self.store = self.settings.open_store()
 
     # -- plugins -------------------------------------------------------------------------------
     def plugin(self, name: str) -> PluginStatus:

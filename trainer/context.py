@@ -186,7 +186,12 @@ class RunContext:
                 points, self._buffer = self._buffer, []
                 self._last_flush = time.monotonic()
             if points:
-                self.store.log_metrics(self.run_id, points)
+                try:
+                    self.store.log_metrics(self.run_id, points)
+                except Exception:  # the database stayed unreachable: keep them for the next flush
+                    with self._lock:
+                        self._buffer[:0] = points
+                    raise
 
     # -- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self, name: str, tensors: Mapping[str, Any],

@@ -159,7 +159,10 @@ class Artifact(Base):
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(250))
     kind: Mapped[str] = mapped_column(String(50))
-    path: Mapped[str] = mapped_column(Text)
+    path: Mapped[str] = mapped_column(Text)  # absolute, as the machine that wrote it saw it
+    # added by migration 0003: the path relative to the runs directory (NULL for a file outside it), which a
+    # studio resolves under its own runs directory: a shared home may be mounted at another path there
+    run_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     # "metadata" is reserved by declarative classes; the column keeps the plain name.
     meta: Mapped[dict] = mapped_column("metadata", JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

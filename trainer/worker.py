@@ -14,6 +14,11 @@ How a worker stops, and what it guarantees (POSIX; on Linux and macOS):
   asks the recipe to stop at its next ``should_stop()``; the run ends "interrupted", resumable from
   its last checkpoint. After ``CHILD_STOP_WAIT_S`` the child's group is killed. The same SIGTERM
   reaching the child directly (systemd signals every process of a service) does the same.
+* A worker whose heartbeat stops (its machine went away, its network did) has its run marked
+  "interrupted" by any other worker on the same database, within ``stale_after_s`` plus one sweep
+  (every ``SWEEP_EVERY_S``). Should it come back, its next heartbeat is refused and it stops the run.
+* A lost database connection (a server restart) is retried with back-off for ``db_retry_s``: the run
+  waits at its next store call, keeps the metrics it buffered, and goes on once the database is back.
 * SIGKILL to the worker: the child sees its parent go (a pipe closes), interrupts the run the same
   way and, after ``CHILD_STOP_WAIT_S``, kills its own group. A worker stopped any of these ways
   leaves no process behind, unless one of them put itself in another process group or session.
@@ -38,7 +43,7 @@ from typing import Any
 from trainer.config import make_config
 from trainer.context import RunContext
 from trainer.devices import apply_threads, resolve_device
-from trainer.store import RunStatus, RunStore
+from trainer.store import RunStatus, RunStore, is_transient
 
 log = logging.getLogger("avstudio.worker")
 
@@ -46,6 +51,10 @@ EXIT_PARENT_GONE = 70  # the child's exit code when its worker died under it
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 CHILD_STOP_WAIT_S = 5.0  # how long a run gets to stop by itself once asked to (then its process group is killed)
 STOPPED_TEXT = "the worker was stopped (SIGTERM/SIGINT); resume the run to continue"
+SWEEP_EVERY_S = 5.0  # how often a worker looks for runs of lost workers (whose heartbeat is stale)
+DB_RETRY_S = 600.0  # how long a worker and its runs retry an unreachable database (AVSTUDIO_DB_RETRY_S)
+TAKEN_OVER_TEXT = ("interrupted: another worker found its heartbeat stale and marked it interrupted "
+                   "(this worker had lost the database)")
 
 
 class StopRequest(threading.Event):
@@ -64,10 +73,13 @@ class StopRequest(threading.Event):
 
 
 class _Heartbeat:
-    """A daemon thread that marks the run alive every ``interval_s`` seconds."""
+    """A daemon thread that marks the run alive every ``interval_s`` seconds; when the store refuses a
+    beat (another worker marked the run interrupted), it asks the run to stop through ``interrupt``."""
 
-    def __init__(self, store: RunStore, run_id: int, interval_s: float = 2.0) -> None:
+    def __init__(self, store: RunStore, run_id: int, interval_s: float = 2.0, *, worker_id: str | None = None,
+                 interrupt: StopRequest | None = None) -> None:
         self.store, self.run_id, self.interval_s = store, run_id, interval_s
+        self.worker_id, self.interrupt = worker_id, interrupt
         self.ctx: RunContext | None = None  # once set, its buffered metrics are flushed on each beat
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{run_id}", daemon=True)
@@ -75,7 +87,11 @@ class _Heartbeat:
     def _beat(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                self.store.heartbeat(self.run_id)
+                if not self.store.heartbeat(self.run_id, self.worker_id) and not self._stop.is_set():
+                    log.warning("run %s is no longer this process's to run (%s)", self.run_id,
+                                self.store.get_run(self.run_id).status)
+                    if self.interrupt is not None:
+                        self.interrupt.request(TAKEN_OVER_TEXT)
                 if self.ctx is not None:
                     self.ctx.flush()  # so a recipe that logs rarely still shows up live
             except Exception:  # a missed beat is not worth killing the run for
@@ -111,7 +127,7 @@ def _final_metrics(result: Any) -> dict[str, float]:
 def execute_run(store_url: str, run_id: int, registry_factory: Callable[[], Any], *,
                 data_dir: Path | str, runs_dir: Path | str, assets_dir: Path | str,
                 device: str = "auto", show_progress: bool = False, threads: int | None = None,
-                interrupt: StopRequest | None = None) -> RunStatus:
+                interrupt: StopRequest | None = None, db_retry_s: float = DB_RETRY_S) -> RunStatus:
     """Execute an already-claimed run in this process and record how it ended; returns the final status.
 
     The run's own device wins unless it is "auto", in which case ``device`` (the worker's) is used.
@@ -121,13 +137,14 @@ def execute_run(store_url: str, run_id: int, registry_factory: Callable[[], Any]
     the first line of ``error`` and the traceback below it (a stored config that no longer validates
     fails the run with the :class:`ConfigError`'s one line).
     A KeyboardInterrupt / SystemExit marks the run "interrupted" and propagates.
+    Every store call retries an unreachable database for ``db_retry_s`` seconds.
     """
     apply_threads(threads)
-    store = RunStore(store_url)
+    store = RunStore(store_url, runs_dir=runs_dir, retry_s=db_retry_s)
     ctx: RunContext | None = None
     try:
         run = store.get_run(run_id)
-        with _Heartbeat(store, run_id) as heartbeat:
+        with _Heartbeat(store, run_id, worker_id=run.worker_id, interrupt=interrupt) as heartbeat:
             try:
                 registry = registry_factory()
                 recipe = registry.recipe(run.method, run.recipe)
@@ -300,9 +317,14 @@ def _exit_text(exitcode: int | None) -> str:
 
 
 def _supervise(store: RunStore, child: Any, run_id: int, stop: threading.Event, *, grace_s: float,
-               heartbeat_s: float) -> None:
-    """Watch a running child: heartbeat, enforce cancellation, record its end if it could not."""
+               heartbeat_s: float, worker_id: str | None = None) -> None:
+    """Watch a running child: heartbeat, enforce cancellation, record its end if it could not.
+
+    Meanwhile it sweeps for runs of lost workers; if its own run was marked interrupted by another
+    worker (a heartbeat refused), it stops the child and leaves the run as that worker recorded it.
+    """
     next_beat = next_cancel_check = 0.0
+    next_sweep = time.monotonic() + SWEEP_EVERY_S
     kill_at: float | None = None
     while True:
         child.join(0.1)
@@ -312,7 +334,18 @@ def _supervise(store: RunStore, child: Any, run_id: int, stop: threading.Event, 
         try:
             if now >= next_beat:
                 next_beat = now + heartbeat_s
-                store.heartbeat(run_id)
+                if not store.heartbeat(run_id, worker_id):
+                    now_run = store.get_run(run_id)
+                    # refused: the run finished (the child is ending by itself), or another worker marked
+                    # it interrupted, and maybe resumed it since, while this one could not beat
+                    if now_run.worker_id != worker_id or now_run.status == RunStatus.INTERRUPTED:
+                        log.warning("run %s was marked interrupted while this worker could not reach the "
+                                    "database (%s); stopping it", run_id, (now_run.error or "").splitlines()[:1])
+                        _stop_child(child)
+                        return
+            if now >= next_sweep:
+                next_sweep = now + SWEEP_EVERY_S
+                _sweep(store, worker_id)
             if kill_at is None and now >= next_cancel_check:
                 next_cancel_check = now + min(1.0, heartbeat_s)
                 if store.cancel_requested(run_id):
@@ -343,16 +376,26 @@ def _supervise(store: RunStore, child: Any, run_id: int, stop: threading.Event, 
             log.error("run %s: worker child exited with code %s without a final status", run_id, code)
 
 
+def _sweep(store: RunStore, worker_id: str | None) -> None:
+    """Record the runs of lost workers (stale heartbeats) as interrupted."""
+    marked = store.expire_stale(noticed_by=worker_id)
+    if marked:
+        log.warning("marked runs of lost workers (no heartbeat for %g s) as interrupted: %s",
+                    store.stale_after_s, ", ".join(map(str, marked)))
+
+
 def run_worker(store_url: str, registry_factory: Callable[[], Any], *, data_dir: Path | str,
                runs_dir: Path | str, assets_dir: Path | str, device: str = "auto",
                poll_interval_s: float = 1.0, grace_s: float = 30.0, heartbeat_s: float = 2.0,
                stale_after_s: float = 60.0, exit_when_idle: bool = False, max_runs: int | None = None,
                worker_id: str | None = None, stop_event: threading.Event | None = None,
-               threads: int | None = None) -> int:
+               threads: int | None = None, db_retry_s: float = DB_RETRY_S) -> int:
     """Claim and execute queued runs until stopped; returns how many runs it processed.
 
     On start, running runs whose worker is gone (dead pid on this host, or no heartbeat for
-    ``stale_after_s``) are marked "interrupted". Each run executes in a spawned child process;
+    ``stale_after_s``) are marked "interrupted", and every ``SWEEP_EVERY_S`` so are runs of workers on
+    any machine whose heartbeat went stale. Store calls retry an unreachable database for
+    ``db_retry_s`` seconds (an idle worker waits for it as long as it takes). Each run executes in a spawned child process;
     ``registry_factory`` must be a picklable module-level callable. SIGTERM/SIGINT stop the current
     run (marked "interrupted") and end the loop, as does setting ``stop_event`` (for a worker run in
     a thread). ``exit_when_idle`` returns when the queue is empty.
@@ -360,19 +403,31 @@ def run_worker(store_url: str, registry_factory: Callable[[], Any], *, data_dir:
     host, pid = socket.gethostname(), os.getpid()
     worker_id = worker_id or f"{host}:{pid}"
     options = {"data_dir": str(data_dir), "runs_dir": str(runs_dir), "assets_dir": str(assets_dir),
-               "device": device, "show_progress": False, "threads": threads}
+               "device": device, "show_progress": False, "threads": threads, "db_retry_s": db_retry_s}
     spawn = mp.get_context("spawn")
     stop = stop_event if stop_event is not None else threading.Event()
     previous_handlers = _install_signal_handlers(stop)
-    store = RunStore(store_url)
+    store = RunStore(store_url, stale_after_s=stale_after_s, runs_dir=runs_dir, retry_s=db_retry_s, give_up=stop)
     processed = 0
     try:
-        gone = store.mark_interrupted(host=host, alive_pids=_alive_pids(store, host), stale_after_s=stale_after_s)
+        gone = store.mark_interrupted(host=host, alive_pids=_alive_pids(store, host), stale_after_s=stale_after_s,
+                                      noticed_by=worker_id)
         if gone:
             log.warning("marked runs of dead workers as interrupted: %s", ", ".join(map(str, gone)))
         log.info("worker %s started (device %s)", worker_id, device)
+        next_sweep = 0.0
         while not stop.is_set() and (max_runs is None or processed < max_runs):
-            run = store.claim_next(worker_id, host=host, pid=pid)
+            try:
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + SWEEP_EVERY_S
+                    _sweep(store, worker_id)
+                run = store.claim_next(worker_id, host=host, pid=pid)
+            except Exception as exc:  # the store's retries ran out: an idle worker waits on
+                if not is_transient(exc) or stop.is_set():
+                    raise
+                log.error("run store still unreachable after %g s; waiting", db_retry_s, exc_info=True)
+                stop.wait(poll_interval_s)
+                continue
             if run is None:
                 if exit_when_idle:
                     break
@@ -383,7 +438,7 @@ def run_worker(store_url: str, registry_factory: Callable[[], Any], *, data_dir:
                                   args=(store_url, run.id, registry_factory, options, log.getEffectiveLevel()))
             try:
                 child.start()
-                _supervise(store, child, run.id, stop, grace_s=grace_s, heartbeat_s=heartbeat_s)
+                _supervise(store, child, run.id, stop, grace_s=grace_s, heartbeat_s=heartbeat_s, worker_id=worker_id)
             except BaseException:
                 _stop_child(child)
                 store.finish(run.id, RunStatus.INTERRUPTED, error="the worker failed while supervising this run")

@@ -109,9 +109,7 @@ def build_method_demo(blocks: gr.Blocks, method: Any, ctx: Any, registry: Any) -
 def check_demos(settings: Settings, registry: Any) -> dict[str, str]:
     """Build every method's demo in throw-away Blocks (nothing is served or loaded eagerly), so that
     ``avstudio plugins`` reports the demos that fail to build. Returns slug → one-line error."""
-    from trainer.store import RunStore
-
-    store = RunStore(settings.db_url)
+    store = settings.open_store()
     errors: dict[str, str] = {}
     try:
         with gr.Blocks() as blocks:
@@ -176,10 +174,8 @@ def launch(settings: Settings, registry: Any, *, host: str = "127.0.0.1", port: 
     Blocks (``demo.close()``). The worker and the store are shut down when the server stops or the
     process exits.
     """
-    from trainer.store import RunStore
-
     settings.ensure_dirs()
-    store = RunStore(settings.db_url)
+    store = settings.open_store()
     worker = None
     if start_worker:
         from app.worker_process import start_background_worker
