@@ -252,3 +252,101 @@ def test_concurrent_processes_claim_each_run_once(store, store_url):
         p.join(10)
     claimed = sorted(i for chunk in taken for i in chunk)
     assert claimed == ids
+
+
+def test_heartbeat_is_refused_once_another_worker_marked_the_run_interrupted(store):
+    run_id = store.enqueue("m", "r", {})
+    store.claim_run(run_id, "w1", host="far", pid=1)
+    assert store.heartbeat(run_id, "w1") and store.heartbeat(run_id)
+    assert not store.heartbeat(run_id, "w2")  # not that worker's run
+    old = store.get_run(run_id).heartbeat_at - timedelta(seconds=store.stale_after_s + 1)
+    with store.engine.begin() as conn:
+        conn.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=old))
+    assert store.expire_stale(noticed_by="near:7") == [run_id]
+    run = store.get_run(run_id)
+    assert run.status == "interrupted" and run.error.endswith("(its worker on far was lost); noticed by worker near:7")
+    assert not store.heartbeat(run_id, "w1")  # w1 comes back: refused, so it stops the run
+    assert store.get_run(run_id).status == "interrupted"
+
+
+def test_shared_home_mounted_elsewhere_finds_artifacts_and_promotions(store_url, tmp_path):
+    """A worker writes under its home /a; a studio mounts the same files at /b: it reads them under /b."""
+    from trainer.context import resolve_checkpoint
+
+    (tmp_path / "a" / "runs" / "1").mkdir(parents=True)
+    (tmp_path / "b").symlink_to(tmp_path / "a")  # the same directory at another path
+    worker_side = RunStore(store_url, runs_dir=tmp_path / "a" / "runs")
+    studio_side = RunStore(store_url, runs_dir=tmp_path / "b" / "runs")
+    try:
+        run_id = worker_side.enqueue("m", "r", {})
+        written = tmp_path / "a" / "runs" / str(run_id) / "model.safetensors"
+        written.parent.mkdir(parents=True, exist_ok=True)
+        written.write_bytes(b"weights")
+        artifact = worker_side.add_artifact(run_id, "model", "checkpoint", str(written))
+        outside = worker_side.add_artifact(run_id, "ref", "report", "/elsewhere/report.json")
+        studio_side.promote("m", "model", artifact)
+        seen = tmp_path / "b" / "runs" / str(run_id) / "model.safetensors"
+        assert studio_side.get_artifact(artifact).path == str(seen)
+        assert studio_side.promoted("m", "model").path == str(seen)
+        assert resolve_checkpoint("m/model", studio_side, lambda _m: None) == seen
+        assert studio_side.get_artifact(outside).path == "/elsewhere/report.json"  # outside the runs dir: as written
+        # where only the path as written exists (another layout, same mount point), that path is used
+        elsewhere = RunStore(store_url, runs_dir=tmp_path / "c" / "runs")
+        try:
+            assert elsewhere.get_artifact(artifact).path == str(written)
+        finally:
+            elsewhere.close()
+        # a store that knows no runs dir reads the path as written, as before
+        plain = RunStore(store_url)
+        try:
+            assert plain.get_artifact(artifact).path == str(written)
+        finally:
+            plain.close()
+    finally:
+        worker_side.close()
+        studio_side.close()
+
+
+def test_calls_retry_while_the_database_is_unreachable(store, monkeypatch):
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    import trainer.store as store_module
+
+    monkeypatch.setattr(store_module, "RETRY_FIRST_DELAY_S", 0.01)
+    run_id = store.enqueue("m", "r", {})
+    real = RunStore._update
+    failures = []
+
+    def flaky(self, *args, **kwargs):
+        if len(failures) < 3:
+            failures.append(1)
+            raise OperationalError("UPDATE runs", {}, Exception("server closed the connection unexpectedly"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(RunStore, "_update", flaky)
+    with pytest.raises(OperationalError):  # retry_s=0 (the UI's store): it fails at once
+        store.set_progress(run_id, 0.5)
+    failures.clear()
+    store.retry_s = 30
+    store.set_progress(run_id, 0.5)  # three failures, then it goes through
+    assert len(failures) == 3 and store.get_run(run_id).progress == 0.5
+
+    def broken(self, *args, **kwargs):
+        failures.append(1)
+        raise IntegrityError("UPDATE runs", {}, Exception("constraint"))
+
+    monkeypatch.setattr(RunStore, "_update", broken)
+    failures.clear()
+    with pytest.raises(IntegrityError):  # not a connection problem: no retry
+        store.set_progress(run_id, 0.7)
+    assert len(failures) == 1
+
+
+def test_a_postgres_url_without_its_driver_says_what_to_install(monkeypatch):
+    import sys
+
+    from trainer.store import make_engine
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if it were not installed
+    with pytest.raises(ModuleNotFoundError, match=r"pip install \"adaptive-vision-studio\[postgres\]\""):
+        make_engine("postgresql+psycopg://user@127.0.0.1/avstudio")

@@ -1,0 +1,311 @@
+"""The studio on a real PostgreSQL server (``-m postgres``): several `avstudio worker` processes, one database.
+
+The server: AVSTUDIO_TEST_PG_URL (a role that may create databases; each test gets a database of its own),
+else a server on 127.0.0.1:5432 or the local socket. `.ci/run` starts one from Debian's packages:
+``eval "$(.ci/postgres start /tmp/avstudio-pg)"``, which also sets AVSTUDIO_TEST_PG_CTL (pg_ctl for that
+cluster), so one test can stop and start the server under a running worker. Without a server the tests
+are skipped, saying how to get one. The store and migration tests of the default suite run here too,
+on PostgreSQL (imported below). This module is also the plugin that provides the workers' recipe.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from app.api import Method, Recipe, config_field, hookimpl
+from app.settings import REPO_ROOT
+from trainer.store import RunStore
+
+pytestmark = pytest.mark.postgres
+
+# -- the server ------------------------------------------------------------------------------------
+
+CANDIDATES = ("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", "postgresql+psycopg:///postgres")
+HOW = ("set AVSTUDIO_TEST_PG_URL=postgresql+psycopg://USER@HOST:PORT/postgres (a role that may create "
+       "databases), or start one: eval \"$(.ci/postgres start /tmp/avstudio-pg)\"")
+
+
+def _find_server() -> tuple[str | None, str]:
+    """(admin URL, "") of a reachable server, or (None, why not)."""
+    try:
+        import psycopg
+    except ImportError:
+        return None, "psycopg is not installed: pip install -e '.[postgres]'"
+    from sqlalchemy.engine import make_url
+
+    given = os.environ.get("AVSTUDIO_TEST_PG_URL")
+    failures = []
+    for url in [given] if given else CANDIDATES:
+        try:
+            parsed = make_url(url)
+            psycopg.connect(**_connect_args(parsed), connect_timeout=3).close()
+            return url, ""
+        except Exception as exc:  # any reason it cannot be reached is a reason to skip
+            failures.append(f"{url}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}")
+    return None, f"no PostgreSQL server reachable ({'; '.join(failures)}); {HOW}"
+
+
+def _connect_args(url) -> dict:
+    """psycopg.connect's keywords for a SQLAlchemy URL."""
+    return url.translate_connect_args(username="user", database="dbname")
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> str:
+    url, why = _find_server()
+    if url is None:
+        pytest.skip(why)
+    return url
+
+
+@pytest.fixture
+def pg_url(pg_admin_url: str) -> Iterator[str]:
+    """The URL of a new, empty database on the server (dropped afterwards)."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    admin = make_url(pg_admin_url)
+    name = f"avstudio_test_{uuid.uuid4().hex[:12]}"
+    connect = {**_connect_args(admin), "autocommit": True}
+    with psycopg.connect(**connect) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield admin.set(database=name).render_as_string(hide_password=False)
+    for _ in range(20):  # the server may still be starting again after the restart test
+        try:
+            with psycopg.connect(**connect) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            break
+        except psycopg.OperationalError:
+            time.sleep(0.5)
+
+
+@pytest.fixture
+def store_url(pg_url: str) -> str:
+    """Overrides conftest's SQLite URL, so the store and migration tests imported below run on PostgreSQL."""
+    return pg_url
+
+
+# The default suite's store and migration tests, on PostgreSQL (pytest collects them here as well).
+from tests.test_migrations import (  # noqa: E402
+    test_database_at_0001_is_upgraded_without_losing_rows,  # noqa: F401
+    test_empty_database_goes_to_head,  # noqa: F401
+    test_head_goes_down_step_by_step_keeping_rows_then_up_again,  # noqa: F401
+    test_processes_opening_a_new_database_together_migrate_it_once,  # noqa: F401
+    test_reopening_at_head_is_a_no_op,  # noqa: F401
+)
+from tests.test_store import (  # noqa: E402
+    test_a_running_run_whose_heartbeat_went_stale_is_shown_as_interrupted,  # noqa: F401
+    test_artifacts_replace_and_kinds,  # noqa: F401
+    test_claim_next_takes_oldest_and_never_twice,  # noqa: F401
+    test_claim_run_takes_a_specific_queued_run,  # noqa: F401
+    test_concurrent_processes_claim_each_run_once,  # noqa: F401
+    test_enqueue_stores_config_and_params,  # noqa: F401
+    test_heartbeat_is_refused_once_another_worker_marked_the_run_interrupted,  # noqa: F401
+    test_heartbeat_moves_forward,  # noqa: F401
+    test_lifecycle_finish_and_first_final_status_wins,  # noqa: F401
+    test_list_runs_newest_first_with_filters,  # noqa: F401
+    test_log_metrics_batch_history_and_latest,  # noqa: F401
+    test_mark_interrupted_dead_pid_and_stale_heartbeat,  # noqa: F401
+    test_non_finite_metrics_are_stored_as_nan,  # noqa: F401
+    test_promote_and_cascade_delete,  # noqa: F401
+    test_request_cancel,  # noqa: F401
+    test_requeue_for_resume,  # noqa: F401
+    test_shared_home_mounted_elsewhere_finds_artifacts_and_promotions,  # noqa: F401
+)
+
+# -- the plugin: a recipe that ticks, and a ledger of every execution --------------------------------
+
+
+@dataclass
+class TickConfig:
+    steps: int = config_field(3, "steps")
+    sleep_s: float = config_field(0.0, "seconds per step")
+
+
+def tick(config: TickConfig, ctx) -> dict[str, float]:
+    """Log ``tick=step`` each step and checkpoint every 10 steps, after writing one ledger line."""
+    with open(Path(os.environ["AVSTUDIO_HOME"]) / "executions.log", "a") as ledger:
+        ledger.write(f"{ctx.run_id} {os.getppid()} {os.getpid()} {socket.gethostname()}\n")  # worker, run's process
+    resumed = ctx.resume_checkpoint("model")
+    start = int(resumed.tensors["step"].item()) + 1 if resumed is not None else 0
+    for step in range(start, config.steps):
+        if ctx.should_stop():
+            return {}
+        ctx.log_metrics(step, tick=step)
+        if step % 10 == 9 or step == config.steps - 1:
+            ctx.save_checkpoint("model", {"step": torch.tensor([step])}, {"step": step})
+        time.sleep(config.sleep_s)
+    return {"final_step": config.steps}
+
+
+@hookimpl
+def register_methods(register) -> None:
+    register(Method(slug="ticker", title="Ticker", paper="-", summary="Ticks (tests).",
+                    recipes=[Recipe("tick", TickConfig, tick, "log a metric per step")]))
+
+
+# -- workers -----------------------------------------------------------------------------------------
+
+
+def _start_worker(home: Path, url: str, *args: str, **env_overrides: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AVSTUDIO_")}
+    env.update(AVSTUDIO_HOME=str(home), AVSTUDIO_DB_URL=url, AVSTUDIO_PLUGINS="", AVSTUDIO_EXTRA_PLUGINS=__name__,
+               AVSTUDIO_DEVICE="cpu", AVSTUDIO_THREADS="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT),
+               **env_overrides)
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / "worker.log").open("ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--poll-interval-s", "0.2", *args],
+                                env=env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGCONT)
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def _wait_for(condition, timeout_s: float = 120.0, every_s: float = 0.2):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"condition not met within {timeout_s} s")
+
+
+def _ledger(home: Path) -> list[tuple[int, int, int, str]]:
+    """(run id, worker pid, run process pid, host) of every execution of the recipe, in order."""
+    path = home / "executions.log"
+    rows = [line.split() for line in path.read_text().splitlines()] if path.is_file() else []
+    return [(int(run_id), int(worker), int(child), host) for run_id, worker, child, host in rows]
+
+
+def test_four_workers_drain_forty_jobs_each_run_exactly_once(pg_url, tmp_path):
+    home = tmp_path / "home"
+    store = RunStore(pg_url)
+    workers = []
+    try:
+        ids = [store.enqueue("ticker", "tick", {"steps": 3}, device="cpu") for _ in range(40)]
+        workers = [_start_worker(home, pg_url, "--exit-when-idle") for _ in range(4)]
+        for worker in workers:
+            assert worker.wait(540) == 0, (home / "worker.log").read_text()[-3000:]
+        runs = {r.id: r for r in store.list_runs(limit=100)}
+        assert sorted(runs) == ids and {r.status for r in runs.values()} == {"succeeded"}
+        executions = _ledger(home)
+        assert sorted(run_id for run_id, *_ in executions) == ids, "a job ran twice, or never"
+        pids = {w.pid for w in workers}
+        for run_id, worker_pid, _, host in executions:  # the run row names the worker that ran it
+            assert runs[run_id].pid == worker_pid in pids and runs[run_id].host == host == socket.gethostname()
+            assert runs[run_id].worker_id == f"{host}:{worker_pid}"
+            assert [p.value for p in store.metrics(run_id, ["tick"])] == [0.0, 1.0, 2.0]
+        assert len({worker_pid for _, worker_pid, _, _ in executions}) >= 2, "the jobs were not shared out"
+    finally:
+        for worker in workers:
+            _stop(worker)
+        store.close()
+
+
+def test_a_lost_workers_run_is_marked_interrupted_by_another_worker(pg_url, tmp_path):
+    """Worker A freezes (SIGSTOP: its machine went away); worker B records A's run interrupted; A, back,
+    finds its heartbeat refused and stops the run, which stays interrupted and resumes to the end."""
+    store = RunStore(pg_url)
+    first = second = None
+    try:
+        run_id = store.enqueue("ticker", "tick", {"steps": 40, "sleep_s": 0.25}, device="cpu")
+        first = _start_worker(tmp_path / "a", pg_url)
+        _wait_for(lambda: store.metrics(run_id, ["tick"]))
+        child = store.get_run(run_id)
+        (_, _, run_pid, _), = _ledger(tmp_path / "a")
+        os.killpg(first.pid, signal.SIGSTOP)  # the worker ...
+        os.killpg(run_pid, signal.SIGSTOP)  # ... and its run, which leads a process group of its own
+        stopped_at = time.monotonic()
+        second = _start_worker(tmp_path / "b", pg_url, AVSTUDIO_STALE_AFTER_S="3")
+        run = _wait_for(lambda: (r := store.get_run(run_id)).status == "interrupted" and r, timeout_s=90)
+        assert time.monotonic() - stopped_at >= 3
+        assert "no heartbeat for more than 3 s" in run.error and f"on {child.host} was lost" in run.error
+        assert f"noticed by worker {socket.gethostname()}:{second.pid}" in run.error
+        os.killpg(run_pid, signal.SIGCONT)
+        os.killpg(first.pid, signal.SIGCONT)
+        # A's next heartbeat is refused: it stops its run, which keeps the status B recorded
+        _wait_for(lambda: not _alive(run_pid), timeout_s=60)
+        assert first.poll() is None, "worker A should go on serving"
+        assert store.get_run(run_id).status == "interrupted" and len(store.metrics(run_id, ["tick"])) < 40
+        store.requeue_for_resume(run_id)
+        done = _wait_for(lambda: (r := store.get_run(run_id)).status == "succeeded" and r, timeout_s=120)
+        assert done.latest_metrics["tick"] == 39
+    finally:
+        for worker in (first, second):
+            if worker is not None:
+                _stop(worker)
+        store.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] not in "ZX"
+    except OSError:
+        return False
+
+
+def _terminate_connections(admin_url: str, database: str) -> None:
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    admin = make_url(admin_url)
+    with psycopg.connect(**_connect_args(admin), autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> "
+                     "pg_backend_pid()", (database,))
+
+
+@pytest.mark.parametrize("how", ["server-restart", "connections-killed"])
+def test_a_worker_rides_out_a_lost_database_connection(pg_url, pg_admin_url, tmp_path, how):
+    """Mid-run the server goes away for 4 s (or every connection is killed): the run waits, keeps its
+    metrics, and ends succeeded with every step logged once; the worker then takes the next job."""
+    ctl = os.environ.get("AVSTUDIO_TEST_PG_CTL")
+    if how == "server-restart" and not ctl:
+        pytest.skip("restarting the server needs AVSTUDIO_TEST_PG_CTL (pg_ctl of a cluster the tests may "
+                    "stop: `.ci/postgres start` sets it)")
+    store = RunStore(pg_url, retry_s=120)
+    worker = None
+    try:
+        run_id = store.enqueue("ticker", "tick", {"steps": 60, "sleep_s": 0.1}, device="cpu")
+        worker = _start_worker(tmp_path / "home", pg_url)
+        _wait_for(lambda: len(store.metrics(run_id, ["tick"])) >= 5)
+        if how == "server-restart":
+            subprocess.run(f"{ctl} stop", shell=True, check=True, capture_output=True)
+            time.sleep(4)
+            subprocess.run(f"{ctl} start", shell=True, check=True, capture_output=True)
+        else:
+            _terminate_connections(pg_admin_url, store.engine.url.database)
+        run = _wait_for(lambda: (r := store.get_run(run_id)).status not in ("queued", "running") and r)
+        assert run.status == "succeeded", run.error
+        assert [p.step for p in store.metrics(run_id, ["tick"])] == list(range(60)), "metrics lost or doubled"
+        assert store.latest_checkpoint(run_id, "model").metadata == {"step": 59}
+        later = store.enqueue("ticker", "tick", {"steps": 2}, device="cpu")
+        assert _wait_for(lambda: store.get_run(later).status == "succeeded")
+        log = (tmp_path / "home" / "worker.log").read_text()
+        if how == "server-restart":
+            assert "run store unreachable" in log  # it did retry, with back-off
+    finally:
+        if worker is not None:
+            _stop(worker)
+        store.close()
