@@ -168,6 +168,7 @@ class RunStore:
         self.runs_dir = Path(runs_dir).expanduser() if runs_dir is not None else None
         self.retry_s = float(retry_s)
         self.give_up = give_up
+        self.noticed_by: str | None = None  # who this store's process is (a worker id), for the error of a run it expires
         self._local = threading.local()
         self.engine = make_engine(self.url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -354,7 +355,7 @@ class RunStore:
         when nobody looks. The worker that ran it, should it come back, finds its heartbeat refused
         (:meth:`heartbeat` returns False) and stops the run.
         """
-        return self.mark_interrupted(host="", stale_after_s=self.stale_after_s, noticed_by=noticed_by)
+        return self.mark_interrupted(host="", stale_after_s=self.stale_after_s, noticed_by=noticed_by or self.noticed_by)
 
     def requeue_for_resume(self, run_id: int) -> RunInfo:
         """Put an interrupted / failed / cancelled run back in the queue to resume from its last checkpoint.

@@ -408,6 +408,7 @@ def run_worker(store_url: str, registry_factory: Callable[[], Any], *, data_dir:
     stop = stop_event if stop_event is not None else threading.Event()
     previous_handlers = _install_signal_handlers(stop)
     store = RunStore(store_url, stale_after_s=stale_after_s, runs_dir=runs_dir, retry_s=db_retry_s, give_up=stop)
+    store.noticed_by = worker_id  # its reads expire stale runs too: say who did
     processed = 0
     try:
         gone = store.mark_interrupted(host=host, alive_pids=_alive_pids(store, host), stale_after_s=stale_after_s,
