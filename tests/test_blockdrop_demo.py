@@ -328,3 +328,22 @@ def test_the_policy_selector_opens_on_the_recommended_operating_point(assets, tm
     _, _, by_elem = _built(assets, tmp_path)
     dropdown = by_elem["blockdrop-policy"]["props"]
     assert [c[0] for c in dropdown["choices"]][0] == "policy-g0.5" and dropdown["value"] == "policy-g1"
+
+
+def test_latency_is_measured_once_per_model_and_each_request_times_its_own_forwards(demo, monkeypatch):
+    from plugins.blockdrop import analysis
+    from plugins.blockdrop.demo import _stats_markdown
+
+    demo.models("policy-g1").pop("reference_latency", None)
+    measured = []
+    real = analysis.interleaved_latency_ms
+    monkeypatch.setattr(analysis, "interleaved_latency_ms", lambda *a, **k: measured.append(k) or real(*a, **k))
+    image = _images()["rgba"]
+    first = demo.predict(image, "policy-g1", latency_repeats=3)
+    second = demo.predict(image, "policy-g1", latency_repeats=3)
+    assert len(measured) == 1 and measured[0]["repeats"] == 3  # not re-timed on every request
+    assert first["latency_full_ms"] == second["latency_full_ms"] > 0
+    assert second["request_full_ms"] > 0 and second["request_blockdrop_ms"] > 0
+    stats = _stats_markdown(second)
+    assert "median of 3 runs" in stats and "measured once when this server first used the model" in stats
+    assert "this request" in stats and f"{second['request_blockdrop_ms']:.2f}" in stats
