@@ -1,0 +1,242 @@
+"""Load on a running studio: concurrent ``gradio_client`` users calling each method's main demo function.
+
+Starts ``python app/main.py`` as a public Space starts it (fresh, empty ``AVSTUDIO_HOME``; the shipped
+checkpoints and examples; training off, so no worker), opens ``--clients`` ``gradio_client.Client``
+sessions (32 by default, all connected before the clock starts), warms each endpoint up with one call
+(the first call of a model loads it; not counted), then, one endpoint after another, has every client call
+that endpoint ``--calls`` times in a row with the method's shipped example images in turn. Each call is
+timed from the client's side (upload of the image, queueing, the function, the result), as a user waits
+for it. ``figures`` has, per endpoint and in total, ``requests``, ``errors``, ``throughput_rps`` (requests
+answered per second of that phase's wall time), ``p50_ms`` and ``p95_ms``; ``targets`` checks each
+endpoint against ≥ 25 requests/s, p95 ≤ 2 s and no errors.
+
+    python benchmarks/load.py [--clients 32] [--calls 8] [--out PATH] [--note TEXT]
+    python benchmarks/load.py --quick          # 4 clients × 2 calls: checks the machinery, not the targets
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # `python benchmarks/load.py` from the repo root
+    sys.path.insert(0, str(REPO_ROOT))
+
+from app.testing import free_port  # noqa: E402
+from benchmarks.report import write_report  # noqa: E402
+
+ASSETS = REPO_ROOT / "assets"
+TARGET_RPS, TARGET_P95_MS = 25.0, 2000.0
+
+# api_name → (the method whose shipped examples it gets, the arguments after the image): each method's
+# main demo function with the values its tab opens on.
+ENDPOINTS: dict[str, tuple[str, tuple]] = {
+    "blockdrop_predict": ("blockdrop", ("policy-g1",)),
+    "s3pool_run": ("s3pool", (16, 1)),
+    "vgan_analyse": ("vgan", ("vgan", 2, 0)),
+    "multitask_predict": ("multitask", ("branched-l10",)),
+}
+
+
+def examples(method: str) -> list[Path]:
+    """The method's shipped example images (what a visitor clicks first)."""
+    found = sorted((ASSETS / method / "examples").glob("*.png"))
+    if not found:
+        raise SystemExit(f"no example images in {ASSETS / method / 'examples'}; is the checkout complete?")
+    return found
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0–100) by linear interpolation between closest ranks."""
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    pos = (len(ordered) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def summarise(latencies_ms: list[float], errors: int, wall_s: float) -> dict[str, Any]:
+    """requests, errors, throughput_rps, p50_ms and p95_ms of one phase (latencies of answered calls)."""
+    requests = len(latencies_ms) + errors
+    return {
+        "requests": requests,
+        "errors": errors,
+        "throughput_rps": round(len(latencies_ms) / wall_s, 2) if wall_s > 0 else 0.0,
+        "p50_ms": round(percentile(latencies_ms, 50), 1) if latencies_ms else None,
+        "p95_ms": round(percentile(latencies_ms, 95), 1) if latencies_ms else None,
+        "wall_s": round(wall_s, 3),
+    }
+
+
+class Server:
+    """``python app/main.py`` in a subprocess, as a public Space runs it, with a fresh home."""
+
+    def __init__(self, home: Path, threads: int | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log_path = home / "server.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AVSTUDIO_")}
+        env.update(AVSTUDIO_HOME=str(home / "home"), GRADIO_SERVER_NAME="127.0.0.1",
+                   GRADIO_SERVER_PORT=str(self.port), GRADIO_ANALYTICS_ENABLED="False")
+        env.setdefault("SPACE_ID", "avstudio/load-benchmark")
+        if threads is not None:
+            env["AVSTUDIO_THREADS"] = str(threads)
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen([sys.executable, "app/main.py"], cwd=REPO_ROOT, env=env, stdout=log,
+                                         stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"python app/main.py exited with {self.proc.returncode}:\n"
+                                   f"{self.log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"python app/main.py did not answer within {timeout_s:.0f} s")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _caller(client: Any, api_name: str, args: Callable[[int], tuple]) -> Callable[[int], str | None]:
+    def call(i: int) -> str | None:
+        try:
+            client.predict(*args(i), api_name=f"/{api_name}")
+            return None
+        except Exception as exc:  # an AppError from the server, a dropped connection, …
+            return (str(exc).strip() or type(exc).__name__).splitlines()[0][:300]
+    return call
+
+
+def run_endpoint(clients: list[Any], api_name: str, calls: int) -> tuple[dict[str, Any], list[float], list[str]]:
+    """Every client calls ``api_name`` ``calls`` times, all clients at once; (figures, latencies, errors)."""
+    from gradio_client import handle_file
+
+    method, extra = ENDPOINTS[api_name]
+    images = [str(p) for p in examples(method)]
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(len(clients))
+
+    def one_client(k: int) -> None:
+        call = _caller(clients[k], api_name, lambda i: (handle_file(images[i % len(images)]), *extra))
+        start.wait()
+        for j in range(calls):
+            t0 = time.perf_counter()
+            error = call(k * calls + j)
+            elapsed_ms = (time.perf_counter() - t0) * 1000
+            with lock:
+                (errors.append(error) if error else latencies.append(elapsed_ms))
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(len(clients)) as pool:
+        list(pool.map(one_client, range(len(clients))))
+    wall_s = time.perf_counter() - t0
+    return summarise(latencies, len(errors), wall_s), latencies, errors
+
+
+def measure(clients_n: int, calls: int, endpoints: list[str], threads: int | None = None,
+            log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Start a studio, load it endpoint by endpoint; {"figures", "targets", "errors"} (first error texts)."""
+    from gradio_client import Client, handle_file
+
+    with tempfile.TemporaryDirectory(prefix="avstudio-load-") as tmp:
+        server = Server(Path(tmp), threads)
+        try:
+            server.wait_ready()
+            clients = [Client(server.url, verbose=False, download_files=False) for _ in range(clients_n)]
+            for api_name in endpoints:  # the first call loads the method's models: not counted
+                method, extra = ENDPOINTS[api_name]
+                clients[0].predict(handle_file(str(examples(method)[0])), *extra, api_name=f"/{api_name}")
+            figures: dict[str, Any] = {}
+            all_latencies: list[float] = []
+            error_texts: dict[str, list[str]] = {}
+            total_wall = 0.0
+            for api_name in endpoints:
+                figures[api_name], latencies, errors = run_endpoint(clients, api_name, calls)
+                log(f"{api_name}: {figures[api_name]}")
+                all_latencies += latencies
+                total_wall += figures[api_name]["wall_s"]
+                if errors:
+                    error_texts[api_name] = sorted(set(errors))[:5]
+            figures["total"] = summarise(all_latencies, sum(f["errors"] for f in figures.values()), total_wall)
+            if server.proc.poll() is not None:
+                raise RuntimeError(f"the server died during the run:\n{server.log_path.read_text()[-3000:]}")
+        finally:
+            server.stop()
+    return {"figures": figures, "targets": targets(figures, endpoints), "errors": error_texts}
+
+
+def targets(figures: dict[str, Any], endpoints: list[str]) -> dict[str, Any]:
+    """Each main function: ≥ 25 requests/s, p95 ≤ 2 s, zero errors; ``met`` true when all hold."""
+    per_endpoint = {}
+    for api_name in endpoints:
+        f = figures[api_name]
+        per_endpoint[api_name] = {
+            "throughput_rps": f["throughput_rps"], "p95_ms": f["p95_ms"], "errors": f["errors"],
+            "met": (f["errors"] == 0 and f["throughput_rps"] >= TARGET_RPS
+                    and f["p95_ms"] is not None and f["p95_ms"] <= TARGET_P95_MS),
+        }
+    return {"min_throughput_rps": TARGET_RPS, "max_p95_ms": TARGET_P95_MS, "max_errors": 0,
+            "endpoints": per_endpoint, "met": all(t["met"] for t in per_endpoint.values())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=32, help="concurrent gradio_client sessions")
+    parser.add_argument("--calls", type=int, default=8, help="calls of each endpoint per client")
+    parser.add_argument("--quick", action="store_true", help="4 clients × 2 calls: a smoke run")
+    parser.add_argument("--only", nargs="+", choices=list(ENDPOINTS), help="load only these endpoints")
+    parser.add_argument("--threads", type=int, help="AVSTUDIO_THREADS for the server (default: unset)")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "load.json")
+    parser.add_argument("--note", default="", help="what else ran on the machine, etc.")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.clients, args.calls = 4, 2
+    if args.clients < 1 or args.calls < 1:
+        parser.error("--clients and --calls must be at least 1")
+    endpoints = args.only or list(ENDPOINTS)
+    result = measure(args.clients, args.calls, endpoints, args.threads)
+    import platform
+
+    cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
+        else platform.processor()
+    out = write_report("load", args.out, result["figures"], result["targets"],
+                       setup={"clients": args.clients, "calls_per_client": args.calls, "endpoints": {
+                           name: {"method": ENDPOINTS[name][0], "args_after_image": list(ENDPOINTS[name][1])}
+                           for name in endpoints}, "quick": args.quick, "server_threads": args.threads,
+                           "cpu_model": cpu_model, "load_average_at_end": list(os.getloadavg())},
+                       errors=result["errors"], notes=args.note)
+    print(f"wrote {out}; targets met: {result['targets']['met']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
