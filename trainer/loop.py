@@ -21,6 +21,12 @@ resumed run restores all of it and continues the same trajectory as a run that w
         loop.end_epoch(evaluate=lambda: {"accuracy": accuracy(net)}, metadata={"kind": "demo"})
     return loop.final_metrics
 
+Under ``torchrun`` (``avstudio train … --nproc N``) the same recipe trains data-parallel, with no change:
+``batches`` yields this rank's shard of each global batch of ``batch_size`` (the same shuffled order on every
+rank, as DistributedSampler), gradients are averaged over the ranks just before every ``optimizer.step()``,
+``resume`` gives every rank rank 0's weights, tracked means are over all ranks, ``evaluate`` runs on rank 0
+and its values reach every rank, a stop on any rank stops all (see :mod:`trainer.distributed`).
+
 Duck-typed on the TrainContext protocol (``app.api``): the trainer never imports ``app``.
 """
 
@@ -34,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainer import distributed
 from trainer.checkpoints import load_module_tensors, module_tensors
 
 
@@ -44,6 +51,11 @@ def num_batches(n: int, batch_size: int) -> int:
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed torch (CPU and CUDA), Python ``random`` and numpy; return a CPU generator for shuffling."""
+    _seed_globals(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def _seed_globals(seed: int) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
     try:
@@ -52,7 +64,6 @@ def seed_everything(seed: int) -> torch.Generator:
         np.random.seed(seed % 2**32)
     except ImportError:  # numpy is optional
         pass
-    return torch.Generator().manual_seed(seed)
 
 
 class TrainLoop:
@@ -68,7 +79,11 @@ class TrainLoop:
         self.checkpoint = checkpoint
         self.name = name or checkpoint
         self.device = torch.device(ctx.device)
-        self.generator = seed_everything(seed)
+        self.seed = int(seed)
+        self.generator = seed_everything(seed)  # the same on every rank: they shuffle alike
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        self._hooked: set[int] = set()  # optimisers whose step averages gradients over the ranks
+        self._checked_epoch = -1  # the last epoch whose modules were checked to match across the ranks
         self.epoch = 0  # epochs completed
         self.step = 0  # batches completed over the whole run (the global step)
         self.final_metrics: dict[str, float] = {}  # the metrics of the last completed epoch
@@ -94,18 +109,32 @@ class TrainLoop:
         """
         self.modules, self.optimizers, self.schedulers = dict(modules), list(optimizers), list(schedulers)
         self._ready = True
-        state = self.ctx.resume_state()
-        if state is not None:
-            self._load_state(state.tensors, state.metadata)
-        else:
-            checkpoint = self.ctx.resume_checkpoint(self.checkpoint)
-            if checkpoint is None:
-                return False
-            self._load_modules(checkpoint.tensors, "")
-            self.epoch = int(checkpoint.metadata.get("epoch", 0))
-            self.final_metrics = dict(checkpoint.metadata.get("metrics") or {})
-        self.resumed = True
-        return True
+        try:
+            state = self.ctx.resume_state()
+            if state is not None:
+                self._load_state(state.tensors, state.metadata)
+            else:
+                checkpoint = self.ctx.resume_checkpoint(self.checkpoint)
+                if checkpoint is None:
+                    return False
+                self._load_modules(checkpoint.tensors, "")
+                self.epoch = int(checkpoint.metadata.get("epoch", 0))
+                self.final_metrics = dict(checkpoint.metadata.get("metrics") or {})
+            self.resumed = True
+            return True
+        finally:
+            self._join_ranks("at the start")
+
+    def _join_ranks(self, when: str) -> None:
+        """Several processes: the same modules everywhere, rank 0's weights on all, averaged gradients."""
+        if self.world_size == 1:
+            return
+        distributed.check_same_modules(self.modules, when)
+        distributed.broadcast_modules(self.modules)
+        for optimizer in self.optimizers:
+            if id(optimizer) not in self._hooked:
+                optimizer.register_step_pre_hook(distributed.average_gradients)
+                self._hooked.add(id(optimizer))
 
     def rebind(self, modules: Mapping[str, nn.Module], optimizers: Sequence[torch.optim.Optimizer] = (),
                schedulers: Sequence[Any] = ()) -> None:
@@ -115,6 +144,7 @@ class TrainLoop:
         if not self._ready:
             raise RuntimeError("call loop.resume(modules=..., optimizers=...) before loop.rebind()")
         self.modules, self.optimizers, self.schedulers = dict(modules), list(optimizers), list(schedulers)
+        self._join_ranks(f"after epoch {self.epoch}")
 
     @staticmethod
     def saved_card(ctx: Any) -> dict[str, Any] | None:
@@ -138,6 +168,8 @@ class TrainLoop:
             raise RuntimeError("call loop.resume(modules=..., optimizers=...) before loop.epochs()")
         while self.epoch < self.num_epochs and not self.stopped:
             current = self.epoch
+            if self.rank > 0:  # its own augmentation and dropout draws, the same whether resumed or not
+                _seed_globals(distributed.rank_seed(self.seed, self.rank, current))
             yield current
             if self.epoch == current and not self.stopped:
                 raise RuntimeError("call loop.end_epoch() at the end of every epoch")
@@ -147,19 +179,45 @@ class TrainLoop:
 
         Checks ``ctx.should_stop()`` before every batch and ends the epoch early when it says so;
         ``loop.step`` is the global index of the batch being trained and advances after it.
+        With several processes, ``batch_size`` is the global batch: each rank gets every world_size-th
+        index of it (its shard; ValueError unless the batch splits evenly), and a stop on one rank stops all.
         """
         order = torch.randperm(n, generator=self.generator).to(self.device)
         size = min(batch_size, n)
         chunks = order[: n - n % size].split(size) if n else ()
+        if self.world_size > 1:
+            if size % self.world_size:
+                raise ValueError(f"batch size {size} does not split evenly over {self.world_size} processes: "
+                                 f"use a multiple of {self.world_size} (it is the global batch, over all processes)")
+            chunks = tuple(chunk[self.rank::self.world_size] for chunk in chunks)
+            if self._checked_epoch != self.epoch:  # a model rebuilt between epochs from one rank's own data
+                distributed.check_same_modules(self.modules, f"in epoch {self.epoch + 1}")
+                self._checked_epoch = self.epoch
         desc = desc or f"{self.name} epoch {self.epoch + 1}/{self.num_epochs}"
         with self.ctx.progress(len(chunks), desc) as bar:
             for idx in chunks:
-                if self.ctx.should_stop():
+                if self._should_stop():
                     self.stopped = True
                     return
                 yield idx
                 self.step += 1
                 bar.update()
+
+    def _should_stop(self) -> bool:
+        stop = self.ctx.should_stop()
+        if self.world_size == 1 or not distributed.any_rank(stop, self.device) or stop:
+            return stop
+        # another rank was stopped (a signal): this one ends interrupted too, so rank 0 records the run so
+        interrupt = getattr(self.ctx, "interrupt", None)
+        if interrupt is not None and hasattr(interrupt, "request"):
+            interrupt.request("interrupted: another process of this run was stopped")
+            self.ctx.should_stop()
+        return True
+
+    def sum_over_ranks(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` summed over the processes of the run (``values`` itself with one process): for
+        statistics of the training batches that decide something, so that every rank decides alike."""
+        return distributed.sum_over_ranks(values) if self.world_size > 1 else values
 
     def track(self, n: int, **batch_means: Any) -> None:
         """Accumulate batch means (tensors or numbers) over ``n`` samples; end_epoch logs their epoch means."""
@@ -176,11 +234,20 @@ class TrainLoop:
         """
         if self.stopped:
             return {}
+        if self.world_size > 1:  # means over every rank's samples; rank 0's BatchNorm statistics everywhere
+            keys = sorted(self._sums)
+            totals = distributed.sum_over_ranks(torch.stack(
+                [torch.as_tensor(self._sums[k], dtype=torch.float64).to(self.device) for k in keys]
+                + [torch.tensor(float(self._count), dtype=torch.float64, device=self.device)]))
+            self._sums, self._count = dict(zip(keys, totals[:-1].cpu(), strict=True)), float(totals[-1])
+            distributed.broadcast_modules(self.modules, buffers_only=True)
         values = {key: float(total / max(self._count, 1)) for key, total in self._sums.items()}
         values.update({key: float(value) for key, value in metrics.items()})
-        if evaluate is not None:
+        if evaluate is not None and self.rank == 0:
             with torch.no_grad():
                 values.update({key: float(value) for key, value in evaluate().items()})
+        if evaluate is not None and self.world_size > 1:
+            values = distributed.from_rank0(values)
         self._sums, self._count = {}, 0
         self.epoch += 1
         self.final_metrics = values
