@@ -374,8 +374,11 @@ def _run_inline(store, settings: Settings, registry, run_id: int, device: str) -
 @click.option("--device", default=None, help="Device for this run (default: the global --device / auto).")
 @click.option("--detach", is_flag=True, help="Only queue the run; a worker will pick it up.")
 @click.option("--help-config", is_flag=True, help="List the recipe's config keys, defaults and help, then exit.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train with N processes, data parallel (torchrun): one per GPU with --device cuda, "
+                   "or N CPU processes; the recipe's batch size is the global batch.")
 def train(method: str, recipe: str, assignments: tuple[str, ...], device: str | None, detach: bool,
-          help_config: bool) -> None:
+          help_config: bool, nproc: int) -> None:
     """Train METHOD with RECIPE: inline with a progress bar, or queued with --detach."""
     from trainer.config import (
         config_fields,
@@ -397,6 +400,15 @@ def train(method: str, recipe: str, assignments: tuple[str, ...], device: str | 
         return
     config = make_config(chosen.config_cls, parse_assignments(assignments))
     device = check_device_name(device or settings.device)  # refused before a run row exists
+    if nproc > 1:
+        from trainer.distributed import check_nproc
+
+        if detach:
+            raise CliError("--nproc trains in the foreground; a worker runs a queued run as one process", exit_code=2)
+        try:
+            device = check_nproc(nproc, device)
+        except ValueError as exc:
+            raise CliError(str(exc), exit_code=2) from None
     store = _store(settings)
     run_id = store.enqueue(method, recipe, config_to_dict(config), device=device, commit=current_commit())
     if detach:
@@ -404,7 +416,30 @@ def train(method: str, recipe: str, assignments: tuple[str, ...], device: str | 
                    "(`avstudio worker`, or the one `avstudio serve` starts)")
         return
     click.echo(f"run {run_id}: {method}/{recipe} {config_to_dict(config)}", err=True)
+    if nproc > 1:
+        _run_distributed(store, settings, run_id, device, nproc)
+        return
     _run_inline(store, settings, registry, run_id, device)
+
+
+def _run_distributed(store, settings: Settings, run_id: int, device: str, nproc: int) -> None:
+    """Train a queued run with ``nproc`` processes (trainer.distributed); exit as ``_run_inline`` does."""
+    from trainer.distributed import launch_run
+    from trainer.store import RunStatus
+
+    try:
+        signum = launch_run(store, run_id, nproc=nproc, device=device, registry="app.plugin_manager:registry_from_env",
+                            data_dir=settings.data_dir, runs_dir=settings.runs_dir, assets_dir=settings.assets_dir,
+                            threads=settings.threads)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    run = store.get_run(run_id)
+    click.echo(f"run {run.id} {run.status} on {run.device} ({nproc} processes)")
+    for key in sorted(run.latest_metrics):
+        click.echo(f"  {key} = {_fmt(run.latest_metrics[key])}")
+    if run.status != RunStatus.SUCCEEDED:
+        raise CliError(f"run {run.id} {run.status}" + (f": {run.error.splitlines()[0]}" if run.error else ""),
+                       exit_code=130 if run.status == RunStatus.CANCELLED else 128 + signum if signum else 1)
 
 
 # --------------------------------------------------------------------------------------------
