@@ -141,6 +141,7 @@ def main() -> None:
     backbone_full = backbone_from_checkpoint(full_ckpt).eval()
     backbone_bd = backbone_from_checkpoint(bd_ckpt).eval()
     policy_net = policy_from_checkpoint(bd_ckpt).eval()
+    other = policy_from_checkpoint(load_checkpoint(Path(args.compare_policy))).eval() if args.compare_policy else None
     test = load_shapes("test", Path(args.data_dir))
     images, targets, difficulty = test.images, test.targets, test.difficulty
     k = backbone_full.num_blocks
@@ -223,7 +224,6 @@ def main() -> None:
     figures["policy_net_b1_cpu"] = {**share, "flops_share": table.policy / table.full,
                                     "arch": getattr(policy_net.config, "arch", "resnet8")}
     if args.compare_policy:
-        other = policy_from_checkpoint(load_checkpoint(Path(args.compare_policy))).eval()
         _, other_fast = prepare(backbone_bd, other, channels_last=deployed_layout(1))
         with torch.inference_mode():
             other_share = policy_time_share(full_fast, other_fast, shuffled, n1 // 2, 5)
