@@ -33,6 +33,11 @@ log = logging.getLogger("avstudio.ui")
 CSS = """
 #runs-table { font-variant-numeric: tabular-nums; }
 .demo-error { border-left: 4px solid #dc2626; padding-left: 0.75rem; }
+/* Phones (tests/test_browser.py checks 375 px): a gallery keeps its column count at any width, each column
+   at least 100 px, so S3Pool's six draws ran 270 px past the screen's edge; there they wrap instead. */
+@media (max-width: 640px) {
+  .gallery-container .grid-container { grid-template-columns: repeat(auto-fill, minmax(80px, 1fr)) !important; }
+}
 """
 
 __all__ = ["build_app", "build_method_demo", "check_demos", "launch"]

@@ -399,6 +399,10 @@ def build_runs_tab(demo: gr.Blocks, actions: RunsActions, registry: Any, setting
                             api_name="unpromote_checkpoint").then(**refresh_promotions)
         run_select.change(lambda rid: gr.update(choices=actions.checkpoint_choices(rid), value=None),
                           run_select, artifact_select, api_visibility="private")
+        # a run picked while it was still training had no checkpoint then: opening the picker lists what the
+        # run has saved since (seen in the browser test: a freshly queued run could not be promoted)
+        artifact_select.focus(lambda rid: gr.update(choices=actions.checkpoint_choices(rid)), run_select,
+                              artifact_select, api_visibility="private", show_progress="hidden")
         artifact_select.change(lambda aid: _default_slot(actions, aid), artifact_select, slot_in,
                                api_visibility="private")
     else:
