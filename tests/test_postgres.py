@@ -218,6 +218,22 @@ def test_four_workers_drain_forty_jobs_each_run_exactly_once(pg_url, tmp_path):
             assert runs[run_id].worker_id == f"{host}:{worker_pid}"
             assert [p.value for p in store.metrics(run_id, ["tick"])] == [0.0, 1.0, 2.0]
         assert len({worker_pid for _, worker_pid, _, _ in executions}) >= 2, "the jobs were not shared out"
+        # the Runs tab and `avstudio runs list` show them, with the host of the worker that ran each
+        from app.ui.runs_tab import RunsActions
+
+        actions = RunsActions(store, None, None)
+        table = actions.runs_list()
+        assert sorted(table["id"]) == ids and set(table["host"]) == {socket.gethostname()}
+        assert actions.run_detail(ids[0])["host"] == socket.gethostname()
+        assert list(actions.run_metrics(ids[0], "tick")["value"]) == [0.0, 1.0, 2.0]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AVSTUDIO_")}
+        listed = subprocess.run([sys.executable, "-m", "app.cli", "runs", "list", "--limit", "3"], cwd=REPO_ROOT,
+                                env={**env, "AVSTUDIO_DB_URL": pg_url, "AVSTUDIO_HOME": str(home)},
+                                capture_output=True, text=True, timeout=120)
+        header, *rows = listed.stdout.splitlines()
+        assert listed.returncode == 0 and header.split()[:6] == ["id", "method", "recipe", "status", "device", "host"]
+        assert [row.split()[:6] for row in rows if row.strip() and not set(row.strip()) <= set("-")] == [
+            [str(i), "ticker", "tick", "succeeded", "cpu", socket.gethostname()] for i in ids[::-1][:3]]
     finally:
         for worker in workers:
             _stop(worker)

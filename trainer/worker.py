@@ -88,10 +88,12 @@ class _Heartbeat:
         while not self._stop.wait(self.interval_s):
             try:
                 if not self.store.heartbeat(self.run_id, self.worker_id) and not self._stop.is_set():
-                    log.warning("run %s is no longer this process's to run (%s)", self.run_id,
-                                self.store.get_run(self.run_id).status)
-                    if self.interrupt is not None:
-                        self.interrupt.request(TAKEN_OVER_TEXT)
+                    run = self.store.get_run(self.run_id)
+                    # refused: it finished (the beat came after its final status), or it was taken from us
+                    if run.status in (RunStatus.RUNNING, RunStatus.INTERRUPTED):
+                        log.warning("run %s was marked interrupted by another worker; stopping", self.run_id)
+                        if self.interrupt is not None:
+                            self.interrupt.request(TAKEN_OVER_TEXT)
                 if self.ctx is not None:
                     self.ctx.flush()  # so a recipe that logs rarely still shows up live
             except Exception:  # a missed beat is not worth killing the run for
