@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -77,8 +78,9 @@ def test_train_inline_then_list_and_show(env, store):
     row = next(r for r in json.loads(listed.stdout) if r["id"] == run.id)
     assert row["status"] == "succeeded" and row["latest_metrics"]["counted"] == 3
     table = avstudio("runs", "list", "--method", "counter", env=env).stdout.splitlines()
-    assert table[0].split() == ["id", "method", "recipe", "status", "device", "created", "metrics"]
-    assert any(line.split()[:4] == [str(run.id), "counter", "count", "succeeded"] for line in table[2:])
+    assert table[0].split() == ["id", "method", "recipe", "status", "device", "host", "created", "metrics"]
+    assert any(line.split()[:6] == [str(run.id), "counter", "count", "succeeded", "cpu", socket.gethostname()]
+               for line in table[2:])  # the host whose worker (here: `avstudio train` itself) ran it
 
     shown = avstudio("runs", "show", str(run.id), env=env)
     assert shown.returncode == 0, shown.stderr
