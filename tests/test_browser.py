@@ -1,6 +1,9 @@
 """Real-browser checks in headless Chromium (Playwright driving Debian's /usr/bin/chromium).
 
-Run with ``python -m pytest -m browser``; skipped where Playwright or Chromium is missing.
+Run with ``python -m pytest -m browser``; skipped where Playwright or Chromium is missing. Every step saves a
+full-page screenshot under ``artifacts/screenshots/`` (``AVSTUDIO_SCREENSHOT_DIR`` overrides), which CI keeps.
+The studio is started as a Space starts it (``python app/main.py``); tests/test_browser_training.py drives
+the Runs tab with training enabled.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,21 +25,42 @@ from app.testing import free_port as _free_port
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
+ASSETS = Path(os.environ.get("AVSTUDIO_ASSETS", ROOT / "assets"))
+SCREENSHOT_DIR = Path(os.environ.get("AVSTUDIO_SCREENSHOT_DIR") or ROOT / "artifacts" / "screenshots")
 CHROMIUM = os.environ.get("AVSTUDIO_CHROMIUM", "/usr/bin/chromium")
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                "--disable-sync", "--no-first-run", "--disable-quic"]
+DESKTOP = {"width": 1400, "height": 1200}
+PHONE = {"width": 375, "height": 812}
+
+# Each method tab: the checkpoints its example needs, its examples, and what its result looks like once drawn.
+METHOD_TABS = {
+    "BlockDrop": (["blockdrop/backbone.safetensors"], "#blockdrop-examples", "#blockdrop-block-map >> text=stage 3"),
+    "S3Pool": (["s3pool/resnet-s3pool.safetensors"], "#s3pool-examples", "#s3pool-s3pool >> text=%"),
+    "VGAN": (["vgan/vgan.safetensors"], "#vgan-examples", "#vgan-energy-text >> text=E(x)"),
+    "Multi-task widening": (["multitask/wide.safetensors"], "#multitask-examples",
+                            "#multitask-probabilities >> text=%"),
+}
+# What the other tabs show once drawn (real content, not just the tab's frame).
+OTHER_TABS = {
+    "Runs": "#runs-table >> text=latest metrics >> visible=true",
+    "Datasets": "#dataset-grid img",
+    "Plugins": "text=plugins.blockdrop >> visible=true",
+    "About": "text=AVSTUDIO_HOME >> visible=true",
+}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@contextmanager
+def running_studio(home: Path, **env: str) -> Iterator[str]:
+    """``python app/main.py`` on a free port with ``home`` as AVSTUDIO_HOME; yields its URL."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
     pytest.importorskip("playwright")
-    home = tmp_path_factory.mktemp("browser-home")
     port = _free_port()
-    env = {**os.environ, "AVSTUDIO_HOME": str(home), "AVSTUDIO_PLUGINS": "", "GRADIO_ANALYTICS_ENABLED": "False"}
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--no-worker"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {**os.environ, "AVSTUDIO_HOME": str(home), "AVSTUDIO_PLUGINS": "", "GRADIO_ANALYTICS_ENABLED": "False",
+           "GRADIO_SERVER_PORT": str(port), "GRADIO_TEMP_DIR": str(home / "gradio-tmp"), **env}
+    proc = subprocess.Popen([sys.executable, "app/main.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.time() + 120
@@ -50,38 +76,122 @@ def server(tmp_path_factory):
             raise AssertionError("server did not answer within 120 s")
         yield url
     finally:
-        proc.terminate()
+        proc.terminate()  # app/main.py turns SIGTERM into an exit that stops its worker too
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
 
 
-@pytest.fixture
-def page(server, tmp_path):
+@contextmanager
+def chromium(tmp_path: Path) -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS,
                                     env={**os.environ, "HOME": str(tmp_path)})
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1200})
-            # not "networkidle": since the S3Pool tab, Chromium keeps a request open after the page has
-            # loaded (the server is idle meanwhile); each test waits for what it needs instead
-            page.goto(server, wait_until="load")
-            page.get_by_role("tab", name="Runs").first.wait_for(timeout=60_000)
-            yield page
+            yield browser
         finally:
             browser.close()
 
 
-def _shots(tmp_path: Path, page, name: str) -> None:
-    """A full-page screenshot, also copied to $AVSTUDIO_SCREENSHOT_DIR when set (for reviewing by eye)."""
-    path = tmp_path / f"{name}.png"
+def open_studio(browser, url: str, viewport: dict[str, int] = DESKTOP):
+    """A new page on the studio, once its tabs are drawn."""
+    page = browser.new_context(viewport=viewport).new_page()
+    # not "networkidle": since the S3Pool tab, Chromium keeps a request open after the page has
+    # loaded (the server is idle meanwhile); each test waits for what it needs instead
+    page.goto(url, wait_until="load")
+    page.get_by_role("tab", name="BlockDrop").first.wait_for(timeout=60_000)
+    return page
+
+
+def goto_tab(page, name: str) -> None:
+    """Open tab ``name`` as a user would: from the tab bar, or from its "More tabs" menu where the bar is too
+    narrow for every tab (on a phone)."""
+    tab = page.get_by_role("tab", name=name, exact=True)
+    if tab.count() and tab.first.is_visible():
+        tab.first.click()
+    else:
+        page.get_by_role("button", name="More tabs").click()
+        page.locator(".overflow-dropdown button", has_text=name).first.click()
+    page.wait_for_function("name => [...document.querySelectorAll('[role=tab][aria-selected=true]')]"
+                           ".some(t => t.innerText.trim() === name)", arg=name, timeout=10_000)
+
+
+def click_first_example(page, examples: str) -> None:
+    page.locator(f"{examples} .gallery-item, {examples} button").first.click(timeout=60_000)  # no Run press
+
+
+def wait_for_image(page, selector: str, timeout_ms: int = 60_000, nth: int = 0) -> None:
+    """Until the ``nth`` image matching ``selector`` has loaded, scrolled to as a user would (Gradio's images
+    load lazily: one below the fold may never load on a busy machine otherwise)."""
+    page.wait_for_function("([selector, nth]) => { const img = document.querySelectorAll(selector)[nth];"
+                           " if (!img) return false; img.scrollIntoView({block: 'nearest'});"
+                           " return img.complete && img.naturalWidth > 0; }", arg=[selector, nth],
+                           timeout=timeout_ms)
+
+
+def assert_no_error_toast(page) -> None:
+    """No error toast on the page (a demo function that raised, a failed request)."""
+    errors = page.locator(".toast-body.error")
+    assert errors.count() == 0, errors.all_inner_texts()
+
+
+def require_assets(*names: str) -> None:
+    missing = [n for n in names if not (ASSETS / n).exists()]
+    if missing:
+        pytest.skip(f"no shipped checkpoints {missing} under {ASSETS}")
+
+
+def shot(page, name: str) -> Path:
+    """A full-page screenshot ``name``.png in the screenshots folder."""
+    SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOT_DIR / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
-    if out := os.environ.get("AVSTUDIO_SCREENSHOT_DIR"):
-        Path(out).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(out) / path.name)
+    return path
+
+
+OUT_OF_REACH_JS = """() => {
+  const width = window.innerWidth, out = [];
+  for (const el of document.querySelectorAll('button, input, textarea, select, [role=button], [role=tab]')) {
+    const box = el.getBoundingClientRect();
+    if (box.width === 0 || box.height === 0 || getComputedStyle(el).visibility === 'hidden') continue;
+    if (el.closest('[aria-hidden=true], .visually-hidden')) continue;  // Gradio's tab-measuring copy
+    if (box.left < -1 || box.right > width + 1) {
+      out.push(`${el.tagName.toLowerCase()}${el.id ? '#' + el.id : ''} "${(el.innerText || el.value ||
+        el.getAttribute('aria-label') || '').trim().slice(0, 40)}" at x ${Math.round(box.left)}..${Math.round(box.right)}`);
+    }
+  }
+  return {scrollWidth: document.documentElement.scrollWidth, innerWidth: width, outOfReach: out};
+}"""
+
+
+def assert_fits_the_screen(page) -> None:
+    """No horizontal scrolling of the page, and every visible control within the screen's width."""
+    found = page.evaluate(OUT_OF_REACH_JS)
+    assert found["scrollWidth"] <= found["innerWidth"] + 1, f"the page scrolls sideways: {found}"
+    assert not found["outOfReach"], f"controls out of reach at {found['innerWidth']} px: {found['outOfReach']}"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The studio as a public Space runs it: training off, so no worker."""
+    with running_studio(tmp_path_factory.mktemp("browser-home"), AVSTUDIO_NO_WORKER="1") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    with chromium(tmp_path_factory.mktemp("chromium-home")) as launched:
+        yield launched
+
+
+@pytest.fixture
+def page(server, browser):
+    page = open_studio(browser, server)
+    yield page
+    page.context.close()
 
 
 def _natural_and_drawn_width(page, selector: str) -> tuple[float, float]:
@@ -89,10 +199,8 @@ def _natural_and_drawn_width(page, selector: str) -> tuple[float, float]:
         "img => [img.naturalWidth, img.getBoundingClientRect().width]")
 
 
-def test_blockdrop_example_click_shows_predictions_and_block_map(page, tmp_path):
-    assets = Path(os.environ.get("AVSTUDIO_ASSETS", ROOT / "assets"))
-    if not (assets / "blockdrop" / "backbone.safetensors").exists():
-        pytest.skip("no shipped BlockDrop checkpoints")
+def test_blockdrop_example_click_shows_predictions_and_block_map(page):
+    require_assets(*METHOD_TABS["BlockDrop"][0])
     page.get_by_role("tab", name="BlockDrop").click()
     # the selector opens on the recommended operating point (γ = 1)
     assert page.locator("#blockdrop-policy input").first.input_value() == "policy-g1"
@@ -106,7 +214,7 @@ def test_blockdrop_example_click_shows_predictions_and_block_map(page, tmp_path)
     body = page.inner_text("body")
     assert "BlockDrop" in body and "full ResNet" in body
     # what the network sees: its 32×32 input, enlarged with crisp pixels, labelled with the resolution
-    page.locator("#blockdrop-model-input img").first.wait_for(timeout=30_000)
+    wait_for_image(page, "#blockdrop-model-input img", 60_000)
     assert "what the network sees: 32×32" in page.inner_text("#blockdrop-model-input")
     natural, drawn = _natural_and_drawn_width(page, "#blockdrop-model-input img")
     assert natural >= 256 and drawn >= 200
@@ -115,53 +223,57 @@ def test_blockdrop_example_click_shows_predictions_and_block_map(page, tmp_path)
     assert natural == 32 and drawn >= 128, (natural, drawn)
     rendering = page.locator("#blockdrop-input img").first.evaluate("img => getComputedStyle(img).imageRendering")
     assert rendering == "pixelated"
-    _shots(tmp_path, page, "blockdrop-example")
+    assert_no_error_toast(page)
+    path = shot(page, "blockdrop-example")
     if legacy := os.environ.get("AVSTUDIO_SCREENSHOT"):
-        shutil.copy(tmp_path / "blockdrop-example.png", legacy)
+        shutil.copy(path, legacy)
 
 
-def test_datasets_tab_opens_on_shapes_with_a_preview(page, tmp_path):
+def test_datasets_tab_opens_on_shapes_with_a_preview(page):
     page.get_by_role("tab", name="Datasets").click()
     assert page.locator("#dataset-select input").first.input_value() == "shapes"
     # the page's load event draws the grid (the first time it generates the split: allow for that)
-    page.locator("#dataset-grid img").first.wait_for(timeout=120_000)
+    wait_for_image(page, "#dataset-grid img", 120_000)
     assert "Shapes" in page.inner_text("#dataset-info") or "shapes" in page.inner_text("#dataset-info").lower()
     natural, drawn = _natural_and_drawn_width(page, "#dataset-grid img")
     assert natural >= 8 * 32 * 3 and drawn >= 8 * 64, (natural, drawn)  # 8 samples a row, each ≥ 64 px drawn
-    _shots(tmp_path, page, "datasets")
+    assert_no_error_toast(page)
+    shot(page, "datasets")
 
 
 def test_plugins_tab_lists_the_builtin_plugins(page):
     page.get_by_role("tab", name="Plugins").click()
     page.locator("text=plugins.blockdrop >> visible=true").first.wait_for(timeout=15_000)
-    assert "plugins.datasets" in page.inner_text("body")
+    table = page.inner_text("#plugins-table")
+    for name in ("plugins.blockdrop", "plugins.s3pool", "plugins.vgan", "plugins.multitask", "plugins.datasets"):
+        assert name in table
+    assert "ok" in table and "failed" not in table
+    assert "plugins loaded." in page.inner_text("body")  # and no "N failed"
+    shot(page, "plugins")
 
 
-def test_s3pool_example_click_shows_draws_and_both_predictions(page, tmp_path):
-    assets = Path(os.environ.get("AVSTUDIO_ASSETS", ROOT / "assets"))
-    if not (assets / "s3pool" / "resnet-s3pool.safetensors").exists():
-        pytest.skip("no shipped S3Pool checkpoints")
+def test_s3pool_example_click_shows_draws_and_both_predictions(page):
+    require_assets(*METHOD_TABS["S3Pool"][0])
     page.get_by_role("tab", name="S3Pool").click()
     page.locator("#s3pool-examples .gallery-item, #s3pool-examples button").first.click()  # no Run press
-    page.locator("#s3pool-draws img").nth(4).wait_for(timeout=60_000)  # 4 draws and the deterministic path
+    wait_for_image(page, "#s3pool-draws img", 60_000, nth=4)  # 4 draws and the deterministic path
     assert page.locator("#s3pool-draws img").count() >= 5
-    page.locator("#s3pool-features img").first.wait_for(timeout=60_000)
+    wait_for_image(page, "#s3pool-features img", 60_000)
     for label in ("#s3pool-max", "#s3pool-s3pool"):
         page.locator(f"{label} >> text=%").first.wait_for(timeout=30_000)  # a top-3 with probabilities
     natural, drawn = _natural_and_drawn_width(page, "#s3pool-draws img")
     assert drawn >= 96, (natural, drawn)  # a 16×16 draw is shown at a readable size
-    _shots(tmp_path, page, "s3pool-example")
+    assert_no_error_toast(page)
+    shot(page, "s3pool-example")
 
 
-def test_vgan_samples_toggle_and_example_click_show_images(page, tmp_path):
-    assets = Path(os.environ.get("AVSTUDIO_ASSETS", ROOT / "assets"))
-    if not all((assets / "vgan" / f"{name}.safetensors").exists() for name in ("vgan", "gan", "vcd")):
-        pytest.skip("no shipped VGAN checkpoints")
+def test_vgan_samples_toggle_and_example_click_show_images(page):
+    require_assets(*(f"vgan/{name}.safetensors" for name in ("vgan", "gan", "vcd")))
     page.get_by_role("tab", name="VGAN").click()
     toggle = page.locator("#vgan-model")
     assert toggle.get_by_label("VGAN", exact=True).is_checked()  # opens on the paper's model
     page.locator("#vgan-sample").click()
-    page.locator("#vgan-samples img").first.wait_for(timeout=60_000)
+    wait_for_image(page, "#vgan-samples img", 60_000)
     assert "64 samples of vgan" in page.inner_text("#vgan-samples-text")
     natural, drawn = _natural_and_drawn_width(page, "#vgan-samples img")
     assert natural >= 8 * 34 and drawn >= 400, (natural, drawn)  # an 8×8 grid of 32×32 samples, readable
@@ -170,23 +282,22 @@ def test_vgan_samples_toggle_and_example_click_show_images(page, tmp_path):
     page.locator("#vgan-samples-text >> text=samples of gan").first.wait_for(timeout=60_000)
     # clicking an example is enough (no Run press): the VCD chain and the energy on the histograms
     page.locator("#vgan-examples .gallery-item, #vgan-examples button").first.click()
-    page.locator("#vgan-chain img").first.wait_for(timeout=60_000)
+    wait_for_image(page, "#vgan-chain img", 60_000)
     page.locator("#vgan-energy-text >> text=E(x)").first.wait_for(timeout=60_000)
     assert "−log D(x)" in page.inner_text("#vgan-energy-text")  # the GAN's energy, said so
     assert "transition steps" in page.inner_text("#vgan-chain-text")
     assert "what the model sees: 32×32" in page.inner_text("#vgan-model-input")
     page.locator("#vgan-energy-plot canvas, #vgan-energy-plot svg").first.wait_for(timeout=30_000)
-    _shots(tmp_path, page, "vgan-example")
+    assert_no_error_toast(page)
+    shot(page, "vgan-example")
 
 
-def test_multitask_example_click_shows_probabilities_by_branch_tree_and_heatmap(page, tmp_path):
-    assets = Path(os.environ.get("AVSTUDIO_ASSETS", ROOT / "assets"))
-    if not (assets / "multitask" / "wide.safetensors").exists():
-        pytest.skip("no shipped multitask checkpoints (assets/multitask/wide.safetensors is absent)")
+def test_multitask_example_click_shows_probabilities_by_branch_tree_and_heatmap(page):
+    require_assets(*METHOD_TABS["Multi-task widening"][0])
     page.get_by_role("tab", name="Multi-task widening").click()
     # the tree, the heatmap and the table are drawn from the cards when the page loads
-    page.locator("#multitask-tree img").first.wait_for(timeout=60_000)
-    page.locator("#multitask-affinity img").first.wait_for(timeout=60_000)
+    wait_for_image(page, "#multitask-tree img", 60_000)
+    wait_for_image(page, "#multitask-affinity img", 60_000)
     assert "wide" in page.inner_text("#multitask-table")
     # clicking an example is enough (no Run press): every attribute's probability, by branch
     page.locator("#multitask-examples .gallery-item, #multitask-examples button").first.click()
@@ -196,4 +307,43 @@ def test_multitask_example_click_shows_probabilities_by_branch_tree_and_heatmap(
     assert "what the network sees: 64×64" in page.inner_text("#multitask-model-input")
     natural, drawn = _natural_and_drawn_width(page, "#multitask-tree img")
     assert natural >= 600 and drawn >= 400, (natural, drawn)
-    _shots(tmp_path, page, "multitask-example")
+    assert_no_error_toast(page)
+    shot(page, "multitask-example")
+
+
+def test_about_tab_says_where_the_studio_keeps_its_files(page, server):
+    goto_tab(page, "About")
+    page.locator(OTHER_TABS["About"]).first.wait_for(timeout=15_000)
+    about = page.inner_text("#about")
+    assert "Training from the web UI: off" in about
+    assert all(title in about for title in METHOD_TABS)  # every method, with its paper
+    shot(page, "about")
+
+
+# -- phone width -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tab", [*METHOD_TABS, *OTHER_TABS])
+def test_every_tab_fits_a_phone_screen(tab, server, browser):
+    """At 375 px: the page never scrolls sideways and every control of the tab is on the screen, also once a
+    method's example has drawn its result (the widest state of a demo tab)."""
+    page = open_studio(browser, server, PHONE)
+    try:
+        goto_tab(page, tab)
+        if tab in METHOD_TABS:
+            needs, examples, result = METHOD_TABS[tab]
+            require_assets(*needs)
+            click_first_example(page, examples)
+            page.locator(result).first.wait_for(timeout=60_000)
+        else:
+            shown = OTHER_TABS[tab]
+            if shown.endswith(" img"):
+                wait_for_image(page, shown, 120_000)
+            else:
+                page.locator(shown).first.wait_for(timeout=60_000)
+        page.wait_for_timeout(500)  # images and plots settle into their final size
+        assert_no_error_toast(page)
+        shot(page, f"phone-{tab.split()[0].lower()}")
+        assert_fits_the_screen(page)
+    finally:
+        page.context.close()
