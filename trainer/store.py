@@ -312,10 +312,13 @@ class RunStore:
 
     @_retrying
     def mark_interrupted(self, *, host: str, alive_pids: set[int] | None = None,
-                         stale_after_s: float = 60.0, noticed_by: str | None = None) -> list[int]:
+                         stale_after_s: float = 60.0, noticed_by: str | None = None,
+                         pid_alive: Callable[[int | None], bool] | None = None) -> list[int]:
         """Mark running runs whose worker is gone as interrupted; return their ids.
 
-        A run is gone when it ran on ``host`` and its pid is not alive, or when its heartbeat is
+        A run is gone when it ran on ``host`` and its pid is not alive (not in ``alive_pids``, or
+        ``pid_alive(pid)`` is false: asked after the run was read, so a worker that claimed a run a
+        moment ago is never taken for dead), or when its heartbeat is
         older than ``stale_after_s`` seconds by the database's clock. ``noticed_by`` (a worker id)
         goes into the run's error text. The heartbeat is checked again in the UPDATE itself, so a
         run that beat meanwhile is left alone.
@@ -329,7 +332,8 @@ class RunStore:
         gone = []
         for run_id, run_host, pid, heartbeat_at, started_at in running:
             last_seen = heartbeat_at or started_at
-            if alive_pids is not None and run_host == host and pid not in alive_pids:
+            dead = (alive_pids is not None and pid not in alive_pids) or (pid_alive is not None and not pid_alive(pid))
+            if run_host == host and dead:
                 gone.append((run_id, None, f"worker process {pid} on {host} is gone{by}"))
             elif last_seen is None or last_seen < cutoff:
                 gone.append((run_id, cutoff, f"no heartbeat for more than {stale_after_s:g} s "

@@ -290,11 +290,6 @@ def _pid_alive(pid: int | None) -> bool:
     return True
 
 
-def _alive_pids(store: RunStore, host: str) -> set[int]:
-    return {r.pid for r in store.list_runs(status=RunStatus.RUNNING, limit=100_000)
-            if r.host == host and r.pid is not None and _pid_alive(r.pid)}
-
-
 def _stop_child(child: Any, wait_s: float = CHILD_STOP_WAIT_S) -> None:
     """Ask the child to stop (SIGTERM: its run stops at the next should_stop() and ends "interrupted");
     after ``wait_s`` seconds (at once when 0) kill its process group: the child and all it started."""
@@ -341,8 +336,8 @@ def _supervise(store: RunStore, child: Any, run_id: int, stop: threading.Event, 
                     # refused: the run finished (the child is ending by itself), or another worker marked
                     # it interrupted, and maybe resumed it since, while this one could not beat
                     if now_run.worker_id != worker_id or now_run.status == RunStatus.INTERRUPTED:
-                        log.warning("run %s was marked interrupted while this worker could not reach the "
-                                    "database (%s); stopping it", run_id, (now_run.error or "").splitlines()[:1])
+                        log.warning("run %s was marked interrupted by another process (%s); stopping it", run_id,
+                                    (now_run.error or "").splitlines()[:1])
                         _stop_child(child)
                         return
             if now >= next_sweep:
@@ -413,7 +408,7 @@ def run_worker(store_url: str, registry_factory: Callable[[], Any], *, data_dir:
     store.noticed_by = worker_id  # its reads expire stale runs too: say who did
     processed = 0
     try:
-        gone = store.mark_interrupted(host=host, alive_pids=_alive_pids(store, host), stale_after_s=stale_after_s,
+        gone = store.mark_interrupted(host=host, pid_alive=_pid_alive, stale_after_s=stale_after_s,
                                       noticed_by=worker_id)
         if gone:
             log.warning("marked runs of dead workers as interrupted: %s", ", ".join(map(str, gone)))
