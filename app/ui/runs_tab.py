@@ -397,14 +397,16 @@ def build_runs_tab(demo: gr.Blocks, actions: RunsActions, registry: Any, setting
                           api_name="promote_checkpoint").then(**refresh_promotions)
         unpromote_btn.click(actions.unpromote_checkpoint, [promotion_select, token_in], action_msg,
                             api_name="unpromote_checkpoint").then(**refresh_promotions)
+        # fast reads of the store, without a loading overlay: while a run trains, the polling table re-fires
+        # these every few seconds, and on a busy machine the overlay kept the picker unclickable
+        quiet = {"api_visibility": "private", "concurrency_limit": None, "show_progress": "hidden"}
         run_select.change(lambda rid: gr.update(choices=actions.checkpoint_choices(rid), value=None),
-                          run_select, artifact_select, api_visibility="private")
+                          run_select, artifact_select, **quiet)
         # a run picked while it was still training had no checkpoint then: opening the picker lists what the
         # run has saved since (seen in the browser test: a freshly queued run could not be promoted)
         artifact_select.focus(lambda rid: gr.update(choices=actions.checkpoint_choices(rid)), run_select,
-                              artifact_select, api_visibility="private", show_progress="hidden")
-        artifact_select.change(lambda aid: _default_slot(actions, aid), artifact_select, slot_in,
-                               api_visibility="private")
+                              artifact_select, **quiet)
+        artifact_select.change(lambda aid: _default_slot(actions, aid), artifact_select, slot_in, **quiet)
     else:
         gr.Markdown(
             "**Training from the web UI is off.** Start the studio with `AVSTUDIO_ENABLE_TRAINING=1` to queue, "
