@@ -61,6 +61,7 @@ def _one_process(tmp_path: Path, **config) -> dict[str, torch.Tensor]:
     return {**load_file(str(dump / "rank0.safetensors")), "metrics": metrics}
 
 
+@pytest.mark.slow  # 110 s on the busy 2-core machine (four Python processes start torch); seconds when idle
 def test_two_processes_train_one_run_as_one_process_with_the_same_global_batch(tmp_path):
     home, dump = tmp_path / "home", tmp_path / "dump"
     result = _avstudio("train", "ddpfit", "fit", "--nproc", "2", "--set", f"dump_dir={dump}", env=_env(home))
@@ -151,3 +152,40 @@ def test_sigterm_interrupts_every_process_and_the_run_resumes(tmp_path):
     assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
     (run,) = store.list_runs()
     assert run.status == RunStatus.INTERRUPTED and "SIGTERM" in run.error
+
+
+# Every recipe of every built-in plugin, unchanged, with two processes: tiny budgets (one or two epochs);
+# a chain where one recipe needs another's checkpoint. The tree's λ is huge so that its widening does not
+# hang on the two ranks' task affinities (a mid λ decides from them: see docs/plugins.md).
+TINY_GAN = "width=4 hidden=16 experts=6 latent_dim=8 gen_width=4 dataset=shapes train_size=128 steps=4 batch_size=16 sample_every=2"
+MULTITASK = "dataset_options=num_train=128,num_val=64,num_test=8 train_size=128 val_size=64 batch_size=32"
+BUILT_IN_RECIPES = [
+    ("blockdrop", "backbone", "depth=8 epochs=1 batch_size=32 num_train=256"),
+    ("blockdrop", "policy", "backbone=run:{blockdrop/backbone}/backbone epochs=1 batch_size=32 num_train=256 cl_step_iters=2"),
+    ("blockdrop", "finetune", "policy=run:{blockdrop/policy}/policy epochs=1 batch_size=32 num_train=256 gamma=2"),
+    ("s3pool", "classifier", "depth=8 width=8 train_size=256 val_size=64 steps=8 batch_size=32"),
+    ("vgan", "vgan", TINY_GAN), ("vgan", "vcd", TINY_GAN), ("vgan", "gan", TINY_GAN),
+    ("multitask", "wide", f"{MULTITASK} epochs=2 widths=4,8,8,8,16,16,16"),
+    ("multitask", "tree", f"{MULTITASK} epochs=3 divisor=2 widen_after=1 lam=1000 wide=run:{{multitask/wide}}/wide"),
+]
+
+
+@pytest.mark.slow
+def test_every_built_in_recipe_runs_unchanged_with_two_processes(tmp_path):
+    env = {**_env(tmp_path / "home"), "AVSTUDIO_EXTRA_PLUGINS": ""}
+    runs: dict[str, int] = {}
+    for method, recipe, settings in BUILT_IN_RECIPES:
+        for key, run_id in runs.items():  # run:{blockdrop/backbone} -> run:7
+            settings = settings.replace("{" + key + "}", str(run_id))
+        sets = [a for item in settings.split() for a in ("--set", item)]
+        result = _avstudio("train", method, recipe, "--nproc", "2", *sets, env=env, timeout=900)
+        assert result.returncode == 0, f"{method}/{recipe}: {result.stderr[-3000:]}"
+        store = RunStore(f"sqlite:///{tmp_path / 'home' / 'runs.db'}")
+        newest = store.list_runs(limit=1)[0]
+        assert (newest.method, newest.recipe, newest.status) == (method, recipe, RunStatus.SUCCEEDED)
+        assert store.artifacts(newest.id, kind="checkpoint"), f"{method}/{recipe} saved no checkpoint"
+        keys_steps = [(p.key, p.step) for p in store.metrics(newest.id)]
+        assert len(keys_steps) == len(set(keys_steps)), f"{method}/{recipe}: a metric point logged twice"
+        store.close()
+        runs[f"{method}/{recipe}"] = newest.id
+    assert len(runs) == len(BUILT_IN_RECIPES)
