@@ -61,7 +61,7 @@ def _one_process(tmp_path: Path, **config) -> dict[str, torch.Tensor]:
     return {**load_file(str(dump / "rank0.safetensors")), "metrics": metrics}
 
 
-@pytest.mark.slow  # 110 s on the busy 2-core machine (four Python processes start torch); seconds when idle
+@pytest.mark.slow  # 68-110 s on the busy 2-core machine (four Python processes start torch)
 def test_two_processes_train_one_run_as_one_process_with_the_same_global_batch(tmp_path):
     home, dump = tmp_path / "home", tmp_path / "dump"
     result = _avstudio("train", "ddpfit", "fit", "--nproc", "2", "--set", f"dump_dir={dump}", env=_env(home))
@@ -131,7 +131,7 @@ def test_a_batch_that_does_not_split_evenly_over_the_processes_is_refused(tmp_pa
 
 
 @pytest.mark.slow
-def test_sigterm_interrupts_every_process_and_the_run_resumes(tmp_path):
+def test_sigterm_interrupts_every_process_and_the_run_ends_interrupted(tmp_path):
     home = tmp_path / "home"
     env = _env(home)
     process = subprocess.Popen([sys.executable, "-m", "app.cli", "--device", "cpu", "train", "ddpfit", "fit",
