@@ -337,3 +337,52 @@ def test_the_persons_baseline_is_quoted_as_reported():
     assert quoted in readme
     for key in ("within_head", "within_body", "head_body"):
         assert f"({figures['persons_affinity_' + key]:.3f})" in readme or f"{figures['persons_affinity_' + key]:.3f})" in readme
+
+
+# -- BlockDrop's policy network (issue 13) ------------------------------------------------------------
+
+
+def test_the_policy_network_figures_are_quoted_as_reported():
+    figures = json.loads((RESULTS / "blockdrop.json").read_text())["figures"]
+    text = " ".join((REPO / "docs" / "blockdrop.md").read_text().split())
+    for key in ("policy_net_b1_cpu", "policy_net_b1_cpu_compared"):
+        share = figures[key]
+        quoted = (f"{share['policy_ms']:.2f} ms, {100 * share['time_share']:.1f}% of the full network's time for "
+                  f"{100 * share['flops_share']:.1f}% of its FLOPs")
+        assert quoted in text, f"docs/blockdrop.md should quote {key}: {quoted!r}"
+
+
+# -- Load (issue 14) ----------------------------------------------------------------------------------
+
+LOAD_REPORT = RESULTS / "load.json"
+
+
+def test_the_load_table_and_sentence_quote_the_report():
+    report = json.loads(LOAD_REPORT.read_text())
+    figures = report["figures"]
+    endpoints = [name for name in figures if name != "total"]
+    table = next(t for t in _all_tables((REPO / "docs" / "hosting.md").read_text()) if t[0][0] == "endpoint")
+    rows = {row[0].strip("`"): row[1:] for row in table[1:]}
+    assert set(rows) == set(endpoints)
+    for name in endpoints:
+        f = figures[name]
+        expected = [f"{f['throughput_rps']:g}", f"{f['p50_ms'] / 1000:.2f} s", f"{f['p95_ms'] / 1000:.2f} s",
+                    f"{f['errors']}"]
+        assert rows[name] == expected, f"docs/hosting.md: {name} says {rows[name]}, the report says {expected}"
+    readme = " ".join((REPO / "README.md").read_text().split())
+    rps = sorted(figures[n]["throughput_rps"] for n in endpoints)
+    p95 = sorted(figures[n]["p95_ms"] / 1000 for n in endpoints)
+    assert f"{rps[0]:g}–{rps[-1]:g} requests/s with p95 {p95[0]:.2f}–{p95[-1]:.2f} s" in readme
+    errors = "no errors" if figures["total"]["errors"] == 0 else f"{figures['total']['errors']} errors"
+    assert errors in readme
+    met = report["targets"]["met"]
+    assert ("short of the 25 requests/s and 2 s targets" in readme) == (not met)
+
+
+# -- Distributed training (issue 15) ------------------------------------------------------------------
+
+
+def test_the_distributed_scaling_is_quoted_as_reported():
+    figures = json.loads((RESULTS / "distributed.json").read_text())["figures"]
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert f"{figures['scaling_2_vs_1_process']:.2f}× the samples/s of one" in readme
