@@ -166,7 +166,7 @@ BUILT_IN_RECIPES = [
     ("s3pool", "classifier", "depth=8 width=8 train_size=256 val_size=64 steps=8 batch_size=32"),
     ("vgan", "vgan", TINY_GAN), ("vgan", "vcd", TINY_GAN), ("vgan", "gan", TINY_GAN),
     ("multitask", "wide", f"{MULTITASK} epochs=2 widths=4,8,8,8,16,16,16"),
-    ("multitask", "tree", f"{MULTITASK} epochs=3 divisor=2 widen_after=1 lam=1000 wide=run:{{multitask/wide}}/wide"),
+    ("multitask", "tree", f"{MULTITASK} epochs=3 divisor=2 widen_after=1 lam=0.5 wide=run:{{multitask/wide}}/wide"),
 ]
 
 

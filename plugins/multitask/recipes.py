@@ -116,6 +116,17 @@ class TreeRecipeConfig(TrainConfig):
             raise ConfigError(f"name: letters, digits, '-', '_' and '.' only, got {self.name!r}")
 
 
+def pooled_affinity(loop: TrainLoop, tracker: AffinityTracker) -> torch.Tensor:
+    """The affinity over the training examples of every process of the run (``avstudio train --nproc``;
+    one process: its own), so that every rank takes the same widening decision and the ranks keep
+    networks of one shape."""
+    state = {key: loop.sum_over_ranks(value.to(loop.device, torch.float64)).cpu()
+             for key, value in tracker.state().items()}
+    pooled = AffinityTracker(tracker.num_tasks)
+    pooled.load_state(state)
+    return pooled.affinity()
+
+
 def checkpoint_name(config: TreeRecipeConfig) -> str:
     """``thin``, ``thin-random``, ``branched-l<λ>`` or ``branched-l<λ>-random`` (or the config's ``name``)."""
     if config.name:
@@ -298,7 +309,8 @@ def _train(config: TrainConfig, ctx: Any, name: str, lam: float, unit_cost: floa
             # the card's affinity is this epoch's, and a decision sees only the last widen_every epochs
             tracker.reset()
         if not growth.finished and decides_at(epoch) and tracker.count:
-            decision = decide(net.config, tracker.affinity(), lam, unit_cost=unit_cost, separation=separation)
+            decision = decide(net.config, pooled_affinity(loop, tracker), lam, unit_cost=unit_cost,
+                              separation=separation)
             growth.decisions.append(decision.to_dict())
             best = decision.candidates[decision.chosen]
             # on the epoch axis of the other metrics: at the global step, beyond the last epoch, it made the
