@@ -170,15 +170,32 @@ def test_card_records_the_architectures_and_models_are_rebuilt_from_them(tmp_pat
         policy_from_checkpoint(backbone_only)
 
 
-@pytest.mark.parametrize("name", ["backbone", "policy-g1"])
-def test_flat_cards_of_the_shipped_assets_still_load(name):
-    card = read_card(ASSETS / f"{name}.safetensors")
+def test_the_flat_card_of_the_shipped_backbone_still_loads():
+    card = read_card(ASSETS / "backbone.safetensors")
     backbone, policy = legacy_configs(card)
-    assert model_configs(card) == (backbone, policy)
+    assert model_configs(card) == (backbone, None) and policy is None
     assert backbone == ResNetConfig(depth=32, num_classes=10, width=16, input_size=(32, 32), mean=MEAN, std=STD,
                                     labels=tuple(card["labels"]))
-    assert policy == (None if name == "backbone" else PolicyConfig(num_blocks=15, input_size=16, width=16))
-    checkpoint = load_checkpoint(ASSETS / f"{name}.safetensors")
-    assert backbone_from_checkpoint(checkpoint).num_blocks == 15
-    if policy is not None:
-        assert policy_from_checkpoint(checkpoint).config.input_size == 16
+    assert backbone_from_checkpoint(load_checkpoint(ASSETS / "backbone.safetensors")).num_blocks == 15
+
+
+def test_a_flat_policy_card_loads_as_the_resnet8_it_was(tmp_path):
+    """The policies shipped before issue 13 had flat cards (these keys) and a 16×16 ResNet-8."""
+    backbone, policy_net = build_resnet(8, 10), build_policy(3, input_size=16)
+    flat = {"kind": "finetune", "depth": 8, "num_classes": 10, "num_blocks": 3, "policy_input_size": 16,
+            "free_blocks": 3, "image_size": [32, 32], "labels": [f"c{i}" for i in range(10)], "gamma": 1.0}
+    path = save_checkpoint(tmp_path / "policy-g1.safetensors",
+                           {**module_tensors(backbone, "backbone"), **module_tensors(policy_net, "policy")}, flat)
+    card = read_card(path)
+    assert model_configs(card)[1] == PolicyConfig(num_blocks=3, input_size=16, width=16) == legacy_configs(card)[1]
+    loaded = policy_from_checkpoint(load_checkpoint(path))
+    assert loaded.config.arch == "resnet8" and loaded.config.input_size == 16
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(loaded.eval()(x), policy_net.eval()(x))
+
+
+@pytest.mark.parametrize("gamma", ["0.5", "1", "2"])
+def test_the_shipped_policies_are_strided(gamma):
+    checkpoint = load_checkpoint(ASSETS / f"policy-g{gamma}.safetensors")
+    policy = policy_from_checkpoint(checkpoint)
+    assert policy.config.arch == "strided" and policy.config.input_size == 32 and policy.num_blocks == 15

@@ -27,6 +27,7 @@ from plugins.blockdrop.model import (
     PolicyNet,
     ResNetTrunk,
     StridedPolicyNet,
+    policy_input,
 )
 
 
@@ -131,9 +132,7 @@ class FastPolicy(_Folded):
         self.input_size = policy.config.input_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = self.input_size
-        if x.shape[-1] != size or x.shape[-2] != size:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        x = policy_input(x, self.input_size)
         x = self._stem(x)
         for k in range(self.num_blocks):
             x = self._block(k, x)
@@ -159,9 +158,7 @@ class FastStridedPolicy(nn.Module):
         return self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = self.input_size
-        if x.shape[-1] != size or x.shape[-2] != size:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        x = policy_input(x, self.input_size)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         x = torch.addcmul(self.in_shift, x, self.in_scale)

@@ -192,6 +192,13 @@ def _keep_indices(policy: torch.Tensor, device: torch.device) -> list[torch.Tens
     return lists
 
 
+def policy_input(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The image as a policy network sees it: resized to size × size (antialiased bilinear) if it is not."""
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x
+
+
 class PolicyNet(ResNetTrunk):
     """ResNet-8 (one BasicBlock per stage) with K sigmoid outputs: the keep probability per block."""
 
@@ -204,9 +211,7 @@ class PolicyNet(ResNetTrunk):
         return torch.sigmoid(self.logits(x))
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        size = self.config.input_size
-        if x.shape[-1] != size or x.shape[-2] != size:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        x = policy_input(x, self.config.input_size)
         x = self.stem(x)
         for block, shortcut in zip(self.blocks, self.shortcuts, strict=True):
             x = F.relu(shortcut(x) + block(x))
@@ -242,9 +247,7 @@ class StridedPolicyNet(nn.Module):
         return torch.sigmoid(self.logits(x))
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        size = self.config.input_size
-        if x.shape[-1] != size or x.shape[-2] != size:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        x = policy_input(x, self.config.input_size)
         x = (x - self.mean) / self.std
         for conv, bn in zip(self.convs, self.bns, strict=True):
             x = F.relu(bn(conv(x)))
