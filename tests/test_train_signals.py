@@ -64,6 +64,12 @@ def _env(home: Path) -> dict[str, str]:
     return env
 
 
+def _default_stop_signals() -> None:
+    """In the child: SIGHUP as a terminal's session has it, even when the tests themselves run under
+    `nohup` (which leaves SIGHUP ignored in every process it starts, and a train keeps it so)."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 @pytest.fixture(scope="module")
 def started(tmp_path_factory) -> Iterator[dict[str, Started]]:
     found: dict[str, Started] = {}
@@ -74,7 +80,7 @@ def started(tmp_path_factory) -> Iterator[dict[str, Started]]:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "app.cli", "train", "counter", recipe, "--set", f"steps={steps}",
                      "--set", "sleep_s=0.1"], cwd=REPO_ROOT, env=_env(home), stdin=subprocess.DEVNULL,
-                    stdout=log, stderr=log, start_new_session=True)
+                    stdout=log, stderr=log, start_new_session=True, preexec_fn=_default_stop_signals)
             found[name] = Started(home, RunStore(f"sqlite:///{home / 'runs.db'}"), proc)
         yield found
     finally:
