@@ -224,6 +224,21 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _stop_when_parent_is_gone(parent_pid: int, interval_s: float = 1.0) -> None:
+    """The web app's background worker: once the app is gone, even killed with SIGKILL (which runs no
+    clean-up in the app), stop as on SIGTERM, so no worker is left orphaned and a restarted app does
+    not end up with two."""
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval_s)
+        log.warning("the process that started this worker (pid %s) is gone: stopping", parent_pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+
+
 @cli.command()
 @click.option("--exit-when-idle", "--once", "exit_when_idle", is_flag=True,
               help="Stop once the queue is empty instead of waiting for more runs.")
@@ -231,9 +246,14 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
 @click.option("--grace-s", type=float, default=30.0, show_default=True,
               help="Seconds a cancelled run gets to stop by itself before it is stopped for good.")
 @click.option("--poll-interval-s", type=float, default=1.0, show_default=True)
-def worker(exit_when_idle: bool, max_runs: int | None, grace_s: float, poll_interval_s: float) -> None:
+@click.option("--stop-with-parent", "parent_pid", type=int, hidden=True,
+              help="Stop (as on SIGTERM) once the process with this pid is no longer this one's parent.")
+def worker(exit_when_idle: bool, max_runs: int | None, grace_s: float, poll_interval_s: float,
+           parent_pid: int | None) -> None:
     """Execute queued runs, one at a time, in this process (several workers may share a database)."""
     settings = _settings()
+    if parent_pid is not None:
+        _stop_when_parent_is_gone(parent_pid)
     from app.plugin_manager import registry_from_env
     from trainer.worker import run_worker
 

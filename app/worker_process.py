@@ -34,13 +34,15 @@ def worker_env(settings: Settings) -> dict[str, str]:
 
 
 def start_background_worker(settings: Settings, *extra_args: str) -> subprocess.Popen:
-    """Start ``python -m app.cli worker`` for ``settings``; it is stopped when this process exits.
+    """Start ``python -m app.cli worker`` for ``settings``; it is stopped when this process exits, and
+    stops by itself when this process is killed.
 
     Its output goes to this process's stdout/stderr. ``extra_args`` are passed to ``worker``.
     """
     settings.ensure_dirs()
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", *extra_args],
-                            env=worker_env(settings))
+    # --stop-with-parent: the worker also stops when this process dies without running atexit (SIGKILL)
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--stop-with-parent", str(os.getpid()),
+                             *extra_args], env=worker_env(settings))
     atexit.register(stop_background_worker, proc)
     return proc
 
