@@ -232,6 +232,20 @@ class StudioForTests:
         self.close()
 
 
+def wait_for(condition, timeout_s: float = 30.0, every_s: float = 0.1):
+    """Poll ``condition()`` until it returns something truthy, and return that; AssertionError after
+    ``timeout_s`` seconds (for tests that watch another process: a worker, a run, a server)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"condition not met within {timeout_s} s")
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (for a test server)."""
     import socket

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ import torch
 
 from app.api import Method, Recipe, config_field, hookimpl
 from app.settings import REPO_ROOT
+from app.testing import wait_for
 from trainer.store import RunStore
 
 pytestmark = pytest.mark.postgres
@@ -182,14 +184,7 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(5)
 
 
-def _wait_for(condition, timeout_s: float = 120.0, every_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"condition not met within {timeout_s} s")
+_wait_for = partial(wait_for, timeout_s=120.0, every_s=0.2)
 
 
 def _ledger(home: Path) -> list[tuple[int, int, int, str]]:

@@ -8,10 +8,12 @@ import os
 import signal
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 
+from app.testing import wait_for
 from tests.plugins_for_tests.registry import make_registry
 from trainer.checkpoints import load_checkpoint, save_checkpoint
 from trainer.context import RunContext, resolve_checkpoint
@@ -26,14 +28,7 @@ def dirs(tmp_path: Path) -> dict[str, str]:
     return {name: str(tmp_path / name) for name in ("data_dir", "runs_dir", "assets_dir")}
 
 
-def _wait_for(condition, timeout_s: float = 30.0, every_s: float = 0.1):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"condition not met within {timeout_s} s")
+_wait_for = partial(wait_for, timeout_s=30.0, every_s=0.1)
 
 
 def _steps_logged(store: RunStore, run_id: int) -> list[int]:

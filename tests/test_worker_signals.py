@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ import torch
 
 from app.api import Method, Recipe, config_field, hookimpl
 from app.settings import REPO_ROOT
+from app.testing import wait_for
 from trainer.store import RunStore
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").is_file() or not hasattr(os, "killpg"),
@@ -80,14 +82,7 @@ def _session_processes(sid: int) -> dict[int, tuple[int, str]]:
     return found
 
 
-def _wait_for(condition, timeout_s: float = 60.0, every_s: float = 0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"condition not met within {timeout_s} s")
+_wait_for = partial(wait_for, timeout_s=60.0, every_s=0.05)
 
 
 @dataclass

@@ -43,7 +43,18 @@ def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     return fused.eval().requires_grad_(False)
 
 
-class _Folded(nn.Module):
+class _Inference(nn.Module):
+    """A network on the inference path, which may keep its weights and activations channels-last."""
+
+    channels_last = False
+
+    def use_channels_last(self, enabled: bool = True) -> _Inference:
+        """Keep weights and activations channels-last (NHWC): oneDNN's preferred layout on CPU."""
+        self.channels_last = enabled
+        return self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
+
+
+class _Folded(_Inference):
     """A ResNet trunk with folded batch norm: stem, residual branches, shortcuts, head."""
 
     def __init__(self, trunk: ResNetTrunk) -> None:
@@ -56,13 +67,7 @@ class _Folded(nn.Module):
         self.conv2 = nn.ModuleList(fold_bn(b.conv2, b.bn2) for b in trunk.blocks)
         self.down = [s.extra if isinstance(s, DownsampleB) else None for s in trunk.shortcuts]
         self.fc = trunk.fc
-        self.channels_last = False
         self.requires_grad_(False)
-
-    def use_channels_last(self, enabled: bool = True) -> _Folded:
-        """Keep weights and activations channels-last (NHWC): oneDNN's preferred layout on CPU."""
-        self.channels_last = enabled
-        return self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
 
     @property
     def num_blocks(self) -> int:
@@ -139,7 +144,7 @@ class FastPolicy(_Folded):
         return torch.sigmoid(self._head(x))
 
 
-class FastStridedPolicy(nn.Module):
+class FastStridedPolicy(_Inference):
     """:class:`StridedPolicyNet` for inference: normalisation as one affine op, batch norm folded."""
 
     def __init__(self, policy: StridedPolicyNet) -> None:
@@ -150,12 +155,7 @@ class FastStridedPolicy(nn.Module):
         self.register_buffer("in_shift", (-policy.mean / policy.std).clone())
         self.convs = nn.ModuleList(fold_bn(c, b) for c, b in zip(policy.convs, policy.bns, strict=True))
         self.fc = policy.fc
-        self.channels_last = False
         self.requires_grad_(False)
-
-    def use_channels_last(self, enabled: bool = True) -> FastStridedPolicy:
-        self.channels_last = enabled
-        return self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = policy_input(x, self.input_size)
