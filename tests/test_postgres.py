@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
@@ -248,10 +249,10 @@ def test_a_lost_workers_run_is_marked_interrupted_by_another_worker(pg_url, tmp_
         (_, _, run_pid, _), = _ledger(tmp_path / "a")
         os.killpg(first.pid, signal.SIGSTOP)  # the worker ...
         os.killpg(run_pid, signal.SIGSTOP)  # ... and its run, which leads a process group of its own
-        stopped_at = time.monotonic()
         second = _start_worker(tmp_path / "b", pg_url, AVSTUDIO_STALE_AFTER_S="3")
         run = _wait_for(lambda: (r := store.get_run(run_id)).status == "interrupted" and r, timeout_s=90)
-        assert time.monotonic() - stopped_at >= 3
+        # staleness counts from A's last heartbeat, which came up to a beat before the SIGSTOP (one clock here)
+        assert run.finished_at - run.heartbeat_at >= timedelta(seconds=3)
         assert "no heartbeat for more than 3 s" in run.error and f"on {child.host} was lost" in run.error
         assert f"noticed by worker {socket.gethostname()}:{second.pid}" in run.error
         os.killpg(run_pid, signal.SIGCONT)
