@@ -133,8 +133,19 @@ def _caller(client: Any, api_name: str, args: Callable[[int], tuple]) -> Callabl
     return call
 
 
-def run_endpoint(clients: list[Any], api_name: str, calls: int) -> tuple[dict[str, Any], list[float], list[str]]:
-    """Every client calls ``api_name`` ``calls`` times, all clients at once; (figures, latencies, errors)."""
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system) used so far by process ``pid`` (Linux /proc), or by this process."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def run_endpoint(clients: list[Any], api_name: str, calls: int,
+                 server_pid: int | None = None) -> tuple[dict[str, Any], list[float], list[str]]:
+    """Every client calls ``api_name`` ``calls`` times, all clients at once; (figures, latencies, errors).
+    With ``server_pid`` (Linux), figures also say how many cores the server and the clients kept busy."""
     from gradio_client import handle_file
 
     method, extra = ENDPOINTS[api_name]
@@ -154,11 +165,18 @@ def run_endpoint(clients: list[Any], api_name: str, calls: int) -> tuple[dict[st
             with lock:
                 (errors.append(error) if error else latencies.append(elapsed_ms))
 
+    measure_cpu = server_pid is not None and Path(f"/proc/{server_pid}/stat").exists()
+    cpu0 = (cpu_seconds(server_pid), cpu_seconds()) if measure_cpu else None
     t0 = time.perf_counter()
     with ThreadPoolExecutor(len(clients)) as pool:
         list(pool.map(one_client, range(len(clients))))
     wall_s = time.perf_counter() - t0
-    return summarise(latencies, len(errors), wall_s), latencies, errors
+    figures = summarise(latencies, len(errors), wall_s)
+    if cpu0 is not None:
+        server_s, client_s = cpu_seconds(server_pid) - cpu0[0], cpu_seconds() - cpu0[1]
+        figures.update(server_cpu_cores=round(server_s / wall_s, 2), client_cpu_cores=round(client_s / wall_s, 2),
+                       server_cpu_ms_per_request=round(server_s * 1000 / max(1, len(latencies)), 1))
+    return figures, latencies, errors
 
 
 def measure(clients_n: int, calls: int, endpoints: list[str], threads: int | None = None,
@@ -170,7 +188,12 @@ def measure(clients_n: int, calls: int, endpoints: list[str], threads: int | Non
         server = Server(Path(tmp), threads)
         try:
             server.wait_ready()
-            clients = [Client(server.url, verbose=False, download_files=False) for _ in range(clients_n)]
+            # Plain HTTP on loopback: no TLS, so nothing to verify. With ssl_verify=True, gradio_client has
+            # httpx build a certificate-verifying SSL context (loading the whole CA bundle) for every HTTP
+            # request it makes, used or not: measured on the 2-core machine, 32 such clients spent 1.7 cores
+            # on it, more than the server they were loading, and capped a trivial Gradio app at ~20 req/s.
+            clients = [Client(server.url, verbose=False, download_files=False, ssl_verify=False)
+                       for _ in range(clients_n)]
             for api_name in endpoints:  # the first call loads the method's models: not counted
                 method, extra = ENDPOINTS[api_name]
                 clients[0].predict(handle_file(str(examples(method)[0])), *extra, api_name=f"/{api_name}")
@@ -179,7 +202,7 @@ def measure(clients_n: int, calls: int, endpoints: list[str], threads: int | Non
             error_texts: dict[str, list[str]] = {}
             total_wall = 0.0
             for api_name in endpoints:
-                figures[api_name], latencies, errors = run_endpoint(clients, api_name, calls)
+                figures[api_name], latencies, errors = run_endpoint(clients, api_name, calls, server.proc.pid)
                 log(f"{api_name}: {figures[api_name]}")
                 all_latencies += latencies
                 total_wall += figures[api_name]["wall_s"]

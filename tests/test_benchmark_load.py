@@ -36,5 +36,7 @@ def test_quick_run_against_a_live_server(tmp_path):
         assert f["errors"] == 0, (name, report["errors"])
         assert f["requests"] == (4 * 2 * len(load.ENDPOINTS) if name == "total" else 4 * 2)
         assert f["throughput_rps"] > 0 and 0 < f["p50_ms"] <= f["p95_ms"]
+        if name != "total":  # where the machine's time went: the server's cores, the clients'
+            assert f["server_cpu_cores"] > 0 and f["client_cpu_cores"] > 0 and f["server_cpu_ms_per_request"] > 0
     assert set(report["targets"]["endpoints"]) == set(load.ENDPOINTS)
     assert isinstance(report["targets"]["met"], bool)

@@ -13,7 +13,7 @@ from app import api
 from app.plugin_manager import PluginStatus, Registry, load_registry
 from app.settings import Settings
 from app.testing import free_port as _free_port
-from app.ui import build_app, launch
+from app.ui import _asset_paths, build_app, launch
 from app.ui.datasets_tab import DatasetActions
 from app.ui.plugins_tab import plugins_table
 from app.ui.runs_tab import RunsActions
@@ -322,13 +322,28 @@ def test_a_failing_demo_leaves_the_app_up_and_is_listed(store, settings):
                                     "build_demo of broken: RuntimeError: the demo could not find its weights"}
 
 
-def test_launched_app_answers_gradio_client(store, settings, tmp_path):
+def test_gradio_may_serve_the_outermost_asset_directories_only(settings, tmp_path):
+    """Gradio resolves every allowed path for each file it sends: a directory inside another is not listed."""
+    registry = make_registry()
+    registry.methods["fancy"].assets_dir = settings.assets_dir / "fancy" / "extra"  # inside the assets root
+    registry.methods["outside"] = api.Method(slug="outside", title="Outside", paper="-", summary="-",
+                                             assets_dir=tmp_path / "package" / "assets")
+    assert _asset_paths(settings, registry) == sorted([str(settings.assets_dir.resolve()),
+                                                       str((tmp_path / "package" / "assets").resolve())])
+
+
+def test_launched_app_answers_gradio_client(store, settings, tmp_path, monkeypatch):
     from gradio_client import Client
 
+    monkeypatch.setenv("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1")
+    monkeypatch.delenv("GRADIO_ANALYTICS_CACHE_FREQUENCY")  # unset here, restored after the test
     store.enqueue("counter", "count", {"steps": 2})
     demo = launch(settings, make_registry(with_broken=True), port=_free_port(), start_worker=False,
                   prevent_thread_lock=True)
     try:
+        # Gradio's monitoring summary (a pandas frame of up to 10,000 events) is rebuilt every 100 events,
+        # not after every one
+        assert demo._queue.ANAYLTICS_CACHE_FREQUENCY == 100
         client = Client(demo.local_url, verbose=False)
         plugins = client.predict(api_name="/plugins_list")
         names = [row[0] for row in plugins["data"]]

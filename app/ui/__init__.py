@@ -10,11 +10,13 @@ import atexit
 import functools
 import inspect
 import logging
+import os
 import signal
 import sys
 import threading
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -163,12 +165,14 @@ def _asset_paths(settings: Settings, registry: Any) -> list[str]:
     (a third-party plugin's examples live in its package)."""
     from trainer.context import method_assets_dir
 
-    paths = {str(settings.assets_dir)}
+    paths = {Path(settings.assets_dir).resolve()}
     for slug in registry.methods:
         own = method_assets_dir(registry, settings.assets_dir, slug)
         if own is not None:
-            paths.add(str(own))
-    return sorted(paths)
+            paths.add(Path(own).resolve())
+    # A directory inside another one adds nothing, and Gradio resolves every allowed path once per file it
+    # sends (under load that path checking was a main cost of the server's event loop): keep the outermost.
+    return sorted(str(p) for p in paths if not any(other != p and p.is_relative_to(other) for other in paths))
 
 
 def launch(settings: Settings, registry: Any, *, host: str = "127.0.0.1", port: int = 7860,
@@ -211,6 +215,9 @@ def launch(settings: Settings, registry: Any, *, host: str = "127.0.0.1", port: 
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     try:
         demo = build_app(settings, registry, store)
+        # Gradio's queue rebuilds a pandas summary of its last 10,000 events after every event by default
+        # (for its monitoring page): under load that grew to a main per-request cost. Refresh it every 100.
+        os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "100")
         demo.queue(default_concurrency_limit=2)
         demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=prevent_thread_lock,
                     css=CSS, allowed_paths=_asset_paths(settings, registry), footer_links=["api", "gradio", "settings"],

@@ -406,10 +406,11 @@ def build_demo(ctx: Any) -> None:
                             render=False)
             draws = gr.Gallery(label="S3Pool in pixel space: random draws, deterministic path, max pool",
                                columns=DRAWS + 2, height="auto", object_fit="contain", elem_id="s3pool-draws",
-                               render=False)
+                               format="png", render=False)  # lossless: WebP would smear the crisp pixels
             draws_text = gr.Markdown(elem_id="s3pool-draws-text", render=False)
             feature_maps = gr.Gallery(label=f"first pooled feature maps of {S3POOL_NET}", columns=FEATURE_DRAWS + 1,
-                                      height="auto", object_fit="contain", elem_id="s3pool-features", render=False)
+                                      height="auto", object_fit="contain", elem_id="s3pool-features", format="png",
+                                      render=False)
             features_text = gr.Markdown(elem_id="s3pool-features-text", render=False)
             max_label = gr.Label(num_top_classes=3, label=f"{MAX_NET} (max pooling)", elem_id="s3pool-max",
                                  render=False)
