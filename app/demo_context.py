@@ -3,12 +3,16 @@
 
 Checkpoints are looked up on every call (promoted first, then shipped), so promoting a run's
 checkpoint in the Runs tab changes what the demo uses without a restart; loaded checkpoints are
-cached by path and modification time.
+cached by path and modification time. A look-up asks the run store at most once every
+``PROMOTION_TTL_S`` seconds per checkpoint (a database query on every request was a main cost under
+load): a promotion made through this studio's store is seen at once, one made by another process
+(``avstudio runs promote``) within that time.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +23,35 @@ from app.settings import Settings
 from trainer.checkpoints import Checkpoint, CheckpointInfo, load_checkpoint, read_card, shipped_checkpoint
 from trainer.context import method_assets_dir, resolve_checkpoint
 
+PROMOTION_TTL_S = 1.0
+
+
+class _RecentPromotions:
+    """The run store's ``promoted`` answers, each kept for ``PROMOTION_TTL_S`` seconds or until a promotion
+    changes through that store object (its ``promotions_changed``). Files are still checked on every call."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self._recent: dict[tuple[str, str], tuple[int, float, Any]] = {}
+
+    def promoted(self, method: str, slot: str) -> Any:
+        changed, now = getattr(self.store, "promotions_changed", 0), time.monotonic()
+        recent = self._recent.get((method, slot))
+        if recent is not None and recent[0] == changed and now < recent[1]:
+            return recent[2]
+        answer = self.store.promoted(method, slot)
+        if len(self._recent) > 1024:  # slots come from visitors: keep the memo small
+            self._recent.clear()
+        self._recent[(method, slot)] = (changed, now + PROMOTION_TTL_S, answer)
+        return answer
+
 
 class CheckpointLookup:
     """Where a method's checkpoints are: promoted ones in the run store, shipped ones in its assets."""
 
     def __init__(self, registry: Any, store: Any, assets_root: Path | str) -> None:
         self.registry, self.store, self.assets_root = registry, store, Path(assets_root)
+        self._promotions = _RecentPromotions(store) if store is not None else None
 
     def assets_of(self, method: str) -> Path | None:
         """The shipped assets directory of ``method``."""
@@ -42,7 +69,7 @@ class CheckpointLookup:
                 or any(c in text for c in "/\\\x00")):
             raise UserError(f"not a checkpoint name: {text[:60]!r}")
         try:
-            return resolve_checkpoint(f"{method}/{name}", self.store, self.assets_of)
+            return resolve_checkpoint(f"{method}/{name}", self._promotions, self.assets_of)
         except FileNotFoundError:
             return shipped_checkpoint(self.assets_of(method), name)
 

@@ -58,13 +58,13 @@ class ModelCache(Generic[T]):
         UserError with ``missing(name)`` (the first missing name); errors of ``build`` propagate."""
         if not names:
             raise ValueError("ModelCache.get needs at least one checkpoint name")
+        stamps = []
+        for name in names:  # outside the lock: concurrent requests look up at once and wait only for builds
+            stamp = self.stamp(name)
+            if stamp is None:
+                raise UserError(self.missing(name))
+            stamps.append(stamp)
         with self._lock:
-            stamps = []
-            for name in names:
-                stamp = self.stamp(name)
-                if stamp is None:
-                    raise UserError(self.missing(name))
-                stamps.append(stamp)
             cached = self._entries.get(names)
             if cached is not None and cached[0] == tuple(stamps):
                 return cached[1]

@@ -256,13 +256,18 @@ def test_s3pool_example_click_shows_draws_and_both_predictions(page):
     require_assets(*METHOD_TABS["S3Pool"][0])
     page.get_by_role("tab", name="S3Pool").click()
     page.locator("#s3pool-examples .gallery-item, #s3pool-examples button").first.click()  # no Run press
-    wait_for_image(page, "#s3pool-draws img", 60_000, nth=4)  # 4 draws and the deterministic path
-    assert page.locator("#s3pool-draws img").count() >= 5
+    wait_for_image(page, "#s3pool-draws img", 60_000)  # one picture: 4 draws, the deterministic path, max pool
     wait_for_image(page, "#s3pool-features img", 60_000)
     for label in ("#s3pool-max", "#s3pool-s3pool"):
         page.locator(f"{label} >> text=%").first.wait_for(timeout=30_000)  # a top-3 with probabilities
-    natural, drawn = _natural_and_drawn_width(page, "#s3pool-draws img")
-    assert drawn >= 96, (natural, drawn)  # a 16×16 draw is shown at a readable size
+    assert "Left to right: 4 random draws" in page.inner_text("#s3pool-draws-text")
+    for picture in ("#s3pool-draws img", "#s3pool-features img"):
+        # sent at their real size (16×16 tiles), drawn enlarged with crisp pixels: ≥ 3× (48 px per tile)
+        natural_w, natural_h, box_w, box_h, rendering = page.locator(picture).first.evaluate(
+            "img => [img.naturalWidth, img.naturalHeight, img.getBoundingClientRect().width,"
+            " img.getBoundingClientRect().height, getComputedStyle(img).imageRendering]")
+        scale = min(box_w / natural_w, box_h / natural_h)  # object-fit: contain
+        assert scale >= 3 and rendering == "pixelated", (picture, natural_w, natural_h, box_w, box_h, rendering)
     assert_no_error_toast(page)
     shot(page, "s3pool-example")
 

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pluggy
 import pytest
 import torch
 
-from app import api
+from app import api, demo_context
 from app.demo_context import StudioDemoContext
 from app.plugin_manager import Registry
 from app.settings import Settings
 from trainer.checkpoints import save_checkpoint
+from trainer.store import RunStore
 
 
 @pytest.fixture
@@ -64,6 +66,36 @@ def test_checkpoint_lookup_promoted_then_shipped_then_none(settings, registry, s
 
     # A promoted file that disappeared falls back to the shipped one.
     trained.unlink()
+    assert ctx.checkpoint_path("model") == shipped
+
+
+def test_promotions_are_asked_of_the_store_once_a_moment(settings, registry, store, store_url, tmp_path,
+                                                          monkeypatch):
+    """Requests do not each query the run store; another process's promotion shows within PROMOTION_TTL_S."""
+    monkeypatch.setattr(demo_context, "PROMOTION_TTL_S", 0.5)
+    asked = []
+    promoted = store.promoted
+    monkeypatch.setattr(store, "promoted", lambda *a: asked.append(a) or promoted(*a))
+    ctx = StudioDemoContext("counter", settings, registry, store)
+    shipped = settings.assets_dir / "counter" / "model.safetensors"
+    _save(shipped, 1.0)
+    assert [ctx.checkpoint_path("model") for _ in range(5)] == [shipped] * 5 and len(asked) == 1
+    trained = tmp_path / "runs" / "1" / "model.safetensors"
+    _save(trained, 2.0)
+    run_id = store.enqueue("counter", "count", {})
+    artifact = store.add_artifact(run_id, "model", "checkpoint", str(trained))
+    other = RunStore(store_url)  # another process (`avstudio runs promote`)
+    try:
+        other.promote("counter", "model", artifact)
+        assert ctx.checkpoint_path("model") == shipped  # not yet asked again ...
+        time.sleep(0.6)
+        assert ctx.checkpoint_path("model") == trained and len(asked) == 2  # ... within the moment
+        other.unpromote("counter", "model")
+    finally:
+        other.close()
+    store.promote("counter", "model", artifact)  # through this store (the Runs tab): seen at once
+    assert ctx.checkpoint_path("model") == trained and len(asked) == 3
+    store.unpromote("counter", "model")
     assert ctx.checkpoint_path("model") == shipped
 
 

@@ -15,7 +15,6 @@ from app.api import CheckpointInfo, UserError, load_checkpoint, module_tensors, 
 from plugins.s3pool.demo import (
     MAX_NET,
     NO_REPORT,
-    READABLE_PX,
     S3POOL_NET,
     S3PoolDemo,
     benchmark_data,
@@ -113,12 +112,12 @@ def test_pixel_space_draws_differ_and_the_deterministic_path_does_not(demo):
     # every draw keeps g/2 = 8 sorted rows per strip of 16 rows
     rows = a["rows"][0][0]
     assert len(rows) == 16 and rows == sorted(rows) and sum(r < 16 for r in rows) == 8
-    # shown at a readable size, nearest neighbour, with captions
-    assert len(a["gallery"]) == 4 + 2
-    for (image, caption), raw in zip(a["gallery"], [*a["draws"], a["deterministic"], a["max_pool"]], strict=True):
-        assert image.shape == (READABLE_PX, READABLE_PX, 3) and isinstance(caption, str) and caption
-        assert np.array_equal(image[::12, ::12], raw)
-    assert "deterministic" in a["gallery"][4][1]
+    # sent as one picture at its real size: the draws, the deterministic path, max pool, 1-pixel white gaps
+    strip = a["strip"]
+    assert strip.shape == (16, 6 * 16 + 5, 3) and strip.dtype == np.uint8
+    for k, raw in enumerate([*a["draws"], a["deterministic"], a["max_pool"]]):
+        assert np.array_equal(strip[:, k * 17: k * 17 + 16], raw)
+    assert (strip[:, 16::17] == 255).all()
 
 
 def test_pixel_space_is_reproducible_with_a_seed_and_two_layers_halve_twice(demo):
@@ -126,7 +125,7 @@ def test_pixel_space_is_reproducible_with_a_seed_and_two_layers_halve_twice(demo
     b = demo.augment(_image(), grid_size=8, layers=2, draws=3, seed=7)
     assert a["grid_sizes"] == [8, 4] and a["output_resolution"] == (8, 8)
     assert all(np.array_equal(x, y) for x, y in zip(a["draws"], b["draws"], strict=True))
-    assert a["draws"][0].shape == (8, 8, 3) and a["gallery"][0][0].shape == (READABLE_PX, READABLE_PX, 3)
+    assert a["draws"][0].shape == (8, 8, 3) and a["strip"].shape == (8, 5 * 8 + 4, 3)  # 3 draws, deterministic, max pool
     assert len(a["rows"][0]) == 2  # one set of rows per layer
     assert demo.augment(_image(), grid_size=2, layers=2)["grid_sizes"] == [2, 2]
     assert demo.augment(_image(), grid_size=32)["output_resolution"] == (16, 16)
@@ -151,11 +150,12 @@ def test_feature_maps_of_the_first_s3pool_layer(demo):
     b = demo.features(_image(), draws=3, channels=8)
     assert a["message"] is None and a["grid_size"] == 16 and a["map_resolution"] == (16, 16)
     assert len(a["channels"]) == 4  # the tiny net has 4 stage-1 channels: all of them
-    # 4 channels in a row, each 16×16 enlarged ×3 (192 // 64), 2-pixel gaps
-    expected = (16 * 3, 4 * 16 * 3 + 3 * 2, 3)
+    # a row per draw: the 4 channels side by side at their real 16×16, 1-pixel gaps; the rows one under another
+    expected = (16, 4 * 16 + 3, 3)
     assert a["deterministic"].shape == expected and a["deterministic"].dtype == np.uint8
     assert [g.shape for g in a["draws"]] == [expected] * 3
-    assert len(a["gallery"]) == 4 and "deterministic" in a["gallery"][-1][1]
+    assert a["picture"].shape == (4 * 16 + 3, 4 * 16 + 3, 3)
+    assert np.array_equal(a["picture"][-16:], a["deterministic"]) and np.array_equal(a["picture"][:16], a["draws"][0])
     raw = a["maps"]
     assert not any(np.array_equal(raw["draws"][i], raw["draws"][j]) for i in range(3) for j in range(i + 1, 3))
     assert np.array_equal(raw["deterministic"], b["maps"]["deterministic"])
@@ -173,7 +173,8 @@ def test_feature_grid_of_a_wider_net_shows_eight_channels_in_two_rows(tmp_path):
     save_checkpoint(tmp_path / "resnet-s3pool.safetensors", module_tensors(build_net(config), "net"),
                     {"net": asdict(config)})
     r = S3PoolDemo(FakeDemoContext(tmp_path)).features(_image(), draws=2, channels=8)
-    assert len(r["channels"]) == 8 and r["deterministic"].shape == (2 * 48 + 2, 4 * 48 + 3 * 2, 3)
+    assert len(r["channels"]) == 8 and r["deterministic"].shape == (16, 8 * 16 + 7, 3)
+    assert r["picture"].shape == (3 * 16 + 2, 8 * 16 + 7, 3)  # 2 draws and the deterministic path
 
 
 # -- predictions ---------------------------------------------------------------------------------
@@ -201,7 +202,7 @@ def test_missing_checkpoints_say_how_to_train_them(assets):
     empty = S3PoolDemo(FakeDemoContext(assets / "nothing"))
     assert "--set downsample=s3pool" in empty.predict(_image())[S3POOL_NET]["message"]
     features = empty.features(_image())
-    assert features["gallery"] == [] and "avstudio train s3pool classifier" in features["message"]
+    assert features["picture"] is None and "avstudio train s3pool classifier" in features["message"]
     whole = empty.analyse(_image())
     assert len(whole["augment"]["draws"]) == 4 and whole["features"]["message"]
 
@@ -306,10 +307,10 @@ def test_clicking_an_example_runs_the_demo(assets, monkeypatch):
     assert {by_elem["s3pool-grid"]["id"], by_elem["s3pool-layers"]["id"]} <= set(run["inputs"])
     assert run["outputs"] == next(d for d in deps if d.get("api_name") == "s3pool_run")["outputs"]
     fn = next(f for f in blocks.fns.values() if f.name == "s3pool_run_example")
-    seen, gallery, text, features, features_text, max_top3, s3_top3, predict_text, state = fn.fn(str(example), 16, 1)
+    seen, strip, text, features, features_text, max_top3, s3_top3, predict_text, state = fn.fn(str(example), 16, 1)
     assert seen["value"].shape == (192, 192, 3) and seen["label"] == "what S3Pool sees: 32×32"
-    assert len(gallery) == 6 and "grid 16" in text
-    assert len(features) == 4 and features_text.startswith(f"`{S3POOL_NET}`")
+    assert strip.shape == (16, 101, 3) and "grid 16" in text and text.startswith("Left to right: 4 random draws")
+    assert features.shape == (4 * 16 + 3, 4 * 16 + 3, 3) and features_text.startswith(f"`{S3POOL_NET}`")
     assert len(max_top3) == 3 and len(s3_top3) == 3 and predict_text == "" and state == str(example)
 
 
@@ -324,8 +325,8 @@ def test_the_wrappers_turn_user_errors_into_messages_and_redraw_needs_an_image(a
         run.fn(str(bad), 16, 1)
     redraw = next(f for f in blocks.fns.values() if f.api_name == "s3pool_augment")
     assert all(isinstance(u, dict) and "value" not in u for u in redraw.fn(None, 16, 1))
-    seen, gallery, _ = redraw.fn(str(_example(assets)), 8, 2)
-    assert len(gallery) == 6 and gallery[0][0].shape == (192, 192, 3)
+    seen, strip, _ = redraw.fn(str(_example(assets)), 8, 2)
+    assert strip.shape == (8, 6 * 8 + 5, 3)
 
 
 def test_missing_report_and_checkpoints_still_build(tmp_path):

@@ -172,6 +172,9 @@ class RunStore:
         self._local = threading.local()
         self.engine = make_engine(self.url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Counts the promotions changed through this object, so the demos' look-ups in this process
+        # (which cache promotions for a moment) see a promotion from the Runs tab at once.
+        self.promotions_changed = 0
         upgrade_to_head(self.engine)
 
     # -- queue -------------------------------------------------------------------------------
@@ -551,12 +554,15 @@ class RunStore:
                 session.add(Promotion(method=method, slot=slot, artifact_id=artifact_id, promoted_at=utcnow()))
             else:
                 row.artifact_id, row.promoted_at = artifact_id, utcnow()
+        self.promotions_changed += 1
 
     def unpromote(self, method: str, slot: str) -> bool:
         """Forget the promotion of ``method``/``slot`` (the demo falls back to the shipped one)."""
         with self._sessions.begin() as session:
-            return bool(session.execute(
+            done = bool(session.execute(
                 delete(Promotion).where(Promotion.method == method, Promotion.slot == slot)).rowcount)
+        self.promotions_changed += 1
+        return done
 
     @_retrying
     def promoted(self, method: str, slot: str) -> ArtifactInfo | None:

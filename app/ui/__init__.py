@@ -190,16 +190,14 @@ def launch(settings: Settings, registry: Any, *, host: str = "127.0.0.1", port: 
         from app.worker_process import start_background_worker
 
         worker = start_background_worker(settings)
-        # Demos answer in short bursts while training runs beside them. Two processes that each
-        # spread their math over every core oversubscribe the machine, and OpenMP's spin-waiting
-        # then slows both by 10x or more (seen on 2 cores): the server keeps to one thread.
-        import torch
+    # The server computes on one torch thread. Its requests run side by side (two per event, many events),
+    # so threads inside one forward only compete with them: with 32 concurrent users (benchmarks/load.py)
+    # one thread cost 15–25% less CPU per request than two on the 2-core machine. And when training runs
+    # beside the demos, two processes that each spread their math over every core oversubscribe the
+    # machine, and OpenMP's spin-waiting then slows both by 10x or more (seen on 2 cores).
+    from trainer.devices import apply_threads
 
-        torch.set_num_threads(1)
-    if settings.threads is not None:  # the studio's setting wins
-        from trainer.devices import apply_threads
-
-        apply_threads(settings.threads)
+    apply_threads(settings.threads if settings.threads is not None else 1)  # AVSTUDIO_THREADS wins
 
     def shutdown() -> None:
         if worker is not None:
@@ -218,6 +216,9 @@ def launch(settings: Settings, registry: Any, *, host: str = "127.0.0.1", port: 
         # Gradio's queue rebuilds a pandas summary of its last 10,000 events after every event by default
         # (for its monitoring page): under load that grew to a main per-request cost. Refresh it every 100.
         os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "100")
+        # Each event runs at most two requests at once. The demos' work is mostly Python (Gradio's and the
+        # models' small layers) under one GIL: under 32 concurrent users (benchmarks/load.py) 8 at a time
+        # cost more CPU per request (S3Pool 53 ms against 41 ms) and answered fewer, not more.
         demo.queue(default_concurrency_limit=2)
         demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=prevent_thread_lock,
                     css=CSS, allowed_paths=_asset_paths(settings, registry), footer_links=["api", "gradio", "settings"],

@@ -26,10 +26,6 @@ DATASET = "shapes"
 # 1 pt of the full ResNet at < 50 % of the blocks). Other policies stay selectable.
 RECOMMENDED_POLICY = "policy-g1"
 READABLE_PX = 256  # small inputs are shown enlarged (nearest neighbour) to about this many pixels
-# The main demo function runs up to this many requests at once (the app's default is 2): its forwards
-# take milliseconds and release the GIL, so under 32 concurrent users (benchmarks/load.py) a queue of
-# two left the CPU idle between requests while the rest waited.
-MAIN_CONCURRENCY = 8
 PANEL_IMAGES = 2000  # the panel evaluates the first N test images (CPU-friendly); cached afterwards
 NO_CHECKPOINT = (
     "No BlockDrop checkpoint found. Train one (GPU: ~5 minutes) with:\n\n"
@@ -353,10 +349,8 @@ def build_demo(ctx: Any) -> None:
         with gr.Column():
             for component in outputs:
                 component.render()
-    run_upload.click(run, [upload, policy], outputs, api_name="blockdrop_predict",
-                     concurrency_limit=MAIN_CONCURRENCY, concurrency_id="blockdrop_predict")
-    run_sketch.click(run, [sketch, policy], outputs, api_name="blockdrop_predict_sketch",
-                     concurrency_limit=MAIN_CONCURRENCY, concurrency_id="blockdrop_predict")
+    run_upload.click(run, [upload, policy], outputs, api_name="blockdrop_predict", concurrency_id="blockdrop_predict")
+    run_sketch.click(run, [sketch, policy], outputs, api_name="blockdrop_predict_sketch", concurrency_id="blockdrop_predict")
 
     with gr.Accordion("Dataset panel (shapes test split)", open=False):
         panel_button = gr.Button("Compute dataset panel (cached after the first time)")

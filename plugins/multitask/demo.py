@@ -39,10 +39,6 @@ BRANCHED_PREFIX = "branched-"
 TITLES = {"wide": "wide: one trunk at full width (the reference, SOMP's source)",
           "thin": "thin: SOMP start, never widened", "thin-random": "thin-random: random start, never widened"}
 READABLE_PX = 192  # the 64×64 model input is shown enlarged (nearest neighbour) to about this many pixels
-# The main demo function runs up to this many requests at once (the app's default is 2): its forwards
-# take milliseconds and release the GIL, so under 32 concurrent users (benchmarks/load.py) a queue of
-# two left the CPU idle between requests while the rest waited.
-MAIN_CONCURRENCY = 8
 LATENCY_REPEATS, LATENCY_WARMUP = 15, 3  # timed and untimed batch-1 forwards per model
 LATENCY_CAPTION = (
     "**How measured.** Mean accuracy: the card's mean attribute accuracy on the validation images of its "
@@ -795,10 +791,8 @@ def build_demo(ctx: Any) -> None:
     measure_button = gr.Button("Measure CPU latency (loads every model)", elem_id="multitask-measure")
 
     figures = [tree, tree_text, heatmap, heat_text]
-    run_upload.click(run, [upload, model], outputs, api_name="multitask_predict",
-                     concurrency_limit=MAIN_CONCURRENCY, concurrency_id="multitask_predict")
-    run_sketch.click(run, [sketch, model], outputs, api_name="multitask_predict_sketch",
-                     concurrency_limit=MAIN_CONCURRENCY, concurrency_id="multitask_predict")
+    run_upload.click(run, [upload, model], outputs, api_name="multitask_predict", concurrency_id="multitask_predict")
+    run_sketch.click(run, [sketch, model], outputs, api_name="multitask_predict_sketch", concurrency_id="multitask_predict")
     # opening the selector lists what is available now: a model promoted since start-up shows up
     model.focus(refresh_choices, model, model, api_name="multitask_models", show_progress="hidden")
     model.change(switch, [model, last_image], [*figures, probabilities, predict_text, seen],

@@ -33,10 +33,12 @@ DRAWS = 4  # random draws shown side by side
 FEATURE_DRAWS = 3  # random draws of the network's first S3Pool layer
 FEATURE_CHANNELS = 8  # channels shown in the feature-map grid
 READABLE_PX = 192  # small images are shown enlarged (nearest neighbour) to about this many pixels
-# The main demo function runs up to this many requests at once (the app's default is 2): its forwards
-# take milliseconds and release the GIL, so under 32 concurrent users (benchmarks/load.py) a queue of
-# two left the CPU idle between requests while the rest waited.
-MAIN_CONCURRENCY = 8
+# The draws and the feature maps are each sent as one picture at their real size (the browser enlarges it
+# with crisp pixels): one file per panel instead of one per tile, which the server (and a visitor's browser)
+# handles once per request instead of ten times. These are the heights they are drawn at.
+DRAWS_PX = 150
+FEATURES_PX = 300
+GAP_PX = 1  # white pixels between the tiles of a picture
 REPORT_FILE = "benchmark-report.json"  # a copy of benchmarks/results/s3pool.json in the assets
 NO_REPORT = ("The benchmark report is not shipped yet: run `python benchmarks/s3pool.py` and copy "
              "`benchmarks/results/s3pool.json` to `assets/s3pool/benchmark-report.json`.")
@@ -91,23 +93,18 @@ def colormap(values: np.ndarray) -> np.ndarray:
     return rgb.round().astype(np.uint8).reshape(*np.shape(values), 3)
 
 
-def channel_grid(fmap: np.ndarray, lo: np.ndarray, hi: np.ndarray, *, columns: int = 4, target: int = READABLE_PX,
-                 gap: int = 2) -> np.ndarray:
-    """Channels ``fmap`` (C×H×W) as one image: tiles in rows of ``columns``, each channel normalised by its
-    own ``lo``/``hi`` (C,), coloured with viridis, enlarged (nearest neighbour) so the grid is about
-    ``target`` pixels wide, separated by ``gap`` white pixels."""
-    channels, height, width = fmap.shape
-    columns = max(1, min(columns, channels))
-    rows = -(-channels // columns)
-    scale = max(1, target // (columns * width))
-    th, tw = height * scale, width * scale
-    grid = np.full((rows * th + (rows - 1) * gap, columns * tw + (columns - 1) * gap, 3), 255, np.uint8)
-    span = np.maximum(hi - lo, 1e-8)
-    for c in range(channels):
-        tile = colormap((fmap[c] - lo[c]) / span[c]).repeat(scale, 0).repeat(scale, 1)
-        r, k = divmod(c, columns)
-        grid[r * (th + gap): r * (th + gap) + th, k * (tw + gap): k * (tw + gap) + tw] = tile
-    return grid
+def tile(images: list[np.ndarray] | list[list[np.ndarray]], gap: int = GAP_PX) -> np.ndarray:
+    """Equal-size H×W×3 uint8 tiles as one picture: a list is one row, a list of lists is rows of tiles,
+    separated by ``gap`` white pixels."""
+    rows = [images] if isinstance(images[0], np.ndarray) else images
+    height, width = rows[0][0].shape[:2]
+    columns = max(len(row) for row in rows)
+    picture = np.full((len(rows) * (height + gap) - gap, columns * (width + gap) - gap, 3), 255, np.uint8)
+    for r, row in enumerate(rows):
+        for k, image in enumerate(row):
+            y, x = r * (height + gap), k * (width + gap)
+            picture[y: y + height, x: x + width] = image
+    return picture
 
 
 def _fresh_seed(seed: int | None) -> int:
@@ -147,7 +144,8 @@ class S3PoolDemo:
     def augment(self, image: Any, grid_size: int = RECOMMENDED_GRID, layers: int = 1, draws: int = DRAWS,
                 seed: int | None = None) -> dict[str, Any]:
         """The image itself through S3Pool in pixel space (``layers`` 1 or 2): ``draws`` random draws, the
-        deterministic (test) path and plain 2×2 max pooling, at the output resolution and enlarged."""
+        deterministic (test) path and plain 2×2 max pooling, at the output resolution, and all of them in one
+        picture (``strip``)."""
         grid_size = check_grid_size(grid_size)
         if layers not in (1, 2) and str(layers).strip() not in ("1", "2"):
             raise UserError(f"S3Pool layers must be 1 or 2, got {str(layers)[:40]!r}.")
@@ -172,9 +170,6 @@ class S3PoolDemo:
             maxed = torch.nn.functional.max_pool2d(maxed, 2, ceil_mode=True)
         deterministic, max_pool = to_uint8(det), to_uint8(maxed)
         oh, ow = deterministic.shape[:2]
-        grid_text = "-".join(map(str, grids))
-        gallery = [(enlarge(o), f"random draw {k + 1} (grid {grid_text})") for k, o in enumerate(outs)]
-        gallery += [(enlarge(deterministic), "deterministic (test path)"), (enlarge(max_pool), "2×2 max pool")]
         return {
             "model_input": to_uint8(x),  # H×W×3 uint8: the resized image S3Pool sees
             "input_resolution": (h, w),
@@ -186,7 +181,7 @@ class S3PoolDemo:
             "max_pool": max_pool,
             "rows": rows,  # [draw][layer] kept rows (of the stride-1 max-pooled map)
             "cols": cols,
-            "gallery": gallery,  # (enlarged image, caption) pairs, about READABLE_PX wide
+            "strip": tile([*outs, deterministic, max_pool]),  # one picture: the draws, deterministic, max pool
         }
 
     @torch.inference_mode()
@@ -199,12 +194,12 @@ class S3PoolDemo:
         try:
             net = self.net(S3POOL_NET)
         except UserError as exc:
-            return {"message": str(exc), "gallery": [], "draws": [], "deterministic": None}
+            return {"message": str(exc), "picture": None, "draws": [], "deterministic": None}
         pool = net.pools[0]
         if not isinstance(pool, S3Pool2d):
             return {"message": f"Checkpoint `{S3POOL_NET}` downsamples with {net.config.downsample!r}, not S3Pool. "
                                + how_to_train(S3POOL_NET).split("\n", 1)[1].strip(),
-                    "gallery": [], "draws": [], "deterministic": None}
+                    "picture": None, "draws": [], "deterministic": None}
         seed = _fresh_seed(seed)
         h, w = net.config.input_size
         x = image_to_tensor(pil, (w, h)).to(next(net.parameters()).device)
@@ -215,11 +210,10 @@ class S3PoolDemo:
         deterministic = deterministic_downsample(stride1_max_pool(stage1, pool.kernel_size))[0].cpu().numpy()
         order = np.argsort(-deterministic.mean((1, 2)), kind="stable")[: max(1, int(channels))]
         stack = np.stack([*maps, deterministic])[:, order]  # (draws + 1, C', H, W)
-        lo, hi = stack.min((0, 2, 3)), stack.max((0, 2, 3))
-        grids = [channel_grid(m, lo, hi) for m in stack]
+        lo, hi = stack.min((0, 2, 3), keepdims=True), stack.max((0, 2, 3), keepdims=True)
+        coloured = colormap((stack - lo) / np.maximum(hi - lo, 1e-8))  # each channel over all draws: (D, C', H, W, 3)
+        rows = [tile(list(draw)) for draw in coloured]  # one row per draw, channels side by side
         mh, mw = deterministic.shape[1:]
-        gallery = [(g, f"random draw {k + 1}") for k, g in enumerate(grids[:-1])]
-        gallery.append((grids[-1], "deterministic (test path)"))
         return {
             "message": None,
             "grid_size": pool.grid_size,
@@ -227,10 +221,10 @@ class S3PoolDemo:
             "map_resolution": (mh, mw),
             "input_resolution": (h, w),
             "seed": seed,
-            "draws": grids[:-1],  # uint8 grids
-            "deterministic": grids[-1],
+            "draws": rows[:-1],  # uint8 rows of channels
+            "deterministic": rows[-1],
             "maps": {"draws": [m[order] for m in maps], "deterministic": deterministic[order]},  # raw C'×H×W
-            "gallery": gallery,
+            "picture": tile([[row] for row in rows]),  # the rows one under another: draws, then deterministic
         }
 
     @torch.inference_mode()
@@ -313,14 +307,16 @@ def benchmark_data(figures: dict[str, Any]) -> dict[str, Any]:
 PIXELATED_CSS = """<style>
 #s3pool-input img, #s3pool-model-input img, #s3pool-draws img, #s3pool-features img,
 #s3pool-examples img { image-rendering: pixelated; }
-#s3pool-input img, #s3pool-model-input img { object-fit: contain; }
+#s3pool-input img, #s3pool-model-input img, #s3pool-draws img, #s3pool-features img { object-fit: contain; }
 </style>"""
 
 
 def augment_markdown(r: dict[str, Any]) -> str:
     (h, w), (oh, ow) = r["input_resolution"], r["output_resolution"]
     layers = len(r["grid_sizes"])
-    return (f"{w}×{h} → {ow}×{oh} through {layers} S3Pool layer{'s' if layers > 1 else ''} "
+    draws = len(r["draws"])
+    return (f"Left to right: {draws} random draws, the deterministic (test) path, 2×2 max pool. "
+            f"{w}×{h} → {ow}×{oh} through {layers} S3Pool layer{'s' if layers > 1 else ''} "
             f"(grid {'-'.join(map(str, r['grid_sizes']))}; seed {r['seed']}). Each draw keeps, in every strip of "
             "g rows, g/2 rows at random (and the same for columns) after a stride-1 2×2 max pool: the random "
             "stretching and squeezing the paper calls implicit data augmentation. The deterministic path "
@@ -331,7 +327,8 @@ def features_markdown(r: dict[str, Any]) -> str:
     if r["message"]:
         return r["message"]
     (mh, mw) = r["map_resolution"]
-    return (f"`{S3POOL_NET}` after its first S3Pool layer (grid {r['grid_size']}): channels "
+    return (f"`{S3POOL_NET}` after its first S3Pool layer (grid {r['grid_size']}). Rows: {len(r['draws'])} "
+            f"random draws, then the deterministic (test) path. Columns: channels "
             f"{', '.join(map(str, r['channels']))} (most active first), {mw}×{mh} each, every channel "
             "normalised over the draws (viridis: dark = low). Only the pooling layer draws at random; "
             "BatchNorm uses its running statistics.")
@@ -362,12 +359,12 @@ def build_demo(ctx: Any) -> None:
     def pixel_outputs(r: dict[str, Any]) -> tuple:
         h, w = r["input_resolution"]
         seen = gr.update(value=enlarge(r["model_input"]), label=f"what S3Pool sees: {w}×{h}")
-        return seen, r["gallery"], augment_markdown(r)
+        return seen, r["strip"], augment_markdown(r)
 
     def run(image: Any, grid_size: int, layers: int):
         r = _user(lambda: demo.analyse(image, grid_size, layers))
         f, p = r["features"], r["predict"]
-        return (*pixel_outputs(r["augment"]), f["gallery"], features_markdown(f),
+        return (*pixel_outputs(r["augment"]), f["picture"], features_markdown(f),
                 p[MAX_NET]["top3"], p[S3POOL_NET]["top3"], predict_markdown(p), image)
 
     def s3pool_run_example(image: Any, grid_size: int, layers: int):
@@ -404,13 +401,11 @@ def build_demo(ctx: Any) -> None:
             seen = gr.Image(label=f"what S3Pool sees: {INPUT_SIZE[1]}×{INPUT_SIZE[0]}", type="numpy",
                             format="png", interactive=False, height=READABLE_PX, elem_id="s3pool-model-input",
                             render=False)
-            draws = gr.Gallery(label="S3Pool in pixel space: random draws, deterministic path, max pool",
-                               columns=DRAWS + 2, height="auto", object_fit="contain", elem_id="s3pool-draws",
-                               format="png", render=False)  # lossless: WebP would smear the crisp pixels
+            draws = gr.Image(label="S3Pool in pixel space: random draws, deterministic path, max pool", type="numpy",
+                             format="png", interactive=False, height=DRAWS_PX, elem_id="s3pool-draws", render=False)
             draws_text = gr.Markdown(elem_id="s3pool-draws-text", render=False)
-            feature_maps = gr.Gallery(label=f"first pooled feature maps of {S3POOL_NET}", columns=FEATURE_DRAWS + 1,
-                                      height="auto", object_fit="contain", elem_id="s3pool-features", format="png",
-                                      render=False)
+            feature_maps = gr.Image(label=f"first pooled feature maps of {S3POOL_NET}", type="numpy", format="png",
+                                    interactive=False, height=FEATURES_PX, elem_id="s3pool-features", render=False)
             features_text = gr.Markdown(elem_id="s3pool-features-text", render=False)
             max_label = gr.Label(num_top_classes=3, label=f"{MAX_NET} (max pooling)", elem_id="s3pool-max",
                                  render=False)
@@ -437,10 +432,8 @@ def build_demo(ctx: Any) -> None:
                 max_label.render()
                 s3_label.render()
             predict_text.render()
-    run_upload.click(run, [upload, grid, layers], outputs, api_name="s3pool_run",
-                     concurrency_limit=MAIN_CONCURRENCY, concurrency_id="s3pool_run")
-    run_sketch.click(run, [sketch, grid, layers], outputs, api_name="s3pool_run_sketch",
-                     concurrency_limit=MAIN_CONCURRENCY, concurrency_id="s3pool_run")
+    run_upload.click(run, [upload, grid, layers], outputs, api_name="s3pool_run", concurrency_id="s3pool_run")
+    run_sketch.click(run, [sketch, grid, layers], outputs, api_name="s3pool_run_sketch", concurrency_id="s3pool_run")
     resample.click(redraw, [last_image, grid, layers], pixel, api_name="s3pool_augment")
     grid.release(redraw, [last_image, grid, layers], pixel, api_name="s3pool_augment_grid")
     layers.change(redraw, [last_image, grid, layers], pixel, api_name="s3pool_augment_layers")

@@ -40,10 +40,6 @@ MAX_SEED = 2**31 - 1
 PATHS = ("linear", "spherical")
 HIST_BINS = 30
 READABLE_PX = 256  # the model input is shown enlarged (nearest neighbour) to about this many pixels
-# The main demo function runs up to this many requests at once (the app's default is 2): its forwards
-# take milliseconds and release the GIL, so under 32 concurrent users (benchmarks/load.py) a queue of
-# two left the CPU idle between requests while the rest waited.
-MAIN_CONCURRENCY = 8
 # Grids and strips are sent at their real size (a PNG of 274×274 pixels for 64 samples encodes in
 # ~15 ms, ×2 enlarged ~4× that) and drawn enlarged by the browser, with crisp pixels, at these heights.
 GRID_PX = 560
@@ -533,7 +529,6 @@ def build_demo(ctx: Any) -> None:
     sample_button.click(samples, [model, seed, count], [grid, grid_text], api_name="vgan_samples")
     interp_button.click(interpolate, [model, seed_a, seed_b, steps, path], [strip, strip_text],
                         api_name="vgan_interpolate")
-    run_button.click(analyse, [upload, model, chain_steps, chain_seed], outputs, api_name="vgan_analyse",
-                     concurrency_limit=MAIN_CONCURRENCY)
+    run_button.click(analyse, [upload, model, chain_steps, chain_seed], outputs, api_name="vgan_analyse")
     model.change(switch, [model, seed, count, seed_a, seed_b, steps, path, last_image],
                  [grid, grid_text, strip, strip_text, plot, energy_text, status], api_name="vgan_switch_model")
