@@ -7,11 +7,15 @@ sessions (32 by default, all connected before the clock starts), warms each endp
 that endpoint ``--calls`` times in a row with the method's shipped example images in turn. Each call is
 timed from the client's side (upload of the image, queueing, the function, the result), as a user waits
 for it. ``figures`` has, per endpoint and in total, ``requests``, ``errors``, ``throughput_rps`` (requests
-answered per second of that phase's wall time), ``p50_ms`` and ``p95_ms``; ``targets`` checks each
-endpoint against ≥ 25 requests/s, p95 ≤ 2 s and no errors.
+answered per second of that phase's wall time), ``p50_ms`` and ``p95_ms``, and where the machine's time went
+(``server_cpu_cores``, ``client_cpu_cores``, ``server_cpu_ms_per_request``). The whole measurement runs
+``--repeats`` times (3 by default), each on a freshly started server: ``figures`` has the median of each
+figure over the repeats (``requests`` and ``errors`` are summed), ``*_range`` the lowest and highest, and
+``runs`` each repeat's own figures. ``targets`` checks each endpoint's median against ≥ 25 requests/s,
+p95 ≤ 2 s and no errors.
 
-    python benchmarks/load.py [--clients 32] [--calls 8] [--out PATH] [--note TEXT]
-    python benchmarks/load.py --quick          # 4 clients × 2 calls: checks the machinery, not the targets
+    python benchmarks/load.py [--clients 32] [--calls 8] [--repeats 3] [--out PATH] [--note TEXT]
+    python benchmarks/load.py --quick          # 4 clients × 2 calls, once: checks the machinery, not the targets
 """
 
 from __future__ import annotations
@@ -216,6 +220,33 @@ def measure(clients_n: int, calls: int, endpoints: list[str], threads: int | Non
     return {"figures": figures, "targets": targets(figures, endpoints), "errors": error_texts}
 
 
+SUMMED = ("requests", "errors")
+SPREAD = ("throughput_rps", "p95_ms")  # figures whose lowest and highest over the repeats are reported
+
+
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The figures of several repeats as one: per endpoint (and total), ``requests`` and ``errors`` summed,
+    every other figure the median over the repeats, and ``throughput_rps_range`` / ``p95_ms_range``."""
+    import statistics
+
+    combined: dict[str, Any] = {}
+    for name in runs[0]:
+        per_run = [run[name] for run in runs]
+        figures: dict[str, Any] = {}
+        for key in per_run[0]:
+            values = [f[key] for f in per_run if f.get(key) is not None]
+            if key in SUMMED:
+                figures[key] = sum(values)
+            elif values:
+                figures[key] = round(statistics.median(values), 2)
+            else:
+                figures[key] = None
+            if key in SPREAD and values:
+                figures[f"{key}_range"] = [min(values), max(values)]
+        combined[name] = figures
+    return combined
+
+
 def targets(figures: dict[str, Any], endpoints: list[str]) -> dict[str, Any]:
     """Each main function: ≥ 25 requests/s, p95 ≤ 2 s, zero errors; ``met`` true when all hold."""
     per_endpoint = {}
@@ -234,28 +265,39 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=32, help="concurrent gradio_client sessions")
     parser.add_argument("--calls", type=int, default=8, help="calls of each endpoint per client")
-    parser.add_argument("--quick", action="store_true", help="4 clients × 2 calls: a smoke run")
+    parser.add_argument("--repeats", type=int, default=3, help="whole measurements, each on a fresh server")
+    parser.add_argument("--quick", action="store_true", help="4 clients × 2 calls, once: a smoke run")
     parser.add_argument("--only", nargs="+", choices=list(ENDPOINTS), help="load only these endpoints")
     parser.add_argument("--threads", type=int, help="AVSTUDIO_THREADS for the server (default: unset)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "load.json")
     parser.add_argument("--note", default="", help="what else ran on the machine, etc.")
     args = parser.parse_args(argv)
     if args.quick:
-        args.clients, args.calls = 4, 2
-    if args.clients < 1 or args.calls < 1:
-        parser.error("--clients and --calls must be at least 1")
+        args.clients, args.calls, args.repeats = 4, 2, 1
+    if args.clients < 1 or args.calls < 1 or args.repeats < 1:
+        parser.error("--clients, --calls and --repeats must be at least 1")
     endpoints = args.only or list(ENDPOINTS)
-    result = measure(args.clients, args.calls, endpoints, args.threads)
+    runs = []
+    for k in range(args.repeats):
+        print(f"repeat {k + 1} of {args.repeats}")
+        runs.append(measure(args.clients, args.calls, endpoints, args.threads))
+    figures = combine([run["figures"] for run in runs])
+    result = {"figures": figures, "targets": targets(figures, endpoints),
+              "errors": {name: sorted({e for run in runs for e in run["errors"].get(name, [])})[:5]
+                         for name in endpoints if any(run["errors"].get(name) for run in runs)}}
     import platform
 
     cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                       if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
         else platform.processor()
     out = write_report("load", args.out, result["figures"], result["targets"],
-                       setup={"clients": args.clients, "calls_per_client": args.calls, "endpoints": {
-                           name: {"method": ENDPOINTS[name][0], "args_after_image": list(ENDPOINTS[name][1])}
-                           for name in endpoints}, "quick": args.quick, "server_threads": args.threads,
-                           "cpu_model": cpu_model, "load_average_at_end": list(os.getloadavg())},
+                       runs=[run["figures"] for run in runs],
+                       setup={"clients": args.clients, "calls_per_client": args.calls, "repeats": args.repeats,
+                              "endpoints": {name: {"method": ENDPOINTS[name][0],
+                                                   "args_after_image": list(ENDPOINTS[name][1])}
+                                            for name in endpoints},
+                              "quick": args.quick, "server_threads": args.threads, "cpu_model": cpu_model,
+                              "load_average_at_end": list(os.getloadavg())},
                        errors=result["errors"], notes=args.note)
     print(f"wrote {out}; targets met: {result['targets']['met']}")
     return 0

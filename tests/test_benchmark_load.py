@@ -23,12 +23,23 @@ def test_targets_fail_on_any_error_slow_answer_or_low_throughput():
     assert load.targets(figures, ["a"])["met"] is True
 
 
+def test_repeats_combine_into_medians_with_their_range_and_summed_counts():
+    runs = [{"e": {"requests": 8, "errors": e, "throughput_rps": rps, "p50_ms": 100.0, "p95_ms": p95,
+                   "server_cpu_cores": 1.0}}
+            for e, rps, p95 in [(0, 30.0, 900.0), (1, 20.0, 1500.0), (0, 26.0, 1000.0)]]
+    f = load.combine(runs)["e"]
+    assert (f["requests"], f["errors"], f["throughput_rps"], f["p95_ms"]) == (24, 1, 26.0, 1000.0)
+    assert f["throughput_rps_range"] == [20.0, 30.0] and f["p95_ms_range"] == [900.0, 1500.0]
+    assert f["server_cpu_cores"] == 1.0 and "p50_ms_range" not in f
+
+
 def test_quick_run_against_a_live_server(tmp_path):
     pytest.importorskip("gradio_client")
     out = tmp_path / "load.json"
     assert load.main(["--quick", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["benchmark"] == "load" and report["setup"]["clients"] == 4 and report["setup"]["cpu_model"]
+    assert report["setup"]["repeats"] == 1 and len(report["runs"]) == 1
     figures = report["figures"]
     assert set(figures) == {*load.ENDPOINTS, "total"}
     for name, f in figures.items():
