@@ -366,16 +366,28 @@ def test_the_load_table_and_sentence_quote_the_report():
     assert set(rows) == set(endpoints)
     for name in endpoints:
         f = figures[name]
-        expected = [f"{f['throughput_rps']:g}", f"{f['p50_ms'] / 1000:.2f} s", f"{f['p95_ms'] / 1000:.2f} s",
-                    f"{f['errors']}"]
+        (rps_lo, rps_hi), (p95_lo, p95_hi) = f["throughput_rps_range"], f["p95_ms_range"]
+        expected = [f"{f['throughput_rps']:g}", f"{rps_lo:g}–{rps_hi:g}", f"{f['p50_ms'] / 1000:.2f} s",
+                    f"{f['p95_ms'] / 1000:.2f} s", f"{p95_lo / 1000:.2f}–{p95_hi / 1000:.2f} s", f"{f['errors']}",
+                    f"{f['server_cpu_ms_per_request']:g} ms"]
         assert rows[name] == expected, f"docs/hosting.md: {name} says {rows[name]}, the report says {expected}"
+    setup = report["setup"]
+    command = f"python benchmarks/load.py --clients {setup['clients']} --calls {setup['calls_per_client']} " \
+              f"--repeats {setup['repeats']}"
+    assert report["command"].startswith(command) and len(report["runs"]) == setup["repeats"]
+    hosting = " ".join((REPO / "docs" / "hosting.md").read_text().split())
+    assert f"Measured (`{command}`," in hosting
+    slowest = min((figures[n]["throughput_rps_range"][0], n) for n in endpoints)
+    met = report["targets"]["met"]
+    assert (f"**The targets are met**: the slowest endpoint in its slowest run, `{slowest[1]}`, answered "
+            f"{slowest[0]:g} requests/s." in hosting) == met
     readme = " ".join((REPO / "README.md").read_text().split())
     rps = sorted(figures[n]["throughput_rps"] for n in endpoints)
     p95 = sorted(figures[n]["p95_ms"] / 1000 for n in endpoints)
     assert f"{rps[0]:g}–{rps[-1]:g} requests/s with p95 {p95[0]:.2f}–{p95[-1]:.2f} s" in readme
     errors = "no errors" if figures["total"]["errors"] == 0 else f"{figures['total']['errors']} errors"
-    assert errors in readme
-    met = report["targets"]["met"]
+    assert f"{errors} (median of {setup['repeats']} runs)" in readme
+    assert ("meeting the 25 requests/s and 2 s targets" in readme) == met
     assert ("short of the 25 requests/s and 2 s targets" in readme) == (not met)
 
 
