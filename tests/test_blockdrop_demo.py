@@ -346,4 +346,7 @@ def test_latency_is_measured_once_per_model_and_each_request_times_its_own_forwa
     assert second["request_full_ms"] > 0 and second["request_blockdrop_ms"] > 0
     stats = _stats_markdown(second)
     assert "median of 3 runs" in stats and "measured once when this server first used the model" in stats
-    assert "this request" in stats and f"{second['request_blockdrop_ms']:.2f}" in stats
+    assert "this request" in stats and f"{second['request_blockdrop_ms']:.2f} ms" in stats
+    # short column headers (the table fits a phone), their meaning below the table
+    assert "| | FLOPs | latency | this request |" in stats and "1 multiply-add = 2 FLOPs" in stats
+    assert f"policy network ({second['flops_policy_net'] / 1e6:.1f} M)" in stats

@@ -350,5 +350,12 @@ def test_every_tab_fits_a_phone_screen(tab, server, browser):
         assert_no_error_toast(page)
         shot(page, f"phone-{tab.split()[0].lower()}")
         assert_fits_the_screen(page)
+        if tab == "BlockDrop":  # the stats table's headers stay whole words, not "laten-cy" over two lines
+            page.locator("#blockdrop-stats th").first.wait_for(timeout=30_000)
+            headers = page.locator("#blockdrop-stats th").evaluate_all(  # [text, text height, one line's height]
+                "cells => cells.map(c => { const s = getComputedStyle(c); return [c.innerText.trim(),"
+                " c.getBoundingClientRect().height - parseFloat(s.paddingTop) - parseFloat(s.paddingBottom)"
+                " - parseFloat(s.borderTopWidth) - parseFloat(s.borderBottomWidth), parseFloat(s.lineHeight)]; })")
+            assert all(height < 1.5 * line for text, height, line in headers if text), headers
     finally:
         page.context.close()

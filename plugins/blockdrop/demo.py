@@ -229,11 +229,15 @@ def _stats_markdown(r: dict[str, Any]) -> str:
     h, w = r["input_resolution"]
     threads = r["latency_threads"]
     return (f"**Blocks used:** {r['blocks_used']} / {r['num_blocks']} · **input:** resized to {w}×{h}\n\n"
-            f"| | FLOPs (1 MAC = 2 FLOPs) | latency (ms, CPU, batch 1) | this request (ms) |\n|---|---|---|---|\n"
-            f"| full ResNet | {r['flops_full'] / 1e6:.1f} M | {r['latency_full_ms']:.2f} | {r['request_full_ms']:.2f} |\n"
-            f"| BlockDrop (incl. policy net {r['flops_policy_net'] / 1e6:.1f} M) | "
-            f"{r['flops_blockdrop'] / 1e6:.1f} M | {r['latency_blockdrop_ms']:.2f} | {r['request_blockdrop_ms']:.2f} |\n\n"
-            f"*latency*: median of {r['latency_repeats']} runs of each network in turns, batch 1, "
+            # short headers, so that the table fits a phone's width; what they mean is said below it
+            f"| | FLOPs | latency | this request |\n|---|---|---|---|\n"
+            f"| full ResNet | {r['flops_full'] / 1e6:.1f} M | {r['latency_full_ms']:.2f} ms | "
+            f"{r['request_full_ms']:.2f} ms |\n"
+            f"| BlockDrop | {r['flops_blockdrop'] / 1e6:.1f} M | {r['latency_blockdrop_ms']:.2f} ms | "
+            f"{r['request_blockdrop_ms']:.2f} ms |\n\n"
+            f"*FLOPs*: 1 multiply-add = 2 FLOPs; BlockDrop's include its policy network "
+            f"({r['flops_policy_net'] / 1e6:.1f} M). "
+            f"*latency*: on the CPU, median of {r['latency_repeats']} runs of each network in turns, batch 1, "
             f"{threads} CPU thread{'s' if threads != 1 else ''}, measured once when this server first used the "
             f"model ({r['latency_measured_at']}); other visitors' requests may have been running then. "
             f"*this request*: one run of each network for your image, timed now, under the server's current load.")
@@ -249,6 +253,11 @@ def model_input_label(r: dict[str, Any]) -> str:
 PIXELATED_CSS = """<style>
 #blockdrop-input img, #blockdrop-model-input img { object-fit: contain; image-rendering: pixelated; }
 #blockdrop-examples img { image-rendering: pixelated; }
+/* on a phone the stats table's four columns keep whole words: tighter cells instead of "laten-cy" */
+@media (max-width: 480px) {
+  #blockdrop-stats table { font-size: 0.85em; }
+  #blockdrop-stats th, #blockdrop-stats td { padding: 4px 6px; word-break: normal; overflow-wrap: normal; }
+}
 </style>"""
 
 
