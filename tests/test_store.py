@@ -342,6 +342,36 @@ def test_calls_retry_while_the_database_is_unreachable(store, monkeypatch):
     assert len(failures) == 1
 
 
+def test_a_metric_batch_whose_commit_answer_was_lost_is_not_written_twice(store, monkeypatch):
+    """The commit went through but the connection dropped before its answer: the retry finds the batch."""
+    from sqlalchemy import event
+    from sqlalchemy.exc import OperationalError
+
+    import trainer.store as store_module
+
+    monkeypatch.setattr(store_module, "RETRY_FIRST_DELAY_S", 0.01)
+    store.retry_s = 30
+    run_id = store.enqueue("m", "r", {})
+    store.log_metrics(run_id, [MetricPoint(0, "loss", 1.0, 100.0)])
+    lost = []
+
+    def lose_the_answer(session):
+        if not lost:
+            lost.append(1)
+            raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+
+    event.listen(store._sessions, "after_commit", lose_the_answer)
+    try:
+        store.log_metrics(run_id, [MetricPoint(1, "loss", 0.5, 101.0), MetricPoint(1, "acc", 0.7, 101.0)])
+    finally:
+        event.remove(store._sessions, "after_commit", lose_the_answer)
+    assert lost == [1]
+    assert [(p.key, p.step) for p in store.metrics(run_id)] == [("acc", 1), ("loss", 0), ("loss", 1)]
+    assert store.get_run(run_id).latest_metrics == {"loss": 0.5, "acc": 0.7}
+    store.log_metrics(run_id, [MetricPoint(2, "loss", 0.25, 102.0)])  # a first try writes without looking
+    assert [p.step for p in store.metrics(run_id, ["loss"])] == [0, 1, 2]
+
+
 def test_a_postgres_url_without_its_driver_says_what_to_install(monkeypatch):
     import sys
 

@@ -67,7 +67,9 @@ def is_transient(exc: BaseException) -> bool:
 def _retrying(method: Callable) -> Callable:
     """Retry ``method`` with back-off while its database is unreachable, for up to the store's ``retry_s``.
 
-    Each store call is one transaction, so a retry repeats a unit of work that did not commit. Only the
+    Each store call is one transaction, so a retry repeats a unit of work that did not commit, or whose
+    commit went through but whose answer was lost with the connection: a call that must not be done twice
+    checks ``self._local.attempt`` (0 on the first try) and looks first (:meth:`log_metrics`). Only the
     outermost call retries (a call inside another one leaves the retry to it).
     """
 
@@ -79,6 +81,7 @@ def _retrying(method: Callable) -> Callable:
         try:
             deadline = time.monotonic() + self.retry_s
             delay = RETRY_FIRST_DELAY_S
+            self._local.attempt = 0
             while True:
                 try:
                     return method(self, *args, **kwargs)
@@ -92,8 +95,10 @@ def _retrying(method: Callable) -> Callable:
                     if self.give_up is None:
                         time.sleep(delay)
                     delay = min(2 * delay, RETRY_MAX_DELAY_S)
+                    self._local.attempt += 1
         finally:
             self._local.retrying = False
+            self._local.attempt = 0
 
     return wrapper
 
@@ -443,7 +448,8 @@ class RunStore:
         """Insert a batch of metric points in one transaction and update the latest values.
 
         NaN and infinite values are stored as NULL (read back as NaN). The latest value of a key
-        is its point with the highest step (the later one on a tie).
+        is its point with the highest step (the later one on a tie). On a retry after a lost connection,
+        a batch whose first try did commit (only its answer was lost) is not written again.
         """
         if not points:
             return
@@ -452,6 +458,12 @@ class RunStore:
             if p.key not in newest or p.step >= newest[p.key].step:
                 newest[p.key] = p
         with self._sessions.begin() as session:
+            if getattr(self._local, "attempt", 0):  # the batch is one transaction: all of it is there, or none
+                first = points[0]
+                if session.scalar(select(Metric.id).where(
+                        Metric.run_id == run_id, Metric.key == first.key, Metric.step == int(first.step),
+                        Metric.time == float(first.time)).limit(1)) is not None:
+                    return
             session.execute(insert(Metric), [
                 {"run_id": run_id, "key": p.key, "step": int(p.step), "value": _to_db(p.value),
                  "time": float(p.time)} for p in points])
