@@ -267,6 +267,13 @@ def test_heartbeat_is_refused_once_another_worker_marked_the_run_interrupted(sto
     assert run.status == "interrupted" and run.error.endswith("(its worker on far was lost); noticed by worker near:7")
     assert not store.heartbeat(run_id, "w1")  # w1 comes back: refused, so it stops the run
     assert store.get_run(run_id).status == "interrupted"
+    # resumed and taken by w3 before w1's run process ends: w1's final status does not end w3's run
+    store.requeue_for_resume(run_id)
+    store.claim_run(run_id, "w3", host="near", pid=3)
+    store.finish(run_id, "interrupted", error="stopped by w1", worker_id="w1")
+    assert store.get_run(run_id).status == "running" and store.heartbeat(run_id, "w3")
+    store.finish(run_id, "succeeded", worker_id="w3")
+    assert store.get_run(run_id).status == "succeeded"
 
 
 def test_shared_home_mounted_elsewhere_finds_artifacts_and_promotions(store_url, tmp_path):

@@ -278,10 +278,13 @@ class RunStore:
         self._update(run_id, progress=fraction, progress_desc=str(desc)[:500])
 
     @_retrying
-    def finish(self, run_id: int, status: RunStatus | str, *, error: str | None = None) -> None:
+    def finish(self, run_id: int, status: RunStatus | str, *, error: str | None = None,
+               worker_id: str | None = None) -> None:
         """Set a final status (succeeded / failed / cancelled / interrupted) and the end time.
 
-        The first final status wins: a run that already finished keeps its status.
+        The first final status wins: a run that already finished keeps its status. With ``worker_id``, only
+        while that worker holds the run: a worker that comes back after another one took its run over (and
+        the run was resumed elsewhere) cannot end the run it lost, as its heartbeat cannot keep it.
         """
         final = RunStatus.finished()
         if status not in final:
@@ -290,9 +293,11 @@ class RunStore:
         values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error}
         if status is RunStatus.SUCCEEDED:
             values["progress"] = 1.0
+        query = update(Run).where(Run.id == run_id, Run.status.in_((RunStatus.QUEUED, RunStatus.RUNNING)))
+        if worker_id is not None:
+            query = query.where(Run.worker_id == worker_id)
         with self._sessions.begin() as session:
-            session.execute(update(Run).where(Run.id == run_id, Run.status.in_((RunStatus.QUEUED, RunStatus.RUNNING)))
-                            .values(**values))
+            session.execute(query.values(**values))
 
     def request_cancel(self, run_id: int) -> RunInfo:
         """Ask a run to stop: a queued run is cancelled at once; a running one at its next should_stop().

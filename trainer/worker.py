@@ -146,6 +146,7 @@ def execute_run(store_url: str, run_id: int, registry_factory: Callable[[], Any]
     ctx: RunContext | None = None
     try:
         run = store.get_run(run_id)
+        owner = run.worker_id  # the worker that holds it (None inline): a run it lost is not its to end
         with _Heartbeat(store, run_id, worker_id=run.worker_id, interrupt=interrupt) as heartbeat:
             try:
                 registry = registry_factory()
@@ -166,22 +167,24 @@ def execute_run(store_url: str, run_id: int, registry_factory: Callable[[], Any]
                     ctx.log_metrics(ctx.last_step, **final)
                 ctx.close()
                 if store.cancel_requested(run_id):
-                    store.finish(run_id, RunStatus.CANCELLED)
+                    store.finish(run_id, RunStatus.CANCELLED, worker_id=owner)
                 elif ctx.interrupted:  # it stopped early for the interrupt (one that came after its last step does not count)
-                    store.finish(run_id, RunStatus.INTERRUPTED, error=_interrupted_text(interrupt))
+                    store.finish(run_id, RunStatus.INTERRUPTED, error=_interrupted_text(interrupt), worker_id=owner)
                 else:
-                    store.finish(run_id, RunStatus.SUCCEEDED)
+                    store.finish(run_id, RunStatus.SUCCEEDED, worker_id=owner)
             except Exception as exc:
                 _close_quietly(ctx)
                 if interrupt is not None and interrupt.is_set():
                     log.warning("run %s ended with an error after it was interrupted: %s", run_id, exc)
-                    store.finish(run_id, RunStatus.INTERRUPTED, error=f"{_interrupted_text(interrupt)}\n\n{_error_text(exc)}")
+                    store.finish(run_id, RunStatus.INTERRUPTED, error=f"{_interrupted_text(interrupt)}\n\n{_error_text(exc)}",
+                                 worker_id=owner)
                 else:
                     log.error("run %s failed: %s", run_id, exc, exc_info=True)
-                    store.finish(run_id, RunStatus.FAILED, error=_error_text(exc))
+                    store.finish(run_id, RunStatus.FAILED, error=_error_text(exc), worker_id=owner)
             except BaseException as exc:  # Ctrl-C or exit while running inline
                 _close_quietly(ctx)
-                store.finish(run_id, RunStatus.INTERRUPTED, error=f"stopped ({type(exc).__name__}) while running")
+                store.finish(run_id, RunStatus.INTERRUPTED, error=f"stopped ({type(exc).__name__}) while running",
+                             worker_id=owner)
                 raise
         final_status = store.get_run(run_id).status
         log.info("run %s %s", run_id, final_status)
@@ -353,12 +356,13 @@ def _supervise(store: RunStore, child: Any, run_id: int, stop: threading.Event, 
             log.warning("worker could not reach the run store while supervising run %s", run_id, exc_info=True)
         if kill_at is not None and now >= kill_at:
             _stop_child(child, wait_s=0)  # it had its grace period
-            store.finish(run_id, RunStatus.CANCELLED, error=f"stopped by force: still running {grace_s:g} s after the cancel request")
+            store.finish(run_id, RunStatus.CANCELLED, error=f"stopped by force: still running {grace_s:g} s after the cancel request",
+                         worker_id=worker_id)
             log.warning("run %s did not stop within %.0f s of the cancel request; killed", run_id, grace_s)
             return
         if stop.is_set():
             _stop_child(child)
-            store.finish(run_id, RunStatus.INTERRUPTED, error=STOPPED_TEXT)
+            store.finish(run_id, RunStatus.INTERRUPTED, error=STOPPED_TEXT, worker_id=worker_id)
             log.warning("run %s %s: worker stopping", run_id, store.get_run(run_id).status)
             return
     _kill_process_group(child.pid)  # what the run started and left running
@@ -366,10 +370,11 @@ def _supervise(store: RunStore, child: Any, run_id: int, stop: threading.Event, 
         code = _exit_text(child.exitcode)
         if stop.is_set() or child.exitcode in (-signal.SIGTERM, -signal.SIGINT):
             # a stop signal reached the child before it could handle it (in its first second or two)
-            store.finish(run_id, RunStatus.INTERRUPTED, error=f"{STOPPED_TEXT} (worker child exited with code {code})")
+            store.finish(run_id, RunStatus.INTERRUPTED, error=f"{STOPPED_TEXT} (worker child exited with code {code})",
+                         worker_id=worker_id)
             log.warning("run %s interrupted: worker child exited with code %s", run_id, code)
         else:
-            store.finish(run_id, RunStatus.FAILED, error=f"worker child exited with code {code}")
+            store.finish(run_id, RunStatus.FAILED, error=f"worker child exited with code {code}", worker_id=worker_id)
             log.error("run %s: worker child exited with code %s without a final status", run_id, code)
 
 
