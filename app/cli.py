@@ -370,7 +370,8 @@ def _run_inline(store, settings: Settings, registry, run_id: int, device: str) -
             with _cancel_on_ctrl_c(store, run_id):
                 execute_run(settings.db_url, run_id, lambda: registry, data_dir=settings.data_dir,
                             runs_dir=settings.runs_dir, assets_dir=settings.assets_dir, device=device,
-                            show_progress=True, threads=settings.threads, interrupt=interrupt)
+                            show_progress=True, threads=settings.threads, interrupt=interrupt,
+                            db_retry_s=settings.db_retry_s)
         except KeyboardInterrupt:  # no-op if it has finished
             store.finish(run_id, RunStatus.INTERRUPTED if interrupt.is_set() else RunStatus.CANCELLED,
                          error=f"{interrupt.reason}; resume the run to continue" if interrupt.is_set()
@@ -450,7 +451,7 @@ def _run_distributed(store, settings: Settings, run_id: int, device: str, nproc:
     try:
         signum = launch_run(store, run_id, nproc=nproc, device=device, registry="app.plugin_manager:registry_from_env",
                             data_dir=settings.data_dir, runs_dir=settings.runs_dir, assets_dir=settings.assets_dir,
-                            threads=settings.threads)
+                            threads=settings.threads, db_retry_s=settings.db_retry_s)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     run = store.get_run(run_id)

@@ -64,6 +64,27 @@ def _queued_id(result: subprocess.CompletedProcess) -> int:
     return int(result.stdout.split("queued run ")[1].split()[0])
 
 
+def test_foreground_train_retries_a_lost_database_for_the_configured_time(env, monkeypatch, tmp_path):
+    """AVSTUDIO_DB_RETRY_S reaches `avstudio train`'s run, not only `avstudio worker`'s."""
+    from click.testing import CliRunner
+
+    import trainer.worker
+    from app import cli
+
+    seen = {}
+
+    def fake_execute_run(*args, **kwargs):
+        seen.update(kwargs)
+        return "succeeded"
+
+    monkeypatch.setattr(trainer.worker, "execute_run", fake_execute_run)
+    for key, value in {**env, "AVSTUDIO_HOME": str(tmp_path), "AVSTUDIO_DB_RETRY_S": "7"}.items():
+        if key.startswith("AVSTUDIO_"):
+            monkeypatch.setenv(key, value)
+    result = CliRunner().invoke(cli.cli, ["train", "counter", "count", "--set", "steps=2"])
+    assert seen.get("db_retry_s") == 7.0, result.output
+
+
 def test_train_inline_then_list_and_show(env, store):
     result = avstudio("train", "counter", "count", "--set", "steps=4", env=env)
     assert result.returncode == 0, result.stderr

@@ -249,9 +249,10 @@ def rank_main() -> int:
     options = {"data_dir": spec["data_dir"], "runs_dir": spec["runs_dir"], "assets_dir": spec["assets_dir"]}
     try:
         if rank() == 0:
+            retry = {"db_retry_s": spec["db_retry_s"]} if spec.get("db_retry_s") is not None else {}
             execute_run(spec["store_url"], spec["run_id"], registry_factory, device=str(device),
                         show_progress=spec.get("show_progress", False), threads=spec.get("threads"),
-                        interrupt=interrupt, **options)
+                        interrupt=interrupt, **options, **retry)
             return 0
         apply_threads(spec.get("threads"))
         store = RunStore(spec["store_url"], runs_dir=spec["runs_dir"])
@@ -293,7 +294,7 @@ def check_nproc(nproc: int, device: str) -> str:
 
 def launch_run(store: Any, run_id: int, *, nproc: int, device: str, registry: str, data_dir: Path | str,
                runs_dir: Path | str, assets_dir: Path | str, threads: int | None = None,
-               show_progress: bool = True) -> int | None:
+               show_progress: bool = True, db_retry_s: float | None = None) -> int | None:
     """Claim run ``run_id`` and train it with ``nproc`` processes (torchrun); block until it ends.
 
     ``registry`` names the registry factory every rank calls (``module:function``). Ctrl-C asks the run
@@ -308,7 +309,7 @@ def launch_run(store: Any, run_id: int, *, nproc: int, device: str, registry: st
         raise ValueError(f"run {run_id} was taken by a worker; follow it with `avstudio runs show {run_id}`")
     spec = {"store_url": store.url, "run_id": run_id, "device": device, "registry": registry,
             "data_dir": str(data_dir), "runs_dir": str(runs_dir), "assets_dir": str(assets_dir),
-            "threads": threads, "show_progress": show_progress}
+            "threads": threads, "show_progress": show_progress, "db_retry_s": db_retry_s}
     env = {**os.environ, SPEC_ENV: json.dumps(spec)}
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)  # torchrun would set 1 otherwise
