@@ -114,6 +114,17 @@ def _age_heartbeat(store: RunStore, run_id: int) -> None:
         conn.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=old))
 
 
+def _lost_runs_become_interrupted_and_resumable(store: RunStore, running: list[int]) -> None:
+    """Runs left ``running`` by a killed process: once their heartbeat is stale, every listing shows them
+    interrupted, and each can be queued to resume."""
+    for run_id in running:
+        _age_heartbeat(store, run_id)
+    assert {r.id: r.status for r in store.list_runs(limit=100_000) if r.id in running} == dict.fromkeys(
+        running, "interrupted")
+    for run_id in running:
+        assert store.requeue_for_resume(run_id).status == "queued"
+
+
 def _kill_session(sid: int) -> None:
     """SIGKILL every process of session ``sid`` at once (a container that dies), and wait until they are gone."""
     from tests.test_worker_signals import _session_processes, _wait_for
@@ -256,13 +267,7 @@ def _kill_writers_at_random(tmp_path: Path, kills: int, seed: int) -> None:
         for run in runs:
             if store.metrics(run.id, [KEYS[0]]):
                 whole_steps(db, run.id, KEYS)
-        running = [r.id for r in runs if r.status == RunStatus.RUNNING]
-        for run_id in running:
-            _age_heartbeat(store, run_id)
-        assert {r.id: r.status for r in store.list_runs(limit=100_000) if r.id in running} == dict.fromkeys(
-            running, "interrupted")
-        for run_id in running:
-            assert store.requeue_for_resume(run_id).status == "queued"
+        _lost_runs_become_interrupted_and_resumable(store, [r.id for r in runs if r.status == RunStatus.RUNNING])
         assert sum(len(store.metrics(r.id, [KEYS[0]])) for r in runs) >= STEPS_PER_BATCH  # they did write
         assert problems(db) == []
     finally:
@@ -392,12 +397,7 @@ def _check_after_the_app_died(home: Path, answered: list[int], *, training: bool
         if training:
             running = [i for i, r in runs.items() if r.status == RunStatus.RUNNING]
             assert running  # what its worker trained
-            for run_id in running:
-                _age_heartbeat(store, run_id)
-            assert {r.id: r.status for r in store.list_runs(limit=100_000) if r.id in running} == dict.fromkeys(
-                running, "interrupted")
-            for run_id in running:
-                assert store.requeue_for_resume(run_id).status == "queued"
+            _lost_runs_become_interrupted_and_resumable(store, running)
     assert problems(db) == []
 
 
