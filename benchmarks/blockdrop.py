@@ -9,7 +9,6 @@ with interleaved repetitions (median), and reported as a fraction of the ideal 1
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.report import REPO_ROOT, write_report  # noqa: E402
+from benchmarks.report import REPO_ROOT, cpu_model, write_report  # noqa: E402
 from plugins.blockdrop import analysis  # noqa: E402
 from plugins.blockdrop.evaluation import infer  # noqa: E402
 from plugins.blockdrop.inference import deployed_layout  # noqa: E402
@@ -106,17 +105,6 @@ def policy_time_share(full, policy, images: torch.Tensor, count: int, repeats: i
         policy_ms += times["policy"] / count
         full_ms += times["full"] / count
     return {"policy_ms": policy_ms, "full_ms": full_ms, "time_share": policy_ms / full_ms}
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else what platform says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ if str(REPO_ROOT) not in sys.path:  # `python benchmarks/load.py` from the repo 
     sys.path.insert(0, str(REPO_ROOT))
 
 from app.testing import free_port  # noqa: E402
-from benchmarks.report import write_report  # noqa: E402
+from benchmarks.report import cpu_model, write_report  # noqa: E402
 
 ASSETS = REPO_ROOT / "assets"
 TARGET_RPS, TARGET_P95_MS = 25.0, 2000.0
@@ -185,7 +185,7 @@ def run_endpoint(clients: list[Any], api_name: str, calls: int,
 
 def measure(clients_n: int, calls: int, endpoints: list[str], threads: int | None = None,
             log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Start a studio, load it endpoint by endpoint; {"figures", "targets", "errors"} (first error texts)."""
+    """Start a studio, load it endpoint by endpoint; {"figures", "errors"} (first error texts)."""
     from gradio_client import Client, handle_file
 
     with tempfile.TemporaryDirectory(prefix="avstudio-load-") as tmp:
@@ -217,7 +217,7 @@ def measure(clients_n: int, calls: int, endpoints: list[str], threads: int | Non
                 raise RuntimeError(f"the server died during the run:\n{server.log_path.read_text()[-3000:]}")
         finally:
             server.stop()
-    return {"figures": figures, "targets": targets(figures, endpoints), "errors": error_texts}
+    return {"figures": figures, "errors": error_texts}
 
 
 SUMMED = ("requests", "errors")
@@ -285,18 +285,13 @@ def main(argv: list[str] | None = None) -> int:
     result = {"figures": figures, "targets": targets(figures, endpoints),
               "errors": {name: sorted({e for run in runs for e in run["errors"].get(name, [])})[:5]
                          for name in endpoints if any(run["errors"].get(name) for run in runs)}}
-    import platform
-
-    cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
-        else platform.processor()
     out = write_report("load", args.out, result["figures"], result["targets"],
                        runs=[run["figures"] for run in runs],
                        setup={"clients": args.clients, "calls_per_client": args.calls, "repeats": args.repeats,
                               "endpoints": {name: {"method": ENDPOINTS[name][0],
                                                    "args_after_image": list(ENDPOINTS[name][1])}
                                             for name in endpoints},
-                              "quick": args.quick, "server_threads": args.threads, "cpu_model": cpu_model,
+                              "quick": args.quick, "server_threads": args.threads, "cpu_model": cpu_model(),
                               "load_average_at_end": list(os.getloadavg())},
                        errors=result["errors"], notes=args.note)
     print(f"wrote {out}; targets met: {result['targets']['met']}")

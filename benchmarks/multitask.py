@@ -312,7 +312,7 @@ def evaluate(paths: Mapping[str, Path], cards: Mapping[str, Mapping[str, Any]], 
 
 
 def _cpu_model() -> str:
-    from benchmarks.blockdrop import cpu_model
+    from benchmarks.report import cpu_model
 
     return cpu_model()
 

@@ -14,6 +14,17 @@ if str(REPO_ROOT) not in sys.path:  # `python benchmarks/x.py` from the repo roo
     sys.path.insert(0, str(REPO_ROOT))
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what platform says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     import torch
