@@ -346,6 +346,9 @@ def test_latency_is_measured_once_per_model_and_each_request_times_its_own_forwa
     assert second["request_full_ms"] > 0 and second["request_blockdrop_ms"] > 0
     stats = _stats_markdown(second)
     assert "median of 3 runs" in stats and "measured once when this server first used the model" in stats
+    # on which image: BlockDrop's time depends on the blocks it runs
+    assert second["latency_blocks"] == first["blocks_used"]
+    assert f"on the image it answered then ({first['blocks_used']} of {first['num_blocks']} blocks)" in stats
     assert "this request" in stats and f"{second['request_blockdrop_ms']:.2f} ms" in stats
     # short column headers (the table fits a phone), their meaning below the table
     assert "| | FLOPs | latency | this request |" in stats and "1 multiply-add = 2 FLOPs" in stats

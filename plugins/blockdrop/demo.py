@@ -138,20 +138,23 @@ class BlockDropDemo:
 
     # -- handlers ----------------------------------------------------------------------------
 
-    def reference_latency_ms(self, policy_name: str, x: torch.Tensor, repeats: int = 7) -> dict[str, Any]:
-        """Batch-1 latency of the full ResNet and of BlockDrop for ``policy_name``'s models, measured once per
-        loaded model (median of ``repeats`` interleaved runs on ``x``, after one warm-up run) and cached
-        with how it was taken: re-timing both networks on every request made each request ~8x heavier and
-        put the timings themselves at the mercy of the requests queued beside them."""
-        m = self.models(policy_name)
-        with self._latency_lock:  # concurrent first requests: one measures, the others wait for it
-            if "reference_latency" not in m:
-                latency = analysis.interleaved_latency_ms(  # the same inference path as the benchmark's figures
-                    {"full": lambda: fast_full(m["fast_full"], x),
-                     "blockdrop": lambda: fast_blockdrop(m["fast_backbone"], m["fast_policy"], x, m["free_blocks"])},
-                    repeats=repeats, warmup=1)
-                m["reference_latency"] = {**latency, "repeats": repeats, "threads": torch.get_num_threads(),
-                                          "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    def reference_latency_ms(self, m: dict[str, Any], x: torch.Tensor, blocks: int,
+                             repeats: int = 7) -> dict[str, Any]:
+        """Batch-1 latency of the full ResNet and of BlockDrop for the loaded models ``m`` (:meth:`models`),
+        measured once per loaded model (median of ``repeats`` interleaved runs on ``x``, an image that runs
+        ``blocks`` blocks, after one warm-up run) and cached with how it was taken: re-timing both networks
+        on every request made each request several times heavier and put the timings themselves at the
+        mercy of the requests queued beside them."""
+        if "reference_latency" not in m:
+            with self._latency_lock:  # concurrent first requests: one measures, the others wait for it
+                if "reference_latency" not in m:
+                    latency = analysis.interleaved_latency_ms(  # the inference path of the benchmark's figures
+                        {"full": lambda: fast_full(m["fast_full"], x),
+                         "blockdrop": lambda: fast_blockdrop(m["fast_backbone"], m["fast_policy"], x,
+                                                             m["free_blocks"])},
+                        repeats=repeats, warmup=1)
+                    m["reference_latency"] = {**latency, "repeats": repeats, "threads": torch.get_num_threads(),
+                                              "blocks": blocks, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
         return m["reference_latency"]
 
     @torch.inference_mode()
@@ -170,7 +173,7 @@ class BlockDropDemo:
         bd_probs = bd_logits.softmax(1)[0]
         kept = [int(v) for v in policy[0].tolist()]
         model_input = x[0].permute(1, 2, 0).mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
-        latency = self.reference_latency_ms(policy_name, x, latency_repeats)
+        latency = self.reference_latency_ms(m, x, sum(kept), latency_repeats)
         flops_bd = float(m["flops"].blockdrop(policy)[0])
 
         def top3(probs: torch.Tensor) -> dict[str, float]:
@@ -192,6 +195,7 @@ class BlockDropDemo:
             "latency_repeats": latency["repeats"],
             "latency_threads": latency["threads"],
             "latency_measured_at": latency["measured_at"],
+            "latency_blocks": latency["blocks"],  # blocks the image it was measured on ran (BlockDrop's time depends on it)
             "request_full_ms": (t1 - t0) * 1000.0,  # this request's forwards, under whatever load there is
             "request_blockdrop_ms": (t2 - t1) * 1000.0,
             "model_input": model_input,  # H×W×3 uint8: the resized image both networks see
@@ -239,7 +243,8 @@ def _stats_markdown(r: dict[str, Any]) -> str:
             f"({r['flops_policy_net'] / 1e6:.1f} M). "
             f"*latency*: on the CPU, median of {r['latency_repeats']} runs of each network in turns, batch 1, "
             f"{threads} CPU thread{'s' if threads != 1 else ''}, measured once when this server first used the "
-            f"model ({r['latency_measured_at']}); other visitors' requests may have been running then. "
+            f"model ({r['latency_measured_at']}), on the image it answered then ({r['latency_blocks']} of "
+            f"{r['num_blocks']} blocks); other visitors' requests may have been running then. "
             f"*this request*: one run of each network for your image, timed now, under the server's current load.")
 
 
