@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import parse_flag
+from trainer.store import DB_RETRY_S as DEFAULT_DB_RETRY_S
+from trainer.store import STALE_AFTER_S as DEFAULT_STALE_AFTER_S
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ASSETS_DIR = REPO_ROOT / "assets"
@@ -37,8 +39,6 @@ def parse_threads(value: str | int | None) -> int | None:
     return int(text)
 
 
-DEFAULT_STALE_AFTER_S = 60.0  # heartbeats come every 2 s: 30 missed beats
-DEFAULT_DB_RETRY_S = 600.0  # a database server restart, or a network blip, takes far less
 DEFAULT_MAX_UPLOAD_MB = 10.0
 DEFAULT_MAX_UPLOAD_MEGAPIXELS = 16.0
 

@@ -49,6 +49,7 @@ from trainer.db_models import Artifact, LatestMetric, Metric, Param, Promotion, 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 MIGRATION_LOCK_KEY = 0x61767374  # "avst": the PostgreSQL advisory lock held while migrating
 STALE_AFTER_S = 60.0  # a running run with no heartbeat for this long has lost its process (beats come every 2 s)
+DB_RETRY_S = 600.0  # how long a worker and its runs retry an unreachable database (AVSTUDIO_DB_RETRY_S)
 SCHEMA_REVISION = "0003"  # the head migration (a test checks it), so opening a current database skips alembic
 RETRY_FIRST_DELAY_S = 0.25  # back-off of a store call whose database is unreachable: 0.25 s, doubling ...
 RETRY_MAX_DELAY_S = 5.0  # ... up to 5 s between tries
@@ -345,8 +346,10 @@ class RunStore:
         gone = []
         for run_id, run_host, pid, heartbeat_at, started_at in running:
             last_seen = heartbeat_at or started_at
-            dead = (alive_pids is not None and pid not in alive_pids) or (pid_alive is not None and not pid_alive(pid))
-            if run_host == host and dead:
+            # a pid means something on its own host only: another host's runs are not even asked about
+            dead = run_host == host and ((alive_pids is not None and pid not in alive_pids)
+                                         or (pid_alive is not None and not pid_alive(pid)))
+            if dead:
                 gone.append((run_id, None, f"worker process {pid} on {host} is gone{by}"))
             elif last_seen is None or last_seen < cutoff:
                 gone.append((run_id, cutoff, f"no heartbeat for more than {stale_after_s:g} s "

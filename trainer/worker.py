@@ -43,7 +43,7 @@ from typing import Any
 from trainer.config import make_config
 from trainer.context import RunContext
 from trainer.devices import apply_threads, resolve_device
-from trainer.store import RunStatus, RunStore, is_transient
+from trainer.store import DB_RETRY_S, RunStatus, RunStore, is_transient
 
 log = logging.getLogger("avstudio.worker")
 
@@ -52,7 +52,6 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 CHILD_STOP_WAIT_S = 5.0  # how long a run gets to stop by itself once asked to (then its process group is killed)
 STOPPED_TEXT = "the worker was stopped (SIGTERM/SIGINT); resume the run to continue"
 SWEEP_EVERY_S = 5.0  # how often a worker looks for runs of lost workers (whose heartbeat is stale)
-DB_RETRY_S = 600.0  # how long a worker and its runs retry an unreachable database (AVSTUDIO_DB_RETRY_S)
 TAKEN_OVER_TEXT = ("interrupted: another worker found its heartbeat stale and marked it interrupted "
                    "(this worker had lost the database)")
 
