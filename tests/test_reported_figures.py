@@ -100,6 +100,34 @@ def test_the_inference_path_table_quotes_the_gamma_1_report():
     assert f"that is {figures['speedup_b1_cpu_fraction_of_ideal']:.2f} of the FLOPs-ideal speedup" in readme
 
 
+def test_the_blockdrop_targets_paragraph_quotes_the_reports():
+    """docs/blockdrop.md's "Targets" prose and README's range: every figure from the γ reports."""
+    reports = _reports()
+    g1, g05, g2 = reports["γ = 1"], reports["γ = 0.5"], reports["γ = 2"]
+    doc = " ".join((REPO / "docs" / "blockdrop.md").read_text().split())
+    share = g1["mean_blocks"] / g1["num_blocks"]
+    b1_lo, b1_hi = g1["speedup_b1_cpu_fraction_of_ideal_range"]
+    quoted = [
+        f"At γ = 1: {g1['accuracy_blockdrop']:.3f} against the full ResNet's {g1['accuracy_full']:.3f} at "
+        f"{g1['mean_blocks']:.2f} of {g1['num_blocks']} blocks ({share:.1%})",
+        f"FirstK ({g1['accuracy_firstk']:.3f}) and RandomK ({g1['accuracy_randomk']:.3f})",
+        f"Spearman(blocks, difficulty) {g1['spearman_blocks_difficulty']:.2f} — met",
+        f"**{g1['speedup_b64_cpu_fraction_of_ideal']:.2f} of the ideal at batch 64 (target 0.9, met) and "
+        f"{g1['speedup_b1_cpu_fraction_of_ideal']:.2f} at batch 1 (target 0.85, met);** range over the rounds "
+        f"{b1_lo:.2f}–{b1_hi:.2f}",
+        f"γ = 0.5 uses fewer blocks ({g05['mean_blocks']:.2f}) but is "
+        f"{(g05['accuracy_full'] - g05['accuracy_blockdrop']) * 100:.1f} points below",
+        f"γ = 2 is the most accurate ({g2['accuracy_blockdrop']:.3f}) at {g2['mean_blocks']:.2f} blocks",
+        f"(Spearman {g1['spearman_blocks_difficulty']:.2f} at γ = 1,",
+        f"just at {g05['speedup_b1_cpu_fraction_of_ideal']:.2f}",
+    ]
+    for text in quoted:
+        assert text in doc, f"docs/blockdrop.md should say: {text}"
+    assert g1["speedup_b1_cpu_fraction_of_ideal"] >= 0.85 and g1["speedup_b64_cpu_fraction_of_ideal"] >= 0.9
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert f"range over the rounds {b1_lo:.2f}–{b1_hi:.2f}" in readme
+
+
 @pytest.fixture(scope="module")
 def shapes_test(tmp_path_factory):
     from plugins.datasets.shapes import load_shapes
