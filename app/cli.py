@@ -455,6 +455,7 @@ def _run_distributed(store, settings: Settings, run_id: int, device: str, nproc:
     except ValueError as exc:
         raise CliError(str(exc)) from None
     run = store.get_run(run_id)
+    signum = signum if run.status == RunStatus.INTERRUPTED else None  # as _run_inline: a failure stays a failure
     click.echo(f"run {run.id} {run.status} on {run.device} ({nproc} processes)")
     for key in sorted(run.latest_metrics):
         click.echo(f"  {key} = {_fmt(run.latest_metrics[key])}")

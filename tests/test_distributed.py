@@ -120,6 +120,31 @@ def test_nproc_refuses_what_cannot_work_before_a_run_exists(tmp_path, monkeypatc
     assert RunStore(f"sqlite:///{tmp_path / 'runs.db'}").list_runs() == []
 
 
+@pytest.mark.parametrize(("status", "exit_code"), [(RunStatus.FAILED, 1), (RunStatus.INTERRUPTED, 128 + 15),
+                                                   (RunStatus.CANCELLED, 130), (RunStatus.SUCCEEDED, 0)])
+def test_nproc_exits_as_a_one_process_run_does_after_a_stop_signal(tmp_path, monkeypatch, status, exit_code):
+    """A SIGTERM came (torchrun was told to stop), but how the run ended decides the exit code: 128 + signal
+    only for an interrupted run, as ``_run_inline`` does; a run that failed meanwhile exits 1."""
+    from app import cli
+    from trainer import distributed
+
+    for name in [k for k in os.environ if k.startswith("AVSTUDIO_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AVSTUDIO_HOME", str(tmp_path))
+    monkeypatch.setenv("AVSTUDIO_PLUGINS", "")
+    monkeypatch.setenv("AVSTUDIO_EXTRA_PLUGINS", PLUGIN)
+
+    def ends_as(store, run_id, **_):
+        store.claim_run(run_id, "test", host="h", pid=os.getpid())
+        store.finish(run_id, status, error=None if status == RunStatus.SUCCEEDED else "a rank said so")
+        return signal.SIGTERM
+
+    monkeypatch.setattr(distributed, "launch_run", ends_as)
+    result = CliRunner().invoke(cli.cli, ["train", "ddpfit", "fit", "--nproc", "2", "--device", "cpu"])
+    assert result.exit_code == exit_code, result.output
+    assert f"run 1 {status} on cpu (2 processes)" in result.output
+
+
 def test_a_batch_that_does_not_split_evenly_over_the_processes_is_refused(tmp_path):
     from tests.blockdrop_fakes import FakeTrainContext
 
