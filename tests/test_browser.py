@@ -50,6 +50,26 @@ OTHER_TABS = {
 }
 
 
+SERVER_LOGS: dict[str, Path] = {}  # a running studio's URL -> the file its output goes to
+
+
+def server_log_tail(url: str, chars: int = 4000) -> str:
+    """The end of what the studio at ``url`` (or a page of it) has printed, for a failing test's message."""
+    base = next((u for u in SERVER_LOGS if url.startswith(u)), None)
+    if base is None or not SERVER_LOGS[base].exists():
+        return "(no server log)"
+    return SERVER_LOGS[base].read_text(errors="replace")[-chars:]
+
+
+def what_the_page_shows(page, selector: str) -> str:
+    """For a failing wait: the text in ``selector``, the error toasts, and the end of the server's log."""
+    element = page.locator(selector).first
+    text = element.inner_text() if element.count() else "(no such element)"
+    toasts = page.locator(".toast-body").all_inner_texts()
+    return (f"{selector} shows: {text[:2000]!r}\ntoasts: {toasts}\n"
+            f"server log (end):\n{server_log_tail(page.url)}")
+
+
 @contextmanager
 def running_studio(home: Path, **env: str) -> Iterator[str]:
     """``python app/main.py`` on a free port with ``home`` as AVSTUDIO_HOME; yields its URL."""
@@ -59,14 +79,19 @@ def running_studio(home: Path, **env: str) -> Iterator[str]:
     port = _free_port()
     env = {**os.environ, "AVSTUDIO_HOME": str(home), "AVSTUDIO_PLUGINS": "", "GRADIO_ANALYTICS_ENABLED": "False",
            "GRADIO_SERVER_PORT": str(port), "GRADIO_TEMP_DIR": str(home / "gradio-tmp"), **env}
-    proc = subprocess.Popen([sys.executable, "app/main.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    # its output goes to a file, read when a test fails: a pipe nobody reads would block the server (and its
+    # worker's runs) once the pipe's buffer filled
+    log_path = home / "server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "app/main.py"], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
+    SERVER_LOGS[url] = log_path
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
             if proc.poll() is not None:
-                raise AssertionError(f"server exited: {proc.stdout.read()}")
+                raise AssertionError(f"server exited: {server_log_tail(url)}")
             try:
                 if urllib.request.urlopen(url, timeout=2).status == 200:
                     break

@@ -21,9 +21,11 @@ from tests.test_browser import (
     require_assets,
     running_studio,
     shot,
+    what_the_page_shows,
 )
 
 pytestmark = pytest.mark.browser
+PlaywrightTimeout = pytest.importorskip("playwright.sync_api").TimeoutError
 
 TINY_TREE = {"lam": 50, "epochs": 2, "widen_after": 1, "train_size": 0, "val_size": 0, "batch_size": 32,
              "dataset_options": "num_train=128,num_val=64,num_test=64"}
@@ -52,9 +54,14 @@ def fill(page, elem_id: str, value: object) -> None:
 
 def wait_for_text(page, selector: str, pattern: str, timeout_ms: int) -> None:
     """Until the text a user sees in ``selector`` matches the regular expression ``pattern``."""
-    page.wait_for_function("([selector, pattern]) => new RegExp(pattern).test("
-                           "document.querySelector(selector)?.innerText ?? '')", arg=[selector, pattern],
-                           timeout=timeout_ms)
+    try:
+        page.wait_for_function("([selector, pattern]) => new RegExp(pattern).test("
+                               "document.querySelector(selector)?.innerText ?? '')", arg=[selector, pattern],
+                               timeout=timeout_ms)
+    except PlaywrightTimeout:
+        shot(page, "failed-wait")
+        raise AssertionError(f"no /{pattern}/ in {selector} within {timeout_ms / 1000:.0f} s\n"
+                             f"{what_the_page_shows(page, selector)}") from None
 
 
 def test_queue_a_tiny_run_watch_it_finish_promote_it_and_the_demo_uses_it(training_server, browser):  # noqa: F811
