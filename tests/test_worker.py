@@ -206,6 +206,46 @@ def test_run_context_buffers_metrics_and_throttles_progress(store, dirs):
     assert len(store.metrics(run_id)) == 60
 
 
+def test_a_metric_batch_a_flush_gave_up_on_is_sent_again_but_never_written_twice(store, dirs, monkeypatch):
+    """The database stayed unreachable past the retries, or answered a commit that went through with a lost
+    connection: the next flush sends the batch again, looking first, then what came since."""
+    from sqlalchemy import event
+    from sqlalchemy.exc import OperationalError
+
+    run_id = store.enqueue("counter", "count", {})
+    run = store.claim_run(run_id, "inline", host="h", pid=os.getpid())
+    ctx = RunContext(store, run, make_registry(), device=resolve_device("cpu"), **dirs)
+    store.retry_s = 0  # give up at once, as after ten minutes of retries
+
+    def lose_the_answer(session):  # the commit is in; its answer never came
+        raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+
+    ctx.log_metrics(0, loss=1.0)
+    event.listen(store._sessions, "after_commit", lose_the_answer)
+    try:
+        with pytest.raises(OperationalError):
+            ctx.flush()
+    finally:
+        event.remove(store._sessions, "after_commit", lose_the_answer)
+    ctx.log_metrics(1, loss=0.5)
+    ctx.flush()
+    assert [(p.key, p.step) for p in store.metrics(run_id)] == [("loss", 0), ("loss", 1)]
+
+    real = RunStore.log_metrics  # and a batch that did not commit at all is written once it can be
+    monkeypatch.setattr(RunStore, "log_metrics", lambda *a, **k: (_ for _ in ()).throw(
+        OperationalError("INSERT", {}, Exception("could not connect to server"))))
+    ctx.log_metrics(2, loss=0.25)
+    with pytest.raises(OperationalError):
+        ctx.flush()
+    ctx.log_metrics(3, loss=0.125)
+    with pytest.raises(OperationalError):
+        ctx.flush()  # the unsure batch still cannot be sent: step 3 waits behind it
+    monkeypatch.setattr(RunStore, "log_metrics", real)
+    ctx.close()
+    assert [p.step for p in store.metrics(run_id)] == [0, 1, 2, 3]
+    assert store.get_run(run_id).latest_metrics == {"loss": 0.125}
+
+
 # -- through the worker loop ------------------------------------------------------------------------
 
 

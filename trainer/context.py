@@ -157,6 +157,7 @@ class RunContext:
         self.last_step = 0  # the highest step logged so far
         self.last_values: dict[str, tuple[int, float]] = {}  # key -> (step, value) last logged
         self._buffer: list[MetricPoint] = []
+        self._unsure: list[MetricPoint] = []  # a batch whose write gave up: it may have committed anyway
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._last_flush = time.monotonic()
@@ -185,12 +186,19 @@ class RunContext:
             with self._lock:
                 points, self._buffer = self._buffer, []
                 self._last_flush = time.monotonic()
+            try:  # first the batch an earlier flush gave up on: its commit may have gone through unanswered
+                if self._unsure:
+                    self.store.log_metrics(self.run_id, self._unsure, maybe_written=True)
+                    self._unsure = []
+            except Exception:
+                with self._lock:
+                    self._buffer[:0] = points
+                raise
             if points:
                 try:
                     self.store.log_metrics(self.run_id, points)
-                except Exception:  # the database stayed unreachable: keep them for the next flush
-                    with self._lock:
-                        self._buffer[:0] = points
+                except Exception:  # the database stayed unreachable: sent again (looked for first) next flush
+                    self._unsure = points
                     raise
 
     # -- checkpoints -------------------------------------------------------------------------

@@ -452,12 +452,13 @@ class RunStore:
 
     # -- metrics -----------------------------------------------------------------------------
     @_retrying
-    def log_metrics(self, run_id: int, points: list[MetricPoint]) -> None:
+    def log_metrics(self, run_id: int, points: list[MetricPoint], *, maybe_written: bool = False) -> None:
         """Insert a batch of metric points in one transaction and update the latest values.
 
         NaN and infinite values are stored as NULL (read back as NaN). The latest value of a key
         is its point with the highest step (the later one on a tie). On a retry after a lost connection,
-        a batch whose first try did commit (only its answer was lost) is not written again.
+        a batch whose first try did commit (only its answer was lost) is not written again; so with
+        ``maybe_written``, for a batch sent again after an earlier call gave up on it.
         """
         if not points:
             return
@@ -466,7 +467,7 @@ class RunStore:
             if p.key not in newest or p.step >= newest[p.key].step:
                 newest[p.key] = p
         with self._sessions.begin() as session:
-            if getattr(self._local, "attempt", 0):  # the batch is one transaction: all of it is there, or none
+            if maybe_written or getattr(self._local, "attempt", 0):  # one transaction: all of it is there, or none
                 first = points[0]
                 if session.scalar(select(Metric.id).where(
                         Metric.run_id == run_id, Metric.key == first.key, Metric.step == int(first.step),
