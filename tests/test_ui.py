@@ -309,6 +309,37 @@ def test_training_controls_only_when_enabled(store, settings):
             "plugins_list"} <= _api_names(off)
 
 
+def test_a_change_of_the_run_picker_keeps_the_checkpoint_and_metric_picked_choosing_a_run_drops_them(
+        store, settings, tmp_path):
+    """Gradio also fires the run picker's change when nothing a user sees changed (the runs' labels were
+    re-sent): a checkpoint picked just before must survive it, or Promote gets none (CI's browser test).
+    Choosing a run (in the picker, the table, or by queueing one) starts its pickers afresh."""
+    demo = build_app(settings, make_registry(), store)
+    ids = {name: c["id"] for name, c in _components(demo).items()}
+    run_id = store.enqueue("counter", "count", {}, device="cpu")
+    artifact = store.add_artifact(run_id, "model", "checkpoint", str(tmp_path / "m.safetensors"))
+    store.log_metrics(run_id, [MetricPoint(1, "loss", 1.0, 0.0)])
+
+    def events(trigger: tuple[str, str] | None, output: str) -> list[dict]:
+        return [d for d in demo.config["dependencies"] if d["outputs"] == [ids[output]]
+                and (trigger is None or [ids[trigger[0]], trigger[1]] in [list(t) for t in d["targets"]])]
+
+    for output, choices in (("promote-artifact", [(f"model (artifact {artifact})", artifact)]),
+                            ("metric-select", ["loss"])):
+        changed = events(("run-select", "change"), output)
+        assert len(changed) == 1
+        update = demo.fns[changed[0]["id"]].fn(run_id)
+        assert update["choices"] == choices and "value" not in update  # re-listed, the pick left alone
+        chosen = events(("run-select", "select"), output)
+        assert len(chosen) == 1 and demo.fns[chosen[0]["id"]].fn(run_id) == {"__type__": "update",
+                                                                             "choices": choices, "value": None}
+        # after a row of the table and after the Queue button: chained events (no trigger of their own)
+        follow_ups = [d for d in events(None, output) if d["trigger_after"] is not None]
+        after = {demo.fns[d["trigger_after"]].name for d in follow_ups}
+        assert after == {"_row_run_id", "queue_from_form"}, after
+        assert all(demo.fns[d["id"]].fn(run_id)["value"] is None for d in follow_ups)
+
+
 def test_a_failing_demo_leaves_the_app_up_and_is_listed(store, settings):
     registry = make_registry(with_broken=True)
     demo = build_app(settings, registry, store)

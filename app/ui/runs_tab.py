@@ -284,7 +284,8 @@ def _recipe_choices(registry: Any, method: str | None) -> list[str]:
 
 
 def _build_queue_form(actions: RunsActions, registry: Any, settings: Any,
-                      run_select: gr.Dropdown, token_in: gr.Textbox) -> None:
+                      run_select: gr.Dropdown, token_in: gr.Textbox) -> Any:
+    """The queue form; returns its Queue button's event (the caller chains what follows a queued run)."""
     methods = _training_methods(registry)
     first = methods[0][1] if methods else None
     recipes = _recipe_choices(registry, first)
@@ -329,10 +330,11 @@ def _build_queue_form(actions: RunsActions, registry: Any, settings: Any,
     method_in.change(on_method, method_in, recipe_in, api_visibility="private").then(
         show_group, [method_in, recipe_in], group_list, api_visibility="private")
     recipe_in.change(show_group, [method_in, recipe_in], group_list, api_visibility="private")
-    queue_btn.click(queue_from_form, [method_in, recipe_in, device_in, *[f[3] for f in fields], token_in],
-                    [queue_msg, run_select], api_visibility="private")
+    queued = queue_btn.click(queue_from_form, [method_in, recipe_in, device_in, *[f[3] for f in fields], token_in],
+                             [queue_msg, run_select], api_visibility="private")
     # The scriptable form of the same action: config as a JSON object.
     gr.api(actions.queue_run, api_name="queue_run")
+    return queued
 
 
 def build_runs_tab(demo: gr.Blocks, actions: RunsActions, registry: Any, settings: Any) -> None:
@@ -368,13 +370,21 @@ def build_runs_tab(demo: gr.Blocks, actions: RunsActions, registry: Any, setting
         compare_plot = gr.LinePlot(value=_empty_curve("run"), x="step", y="value",
                                    color="run", label="Comparison", elem_id="compare-plot", height=320)
 
+    fast = {"concurrency_limit": None, "show_progress": "hidden"}
+    row_picked = runs_table.select(_row_run_id, None, run_select, api_visibility="private", **fast)
+    # What a run's pickers hold (its metric, its checkpoint) is dropped only when a run is chosen: in the
+    # run picker, in the table, or by queueing one. The run picker's change event also fires when nothing a
+    # user sees changed (Gradio re-sends it when the runs' labels change): dropping the checkpoint there
+    # emptied one just picked, so Promote had none (CI's browser test). A change only re-lists the choices.
+    run_chosen = [run_select.select, row_picked.then]
+
     if settings.enable_training:
         with gr.Accordion("Train", open=True, elem_id="training-controls"):
             # Shown only when the studio has a token; every action below sends it and checks it.
             token_in = gr.Textbox("", type="password", label="Admin token", visible=bool(settings.admin_token),
                                   info="this studio has AVSTUDIO_ADMIN_TOKEN set: enter it to queue, cancel, "
                                        "resume or promote runs", elem_id="admin-token")
-            _build_queue_form(actions, registry, settings, run_select, token_in)
+            run_chosen.append(_build_queue_form(actions, registry, settings, run_select, token_in).then)
             with gr.Row():
                 cancel_btn = gr.Button("Cancel selected run", variant="stop", elem_id="cancel-button")
                 resume_btn = gr.Button("Resume selected run", elem_id="resume-button")
@@ -400,8 +410,11 @@ def build_runs_tab(demo: gr.Blocks, actions: RunsActions, registry: Any, setting
         # fast reads of the store, without a loading overlay: while a run trains, the polling table re-fires
         # these every few seconds, and on a busy machine the overlay kept the picker unclickable
         quiet = {"api_visibility": "private", "concurrency_limit": None, "show_progress": "hidden"}
-        run_select.change(lambda rid: gr.update(choices=actions.checkpoint_choices(rid), value=None),
-                          run_select, artifact_select, **quiet)
+        run_select.change(lambda rid: gr.update(choices=actions.checkpoint_choices(rid)), run_select,
+                          artifact_select, **quiet)
+        for chosen in run_chosen:
+            chosen(lambda rid: gr.update(choices=actions.checkpoint_choices(rid), value=None), run_select,
+                   artifact_select, **quiet)
         # a run picked while it was still training had no checkpoint then: opening the picker lists what the
         # run has saved since (seen in the browser test: a freshly queued run could not be promoted)
         artifact_select.focus(lambda rid: gr.update(choices=actions.checkpoint_choices(rid)), run_select,
@@ -414,14 +427,15 @@ def build_runs_tab(demo: gr.Blocks, actions: RunsActions, registry: Any, setting
             "token); or use the CLI: `avstudio train METHOD RECIPE --set key=value`.",
             elem_id="training-disabled")
 
-    fast = {"concurrency_limit": None, "show_progress": "hidden"}
     gr.on([demo.load, timer.tick, refresh_btn.click], actions.runs_list, None, runs_table, api_name="runs_list", **fast)
     gr.on([demo.load, runs_table.change], lambda: [gr.update(choices=actions.run_choices())] * 2, None,
                       [run_select, compare_select], api_visibility="private", **fast)
-    runs_table.select(_row_run_id, None, run_select, api_visibility="private", **fast)
     gr.on([run_select.change, timer.tick], actions.run_detail, run_select, detail, api_name="run_detail", **fast)
-    run_select.change(lambda rid: gr.update(choices=actions.metric_keys(rid), value=None), run_select,
-                      key_select, api_visibility="private", **fast)
+    run_select.change(lambda rid: gr.update(choices=actions.metric_keys(rid)), run_select, key_select,
+                      api_visibility="private", **fast)
+    for chosen in run_chosen:
+        chosen(lambda rid: gr.update(choices=actions.metric_keys(rid), value=None), run_select, key_select,
+               api_visibility="private", **fast)
     gr.on([run_select.change, key_select.change, timer.tick], actions.run_metrics, [run_select, key_select],
           curves, api_name="run_metrics", **fast)
     gr.on([run_select.change, refresh_btn.click], actions.run_images, run_select, images, api_name="run_images",
