@@ -65,7 +65,7 @@ def what_the_page_shows(page, selector: str) -> str:
     """For a failing wait: the text in ``selector``, the error toasts, and the end of the server's log."""
     element = page.locator(selector).first
     text = element.inner_text() if element.count() else "(no such element)"
-    toasts = page.locator(".toast-body").all_inner_texts()
+    toasts = page.evaluate("() => window.__toastsSeen || []")  # every toast so far (they close themselves)
     return (f"{selector} shows: {text[:2000]!r}\ntoasts: {toasts}\n"
             f"server log (end):\n{server_log_tail(page.url)}")
 
@@ -121,9 +121,22 @@ def chromium(tmp_path: Path) -> Iterator[object]:
             browser.close()
 
 
+# Gradio's toasts close after a few seconds: a failing test reports every one the page has shown.
+TOAST_RECORDER_JS = """
+window.__toastsSeen = [];
+new MutationObserver(() => {
+  for (const toast of document.querySelectorAll('.toast-body:not([data-seen])')) {
+    toast.setAttribute('data-seen', '');
+    window.__toastsSeen.push(toast.innerText.trim().replace(/\\s+/g, ' '));
+  }
+}).observe(document, {childList: true, subtree: true});
+"""
+
+
 def open_studio(browser, url: str, viewport: dict[str, int] = DESKTOP):
     """A new page on the studio, once its tabs are drawn."""
     page = browser.new_context(viewport=viewport).new_page()
+    page.add_init_script(TOAST_RECORDER_JS)
     # not "networkidle": since the S3Pool tab, Chromium keeps a request open after the page has
     # loaded (the server is idle meanwhile); each test waits for what it needs instead
     page.goto(url, wait_until="load")
