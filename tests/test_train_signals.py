@@ -37,7 +37,9 @@ COUNTER = "tests.plugins_for_tests.counter_plugin"
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX signals")
 
 RUNS = {  # the run each test stops, by test
-    "sigterm": ("count", 40),  # short: it is resumed to the end (the first test, so it has not ended yet)
+    # short, as it is resumed to the end; long enough (10 s) that it is still counting when its test stops it,
+    # even when the four runs start at once on two busy cores (at 40 steps, 4 s, that was a matter of luck)
+    "sigterm": ("count", 100),
     "sighup": ("count", 1000),
     "sigterm-stubborn": ("stubborn", 1000),  # never checks should_stop
     "sigkill": ("count", 1000),
@@ -124,7 +126,7 @@ def test_sigterm_interrupts_the_run_and_it_resumes_from_its_checkpoint(started, 
     run = one.run()
     assert (run.status, run.resume_count) == ("succeeded", 1)
     assert [int(p.value) for p in one.store.metrics(run.id, ["start_step"])] == [0, stopped_at + 1]
-    assert [int(p.value) for p in one.store.metrics(run.id, ["counted"])][-1] == 39
+    assert [int(p.value) for p in one.store.metrics(run.id, ["counted"])][-1] == RUNS["sigterm"][1] - 1
 
 
 def test_sighup_interrupts_the_run(started):
