@@ -334,6 +334,24 @@ from app.images import image_to_tensor, lenient_upload, load_rgb_image  # noqa: 
 # What a demo rebuilds from its checkpoints, kept until a checkpoint file changes (path, mtime, size).
 from app.model_cache import ModelCache  # noqa: E402
 
+
+
+def refreshed_choices(choices: Sequence[Any], held: Any, fallback: Any) -> Any:
+    """A selector's update when it is opened (its focus event) and re-lists what is available now.
+
+    ``held`` is the value it held when it was opened: the update leaves the value alone while that is still
+    a choice, since a user may have picked another one before the answer arrived (putting ``held`` back
+    would undo that pick); only when ``held`` is gone does it switch to ``fallback``.
+    Choices are values or (label, value) pairs, as ``gr.Dropdown`` takes them.
+    """
+    import gradio as gr
+
+    values = [c[1] if isinstance(c, (tuple, list)) else c for c in choices]
+    if held in values:
+        return gr.update(choices=list(choices))
+    return gr.update(choices=list(choices), value=fallback)
+
+
 # --------------------------------------------------------------------------------------------
 # Testing a plugin: a real studio (registry, run store, worker path, contexts) in a temporary home
 # --------------------------------------------------------------------------------------------
@@ -357,5 +375,5 @@ __all__ = [
     "cached_splits", "config_field", "config_fields", "config_to_dict", "dataclass_from_dict",
     "describe_constraints", "hook_names", "hookimpl", "hookspec", "image_to_tensor", "iter_hooks", "lenient_upload",
     "load_checkpoint", "load_module_tensors", "load_rgb_image", "make_config", "module_tensors", "open_test_studio",
-    "parse_assignments", "random_crop_flip", "save_checkpoint", "split_tensors",
+    "parse_assignments", "random_crop_flip", "refreshed_choices", "save_checkpoint", "split_tensors",
 ]

@@ -347,11 +347,16 @@ def test_the_lambda_selector_lists_exactly_the_branched_checkpoints_present(stud
                                                 "wide": str(studio.runs["wide"].checkpoints["wide"])})
     studio.promote(extra.run_id, "branched-l20")
     try:
-        update = _fn(blocks, "multitask_models").fn("branched-l50")
+        update, table = _fn(blocks, "multitask_models").fn("branched-l50")
         assert [c[1] for c in update["choices"]] == ["branched-l5", "branched-l20", "branched-l50"]
-        assert update["value"] == "branched-l50"
+        assert "value" not in update  # the selector keeps what it holds (picked since, perhaps)
+        assert "branched-l20" in table.iloc[:, 0].tolist()  # and the table lists the new model too
+        update, _ = _fn(blocks, "multitask_models").fn("branched-l20")
+        assert "value" not in update
     finally:
         studio.store.unpromote("multitask", "branched-l20")
+    update, table = _fn(blocks, "multitask_models").fn("branched-l20")  # gone: the selector falls back
+    assert update["value"] == MultitaskDemo(ctx).default_model() and "branched-l20" not in table.iloc[:, 0].tolist()
     assert [c[1] for c in MultitaskDemo(ctx).model_choices()] == BRANCHED
 
 

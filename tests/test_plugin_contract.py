@@ -384,5 +384,7 @@ def test_the_blockdrop_selector_refreshes_when_opened(tmp_path):
         studio.promote(_blockdrop_artifact(studio, "policy-g0.25"), "policy-g0.25")
         update = demo.refresh_policy_choices("policy-g2")
         assert update["choices"] == ["policy-g0.25", "policy-g0.5", "policy-g1", "policy-g2"]
-        assert update["value"] == "policy-g2"
+        # the value is left alone: a γ picked before this answer arrived is not put back to the one held
+        assert "value" not in update
+        assert demo.refresh_policy_choices("policy-g7")["value"] == "policy-g1"  # gone: the default
         assert [c._id for c in focus.inputs] == [c._id for c in focus.outputs]  # the selector itself

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from app.api import ModelCache, UserError, image_to_tensor, lenient_upload, load_rgb_image
+from app.api import ModelCache, UserError, image_to_tensor, lenient_upload, load_rgb_image, refreshed_choices
 from plugins.blockdrop import analysis
 from plugins.blockdrop.inference import deployed_layout, fast_blockdrop, fast_full, prepare
 from plugins.blockdrop.recipes import backbone_from_checkpoint, policy_from_checkpoint
@@ -94,11 +94,9 @@ class BlockDropDemo:
         return ordered
 
     def refresh_policy_choices(self, current: str | None) -> Any:
-        """The γ selector's choices as they are now (shipped and promoted), keeping the current choice."""
-        import gradio as gr
-
+        """The γ selector's choices as they are now (shipped and promoted), keeping the choice it holds."""
         names = self.policy_names()
-        return gr.update(choices=names, value=current if current in names else default_policy(names))
+        return refreshed_choices(names, current, default_policy(names))
 
     def _paths(self, policy_name: str) -> tuple[Path, Path]:
         backbone = self.ctx.checkpoint_path("backbone")

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from app.api import ModelCache, UserError, image_to_tensor, lenient_upload, load_rgb_image
+from app.api import ModelCache, UserError, image_to_tensor, lenient_upload, load_rgb_image, refreshed_choices
 from plugins.multitask.model import BranchedNet, TreeConfig, net_from_checkpoint
 from plugins.multitask.recipes import tree_from_card
 
@@ -724,10 +724,11 @@ def build_demo(ctx: Any) -> None:
                 table_frame(table["rows"]), demo.status_markdown())
 
     def refresh_choices(model: str | None):
+        """What is available now, in the selector and the table (a model promoted since start-up shows up);
+        the selector keeps what it holds unless that is gone (``refreshed_choices``)."""
         cards = demo.cards()
-        choices = demo.model_choices(cards)
-        names = [n for _, n in choices]
-        return gr.update(choices=choices, value=model if model in names else demo.default_model(cards))
+        selector = refreshed_choices(demo.model_choices(cards), model, demo.default_model(cards))
+        return selector, table_frame(demo.comparison()["rows"])
 
     def measure():
         table = _user(lambda: demo.comparison(measure=True))
@@ -794,7 +795,7 @@ def build_demo(ctx: Any) -> None:
     run_upload.click(run, [upload, model], outputs, api_name="multitask_predict", concurrency_id="multitask_predict")
     run_sketch.click(run, [sketch, model], outputs, api_name="multitask_predict_sketch", concurrency_id="multitask_predict")
     # opening the selector lists what is available now: a model promoted since start-up shows up
-    model.focus(refresh_choices, model, model, api_name="multitask_models", show_progress="hidden")
+    model.focus(refresh_choices, model, [model, table], api_name="multitask_models", show_progress="hidden")
     model.change(switch, [model, last_image], [*figures, probabilities, predict_text, seen],
                  api_name="multitask_switch_model")
     measure_button.click(measure, None, [table, status], api_name="multitask_measure_latency")
