@@ -128,6 +128,17 @@ def test_the_blockdrop_targets_paragraph_quotes_the_reports():
     assert f"range over the rounds {b1_lo:.2f}–{b1_hi:.2f}" in readme
 
 
+def test_the_figures_from_before_the_strided_policy_quote_that_report():
+    """docs/blockdrop.md compares with the report of the ResNet-8 policies (commit d9c19d6), kept as it was
+    committed then under benchmarks/results/history/ (``git show d9c19d6:benchmarks/results/blockdrop.json``)."""
+    before = json.loads((RESULTS / "history" / "blockdrop-d9c19d6.json").read_text())["figures"]
+    assert before["gamma"] == 1 and before["policy"] == "policy-g1.safetensors"
+    doc = " ".join((REPO / "docs" / "blockdrop.md").read_text().split())
+    assert f"was {before['spearman_blocks_difficulty']:.2f}; still above the 0.3 target" in doc
+    assert (f"The previous report (ResNet-8 policies, commit `d9c19d6`) measured "
+            f"{before['speedup_b1_cpu_fraction_of_ideal']:.2f} of the ideal at batch 1 for γ = 1") in doc
+
+
 @pytest.fixture(scope="module")
 def shapes_test(tmp_path_factory):
     from plugins.datasets.shapes import load_shapes
