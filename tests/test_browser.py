@@ -9,6 +9,7 @@ the Runs tab with training enabled.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -395,5 +396,29 @@ def test_every_tab_fits_a_phone_screen(tab, server, browser):
                 " c.getBoundingClientRect().height - parseFloat(s.paddingTop) - parseFloat(s.paddingBottom)"
                 " - parseFloat(s.borderTopWidth) - parseFloat(s.borderBottomWidth), parseFloat(s.lineHeight)]; })")
             assert all(height < 1.5 * line for text, height, line in headers if text), headers
+    finally:
+        page.context.close()
+
+
+def test_blockdrop_dataset_panel_reads_on_a_phone(server, browser):
+    """The panel's galleries show three thumbnails a row at 375 px: each caption (blocks used · class) is
+    whole, not cut to "crescen…"; the page still fits the screen with the panel's plots drawn."""
+    require_assets(*METHOD_TABS["BlockDrop"][0])
+    page = open_studio(browser, server, PHONE)
+    try:
+        goto_tab(page, "BlockDrop")
+        page.get_by_text("Dataset panel (shapes test split)").click()
+        page.get_by_role("button", name="Compute dataset panel").click()
+        page.locator("text=distinct policies").first.wait_for(timeout=240_000)  # the summary: computed
+        page.locator("#blockdrop-most .caption-label").nth(7).wait_for(timeout=60_000)
+        page.wait_for_timeout(500)
+        captions = page.locator("#blockdrop-fewest .caption-label, #blockdrop-most .caption-label").evaluate_all(
+            "labels => labels.map(c => [c.innerText, c.scrollWidth, c.clientWidth])")
+        assert len(captions) == 16, captions
+        assert all(re.fullmatch(r"\d+ · [a-z]+", text) for text, _, _ in captions), captions
+        assert all(scroll <= client for _, scroll, client in captions), f"cut captions: {captions}"
+        assert_no_error_toast(page)
+        shot(page, "phone-blockdrop-panel")
+        assert_fits_the_screen(page)
     finally:
         page.context.close()

@@ -260,6 +260,8 @@ PIXELATED_CSS = """<style>
 @media (max-width: 480px) {
   #blockdrop-stats table { font-size: 0.85em; }
   #blockdrop-stats th, #blockdrop-stats td { padding: 4px 6px; word-break: normal; overflow-wrap: normal; }
+  /* the galleries show three thumbnails a row there: their captions ("8 · crescent") in a smaller type */
+  #blockdrop-fewest .caption-label, #blockdrop-most .caption-label { font-size: 11px; padding: 1px 4px; }
 }
 </style>"""
 
@@ -315,8 +317,9 @@ def build_demo(ctx: Any) -> None:
         sel = p["policies"][p["selected"]]
 
         def gallery(indices: list[int]) -> list:
+            # short captions (blocks, then class): a phone shows three thumbnails a row, ~90 px each
             return [(test.images[i].permute(1, 2, 0).numpy(),
-                     f"{p['labels'][int(test.targets[i])]}: {int(sel['used'][i])} blocks") for i in indices]
+                     f"{int(sel['used'][i])} · {p['labels'][int(test.targets[i])]}") for i in indices]
 
         rho = sel["spearman_difficulty"]
         summary = (f"**{p['selected']}** on {p['num_images']} test images: accuracy {sel['accuracy']:.3f} "
@@ -371,9 +374,12 @@ def build_demo(ctx: Any) -> None:
             hist = gr.BarPlot(x="blocks used", y="images", title="blocks used per image")
             curve = gr.ScatterPlot(x="mean blocks", y="accuracy", color="method",
                                    title="accuracy vs mean blocks (same budget)")
-            per_class = gr.BarPlot(x="class", y="mean blocks", title="mean blocks per class")
+            # slanted class names: upright they ran into each other on a phone
+            per_class = gr.BarPlot(x="class", y="mean blocks", title="mean blocks per class", x_label_angle=-45)
         with gr.Row():
-            fewest = gr.Gallery(label="fewest blocks", columns=8, height="auto")
-            most = gr.Gallery(label="most blocks", columns=8, height="auto")
+            fewest = gr.Gallery(label="fewest blocks (captions: blocks used · class)", columns=8, height="auto",
+                                elem_id="blockdrop-fewest")
+            most = gr.Gallery(label="most blocks (captions: blocks used · class)", columns=8, height="auto",
+                              elem_id="blockdrop-most")
     panel_button.click(panel, [policy], [summary, hist, curve, per_class, fewest, most],
                        api_name="blockdrop_dataset_panel")
