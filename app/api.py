@@ -329,7 +329,7 @@ class CommandContext(Protocol):
 
 
 # Image input helpers for demos (any mode, any size, EXIF rotation; a UserError otherwise).
-from app.images import image_to_tensor, lenient_upload, load_rgb_image  # noqa: E402
+from app.images import figure_font, image_to_tensor, lenient_upload, load_rgb_image  # noqa: E402
 
 # What a demo rebuilds from its checkpoints, kept until a checkpoint file changes (path, mtime, size).
 from app.model_cache import ModelCache  # noqa: E402
@@ -373,7 +373,7 @@ __all__ = [
     "DemoContext", "ImageTensorDataset", "Method", "ModelCache", "Progress", "Recipe", "TrainContext", "TrainLoop",
     "UserError",
     "cached_splits", "config_field", "config_fields", "config_to_dict", "dataclass_from_dict",
-    "describe_constraints", "hook_names", "hookimpl", "hookspec", "image_to_tensor", "iter_hooks", "lenient_upload",
+    "describe_constraints", "figure_font", "hook_names", "hookimpl", "hookspec", "image_to_tensor", "iter_hooks", "lenient_upload",
     "load_checkpoint", "load_module_tensors", "load_rgb_image", "make_config", "module_tensors", "open_test_studio",
     "parse_assignments", "random_crop_flip", "refreshed_choices", "save_checkpoint", "split_tensors",
 ]

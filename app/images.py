@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFont, ImageOps, UnidentifiedImageError
 
 from app.settings import upload_limits
 from trainer.errors import UserError
@@ -191,3 +191,14 @@ def lenient_upload(component: Any) -> Any:
 def _handed(payload: Any, path: str) -> Any:
     """What the handler gets for a refused upload: the path, shaped like the component's value."""
     return {"composite": path} if hasattr(payload, "layers") else path
+
+
+def figure_font(size: int) -> Any:
+    """DejaVu Sans where the system has it, else Pillow's own font (texts in figures stay ASCII-safe)."""
+    try:
+        return ImageFont.truetype("DejaVuSans.ttf", size)
+    except OSError:
+        try:
+            return ImageFont.load_default(size=size)
+        except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+            return ImageFont.load_default()

@@ -21,6 +21,7 @@ from tests.test_browser import (
     require_assets,
     running_studio,
     shot,
+    wait_for_image,
     what_the_page_shows,
 )
 
@@ -86,7 +87,10 @@ def test_queue_a_tiny_run_watch_it_finish_promote_it_and_the_demo_uses_it(traini
         wait_for_text(page, "#runs-table", r"(^|\s)1\s+multitask\s+tree\s+succeeded\s+100\s", 30_000)
         wait_for_text(page, "#run-detail", r'"error"\s*:\s*null', 5_000)
         assert "val_mean_accuracy" in page.inner_text("#runs-table")  # its metrics, in the table
-        page.locator("#run-curves canvas, #run-curves svg").first.wait_for(timeout=30_000)
+        wait_for_image(page, "#run-curves img", 30_000)  # the curves, a panel per metric
+        natural, drawn = page.locator("#run-curves img").first.evaluate(
+            "img => [img.naturalWidth, img.getBoundingClientRect().width]")
+        assert natural >= 800 and drawn >= 400, (natural, drawn)
         assert_no_error_toast(page)
         shot(page, "runs-finished")
 

@@ -388,10 +388,11 @@ def test_gated_actions_refuse_refs_and_options_that_leave_the_home(studio, secre
         for handler, args in [("cancel_run", (value,)), ("resume_run", (value,)),
                               ("promote_checkpoint", (value, "backbone")), ("promote_checkpoint", (1, value)),
                               ("unpromote_checkpoint", (f"blockdrop/{value}",)), ("run_detail", (value,)),
-                              ("compare_runs", ([value], "loss"))]:
+                              ("compare_runs", ([value], "loss")), ("compare_curves", ([value], "loss"))]:
             with pytest.raises(gr.Error):
                 getattr(actions, handler)(*args)
         assert actions.run_metrics(run_id, value).empty and actions.run_images(run_id) == []
+        assert actions.run_curves(run_id, value) is None
     assert _rows(studio.store)[0] == 1
     # what stays allowed from the web: references, and files under the studio's home
     mine = studio.settings.data_dir / "mine"

@@ -6,14 +6,17 @@ import dataclasses
 import time
 
 import gradio as gr
+import numpy as np
 import pytest
 import torch
+from PIL import ImageColor
 
 from app import api
 from app.plugin_manager import PluginStatus, Registry, load_registry
 from app.settings import Settings
 from app.testing import free_port as _free_port
 from app.ui import _asset_paths, build_app, launch
+from app.ui.curves import PANEL_H, PANEL_W, TOP
 from app.ui.datasets_tab import DatasetActions
 from app.ui.plugins_tab import plugins_table
 from app.ui.runs_tab import RunsActions
@@ -87,6 +90,12 @@ def test_runs_list_shows_runs_with_progress_and_metrics(actions, store):
     assert actions.run_choices()[0][1] == run_id
 
 
+def _curve_pixels(image, colour: str = "#1f77b4") -> int:
+    """How many pixels of a drawn curves picture have a series' colour (its line and points)."""
+    want = np.array(ImageColor.getrgb(colour))
+    return int((np.abs(np.asarray(image.convert("RGB")).astype(int) - want).sum(axis=2) < 30).sum())
+
+
 def test_run_metrics_and_detail(actions, store, tmp_path):
     run_id = store.enqueue("counter", "count", {"steps": 3})
     store.log_metrics(run_id, [MetricPoint(s, k, v, time.time()) for s, k, v in
@@ -96,6 +105,12 @@ def test_run_metrics_and_detail(actions, store, tmp_path):
     assert frame["step"].tolist() == [0, 1, 2] and frame["value"].tolist() == pytest.approx([1.0, 0.6, 0.3])
     assert len(actions.run_metrics(run_id, None)) == 4 and set(actions.metric_keys(run_id)) == {"loss", "acc"}
     assert actions.run_metrics(None, None).empty
+    assert actions.metrics_table(run_id, "loss") == {"headers": ["step", "value", "key"],
+                                                     "data": [[0, 1.0, "loss"], [1, 0.6, "loss"], [2, 0.3, "loss"]]}
+    # drawn: a panel per metric (two side by side), one for the metric picked, nothing for no run
+    both, one = actions.run_curves(run_id, None), actions.run_curves(run_id, "loss")
+    assert both.size == (2 * PANEL_W, TOP + PANEL_H) and one.size == (PANEL_W, TOP + PANEL_H)
+    assert _curve_pixels(one) > 100 and actions.run_curves(None, None) is None
 
     artifact = store.add_artifact(run_id, "model", "checkpoint", str(tmp_path / "m.safetensors"))
     store.promote("counter", "model", artifact)
@@ -111,6 +126,9 @@ def test_compare_runs_builds_one_frame_with_a_run_column(actions, store):
     ids = [store.enqueue("counter", "count", {}) for _ in range(2)]
     for n, run_id in enumerate(ids):
         store.log_metrics(run_id, [MetricPoint(s, "loss", 1.0 / (s + 1 + n), time.time()) for s in range(3)])
+    drawn = actions.compare_curves([str(i) for i in ids], "loss")
+    assert drawn.size == (PANEL_W, TOP + PANEL_H) and _curve_pixels(drawn, "#ff7f0e") > 50  # the second run's line
+    assert len(actions.compare_table([str(i) for i in ids], "loss")["data"]) == 6
     frame = actions.compare_runs([str(i) for i in ids], "loss")
     assert list(frame.columns) == ["step", "value", "run"] and len(frame) == 6
     assert frame["run"].nunique() == 2 and all(f"#{i} " in " ".join(frame["run"].unique()) for i in ids)

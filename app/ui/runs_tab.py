@@ -19,6 +19,7 @@ import pandas as pd
 from app.errors import UserError
 from app.promotion import promote_artifact, promotions_of_run, unpromote
 from app.safety import check_config_files, check_training_allowed
+from app.ui.curves import MAX_PANELS, curves_image
 from trainer import config as configs
 from trainer.devices import check_device_name
 from trainer.gitinfo import current_commit
@@ -69,6 +70,10 @@ def _metrics_text(metrics: dict[str, float]) -> str:
 def _empty_curve(color: str) -> pd.DataFrame:
     return pd.DataFrame({"step": pd.Series(dtype="int64"), "value": pd.Series(dtype="float64"),
                          color: pd.Series(dtype="object")})
+
+
+def _table_dict(frame: pd.DataFrame) -> dict[str, Any]:
+    return {"headers": list(frame.columns), "data": frame.astype(object).values.tolist()}
 
 
 class RunsActions:
@@ -128,6 +133,31 @@ class RunsActions:
             return _empty_curve("key")
         return pd.DataFrame({"step": [p.step for p in points], "value": [p.value for p in points],
                              "key": [p.key for p in points]})
+
+    @user_errors
+    def run_curves(self, run_id: Any, key: str | None = None) -> Any:
+        """The run's metrics drawn as one picture, a panel per key (all keys when ``key`` is empty)."""
+        frame = self.run_metrics(run_id, key)
+        label = f"#{_run_id(run_id, required=False)}"
+        return curves_image({k: {label: list(zip(g["step"], g["value"], strict=True))}
+                             for k, g in frame.groupby("key", sort=True)})
+
+    @user_errors
+    def compare_curves(self, run_ids: list[Any] | None, key: str | None) -> Any:
+        """One metric of several runs drawn as one panel, a line per run."""
+        frame = self.compare_runs(run_ids, key)
+        return curves_image({key: {r: list(zip(g["step"], g["value"], strict=True))
+                                   for r, g in frame.groupby("run", sort=False)}})
+
+    @user_errors
+    def metrics_table(self, run_id: Any, key: str | None = None) -> dict[str, Any]:
+        """``run_metrics`` for scripts (the ``run_metrics`` API): {"headers": [...], "data": rows}."""
+        return _table_dict(self.run_metrics(run_id, key))
+
+    @user_errors
+    def compare_table(self, run_ids: list[Any] | None, key: str | None) -> dict[str, Any]:
+        """``compare_runs`` for scripts (the ``compare_runs`` API): {"headers": [...], "data": rows}."""
+        return _table_dict(self.compare_runs(run_ids, key))
 
     @user_errors
     def compare_runs(self, run_ids: list[Any] | None, key: str | None) -> pd.DataFrame:
@@ -354,8 +384,9 @@ def build_runs_tab(demo: gr.Blocks, actions: RunsActions, registry: Any, setting
         with gr.Column(scale=1):
             detail = gr.JSON(label="Run details", elem_id="run-detail")
         with gr.Column(scale=2):
-            curves = gr.LinePlot(value=actions.run_metrics(None), x="step", y="value", color="key",
-                                 label="Metric curves", elem_id="run-curves", height=320)
+            # drawn on the server (app/ui/curves.py): a panel per metric, each on its own scale
+            curves = gr.Image(label=f"Metric curves (a panel per metric, up to {MAX_PANELS}; pick one to see it alone)", type="pil",
+                              format="png", interactive=False, elem_id="run-curves")
 
     images = gr.Gallery(label="Images the run saved (newest first)", elem_id="run-images", columns=4,
                         height=280, object_fit="contain")
@@ -367,8 +398,8 @@ def build_runs_tab(demo: gr.Blocks, actions: RunsActions, registry: Any, setting
             compare_key = gr.Dropdown(choices=[], allow_custom_value=True, label="Metric",
                                       elem_id="compare-key", scale=1)
             compare_btn = gr.Button("Compare", scale=0, elem_id="compare-button")
-        compare_plot = gr.LinePlot(value=_empty_curve("run"), x="step", y="value",
-                                   color="run", label="Comparison", elem_id="compare-plot", height=320)
+        compare_plot = gr.Image(label="Comparison", type="pil", format="png", interactive=False,
+                                elem_id="compare-plot")
 
     fast = {"concurrency_limit": None, "show_progress": "hidden"}
     row_picked = runs_table.select(_row_run_id, None, run_select, api_visibility="private", **fast)
@@ -436,14 +467,16 @@ def build_runs_tab(demo: gr.Blocks, actions: RunsActions, registry: Any, setting
     for chosen in run_chosen:
         chosen(lambda rid: gr.update(choices=actions.metric_keys(rid), value=None), run_select, key_select,
                api_visibility="private", **fast)
-    gr.on([run_select.change, key_select.change, timer.tick], actions.run_metrics, [run_select, key_select],
-          curves, api_name="run_metrics", **fast)
+    gr.on([run_select.change, key_select.change, timer.tick], actions.run_curves, [run_select, key_select],
+          curves, api_name="run_curves", **fast)
+    gr.api(actions.metrics_table, api_name="run_metrics")  # the same, as numbers, for scripts
     gr.on([run_select.change, refresh_btn.click], actions.run_images, run_select, images, api_name="run_images",
           **fast)
     compare_select.change(lambda ids: gr.update(choices=actions.compare_keys(ids)), compare_select, compare_key,
                           api_visibility="private", **fast)
-    compare_btn.click(actions.compare_runs, [compare_select, compare_key], compare_plot, api_name="compare_runs",
+    compare_btn.click(actions.compare_curves, [compare_select, compare_key], compare_plot, api_name="compare_curves",
                       **fast)
+    gr.api(actions.compare_table, api_name="compare_runs")
 
 
 def _row_run_id(evt: gr.SelectData) -> Any:

@@ -28,9 +28,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
-from app.api import ModelCache, UserError, image_to_tensor, lenient_upload, load_rgb_image, refreshed_choices
+from app.api import (
+    ModelCache,
+    UserError,
+    figure_font,
+    image_to_tensor,
+    lenient_upload,
+    load_rgb_image,
+    refreshed_choices,
+)
 from plugins.multitask.model import BranchedNet, TreeConfig, net_from_checkpoint
 from plugins.multitask.recipes import tree_from_card
 
@@ -175,17 +183,6 @@ def own_layers(config: TreeConfig, group: tuple[int, ...]) -> tuple[int, int] | 
     return (min(layers), max(layers)) if layers else None
 
 
-def _font(size: int) -> Any:
-    """DejaVu Sans where the system has it, else Pillow's own font (texts in figures stay ASCII-safe)."""
-    try:
-        return ImageFont.truetype("DejaVuSans.ttf", size)
-    except OSError:
-        try:
-            return ImageFont.load_default(size=size)
-        except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
-            return ImageFont.load_default()
-
-
 def _text_width(draw: ImageDraw.ImageDraw, text: str, font: Any) -> int:
     left, _, right, _ = draw.textbbox((0, 0), text, font=font)
     return int(right - left)
@@ -221,7 +218,7 @@ def tree_figure(config: TreeConfig) -> dict[str, Any]:
     height = TREE_NAMES + TREE_HEADS + layers * TREE_ROW + TREE_BOTTOM
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
-    font, small = _font(13), _font(11)
+    font, small = figure_font(13), figure_font(11)
     column = {t: TREE_LEFT + (k + 0.5) * TREE_COLUMN for k, t in enumerate(order)}
     owner = split_group_of(config)
     split_layer = first_split(config)
@@ -339,7 +336,7 @@ def affinity_heatmap(matrix: np.ndarray, config: TreeConfig) -> dict[str, Any]:
     height = HEAT_LABELS + n * HEAT_CELL + HEAT_MARGIN
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
-    font, small = _font(12), _font(11)
+    font, small = figure_font(12), figure_font(11)
     x0 = y0 = HEAT_LABELS
     colours = colormap((ordered - vmin) / (vmax - vmin))
     for i in range(n):

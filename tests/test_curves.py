@@ -1,0 +1,45 @@
+"""app/ui/curves.py: the Runs tab's metric curves, drawn on the server, a panel per metric."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import ImageColor
+
+from app.ui.curves import MAX_PANELS, PALETTE, PANEL_H, PANEL_W, TOP, curves_image
+
+
+def _pixels(image, colour: str, box=None) -> int:
+    part = image.crop(box) if box else image
+    want = np.array(ImageColor.getrgb(colour))
+    return int((np.abs(np.asarray(part.convert("RGB")).astype(int) - want).sum(axis=2) < 30).sum())
+
+
+def test_each_metric_gets_its_own_panel_and_scale():
+    """A parameter count beside an accuracy: both curves span their panel's height (one shared axis
+    flattened the accuracy into a line at 0)."""
+    image = curves_image({"accuracy": {"#1": [(s, 0.5 + 0.01 * s) for s in range(10)]},
+                          "params": {"#1": [(s, 5e4 + 1e3 * s) for s in range(10)]}})
+    assert image.size == (2 * PANEL_W, TOP + PANEL_H)
+    for left in (0, PANEL_W):
+        rows = np.nonzero((np.abs(np.asarray(image.crop((left, TOP, left + PANEL_W, TOP + PANEL_H))).astype(int)
+                                  - np.array(ImageColor.getrgb(PALETTE[0]))).sum(axis=2) < 30).any(axis=1))[0]
+        assert rows.max() - rows.min() > PANEL_H / 2  # the line climbs over most of the panel
+
+
+def test_series_get_colours_a_lone_point_shows_and_nothing_drawn_is_none():
+    image = curves_image({"loss": {"#1": [(0, 1.0), (1, 0.5), (2, 0.2)], "#2": [(0, 0.9), (2, 0.4)]},
+                          "once": {"#1": [(5, 3.0)]}})
+    assert _pixels(image, PALETTE[0], (0, 0, PANEL_W, image.height)) > 50
+    assert _pixels(image, PALETTE[1], (0, 0, PANEL_W, image.height)) > 50  # the second run, and its legend
+    assert _pixels(image, PALETTE[0], (PANEL_W, 0, 2 * PANEL_W, image.height)) > 20  # one point: a dot
+    assert curves_image({}) is None and curves_image({"loss": {"#1": []}}) is None
+
+
+def test_a_non_finite_value_breaks_the_line_and_panels_are_capped():
+    points = [(0, 1.0), (1, math.nan), (2, math.inf), (3, 0.5), (4, 0.25)]
+    assert curves_image({"loss": {"#1": points}}) is not None
+    assert curves_image({"loss": {"#1": [(0, math.nan)]}}) is not None  # says "no finite values"
+    many = curves_image({f"m{i}": {"#1": [(0, 1.0), (1, 2.0)]} for i in range(MAX_PANELS + 5)})
+    assert many.size == (2 * PANEL_W, TOP + math.ceil(MAX_PANELS / 2) * PANEL_H)
