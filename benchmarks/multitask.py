@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.report import REPO_ROOT, write_report  # noqa: E402
+from benchmarks.report import REPO_ROOT, cpu_model, write_report  # noqa: E402
 
 ASSETS = REPO_ROOT / "assets" / "multitask"
 TREE_NAMES = ("thin", "thin-random")  # plus every branched-l<λ>
@@ -304,17 +304,11 @@ def evaluate(paths: Mapping[str, Path], cards: Mapping[str, Mapping[str, Any]], 
         values = {k: split[field] for k, split in splits.items()}
         figures[figure] = values[branched[0]] if len(branched) == 1 else values
     figures["comparisons"] = comparisons(models)
-    figures["timing"] = {"cpu_model": _cpu_model(), "torch_threads": {"intra_op": torch.get_num_threads(),
+    figures["timing"] = {"cpu_model": cpu_model(), "torch_threads": {"intra_op": torch.get_num_threads(),
                                                                       "inter_op": torch.get_num_interop_threads()},
                          "rounds": cfg["latency_rounds"], "calls_per_round": cfg["latency_calls"],
                          "warmup_calls": cfg["latency_warmup"], "batch": 1, "device": "cpu"}
     return figures
-
-
-def _cpu_model() -> str:
-    from benchmarks.report import cpu_model
-
-    return cpu_model()
 
 
 def comparisons(models: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float]]:

@@ -606,11 +606,11 @@ class MultitaskDemo:
         return {"model": name, "lam": lam_of(name, metadata), "config": config, "tree": tree,
                 "tree_text": tree_markdown(name, config, metadata), "heatmap": heatmap, "affinity_text": heat_text}
 
-    def comparison(self, measure: bool = False) -> dict[str, Any]:
+    def comparison(self, measure: bool = False, cards: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
         """One row per model present (wide, thin, thin-random, then the branched ones by λ): mean validation
         accuracy, parameters and FLOPs from the cards, and the CPU latency at batch 1 when ``measure`` (this
         loads every model) or when measured before for the same file."""
-        cards = self.cards()
+        cards = self.cards() if cards is None else cards
         names = [n for n in BASELINES if n in cards] + self.branched_names(cards)
         if measure and names:
             loaded = {n: self.model(n) for n in names}
@@ -725,7 +725,7 @@ def build_demo(ctx: Any) -> None:
         the selector keeps what it holds unless that is gone (``refreshed_choices``)."""
         cards = demo.cards()
         selector = refreshed_choices(demo.model_choices(cards), model, demo.default_model(cards))
-        return selector, table_frame(demo.comparison()["rows"])
+        return selector, table_frame(demo.comparison(cards=cards)["rows"])
 
     def measure():
         table = _user(lambda: demo.comparison(measure=True))
