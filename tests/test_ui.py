@@ -122,6 +122,16 @@ def test_run_metrics_and_detail(actions, store, tmp_path):
         actions.run_detail(999)
 
 
+def test_the_curves_are_drawn_again_only_when_the_run_logged_more(actions, store):
+    """The Runs tab polls every 2 s: the same picture until the run logs another point."""
+    run_id = store.enqueue("counter", "count", {"steps": 3})
+    store.log_metrics(run_id, [MetricPoint(s, "loss", 1.0 / (s + 1), time.time()) for s in range(3)])
+    one = actions.run_curves(run_id, "loss")
+    assert actions.run_curves(run_id, "loss") is one and actions.run_curves(str(run_id), "loss") is one
+    store.log_metrics(run_id, [MetricPoint(3, "loss", 0.2, time.time())])
+    assert actions.run_curves(run_id, "loss") is not one
+
+
 def test_compare_runs_builds_one_frame_with_a_run_column(actions, store):
     ids = [store.enqueue("counter", "count", {}) for _ in range(2)]
     for n, run_id in enumerate(ids):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -72,6 +73,9 @@ def _empty_curve(color: str) -> pd.DataFrame:
                          color: pd.Series(dtype="object")})
 
 
+DRAWN_KEPT = 16  # curve pictures kept for the polling Runs tabs (a few runs × metrics)
+
+
 def _table_dict(frame: pd.DataFrame) -> dict[str, Any]:
     return {"headers": list(frame.columns), "data": frame.astype(object).values.tolist()}
 
@@ -83,6 +87,9 @@ class RunsActions:
         self.store = store
         self.registry = registry
         self.settings = settings
+        # the last pictures drawn, by (run, key): the tab polls every 2 s, and a run's curves change only
+        # when it logs a point (metrics are only ever added, so their count tells)
+        self._drawn: OrderedDict[tuple[Any, Any], tuple[int, Any]] = OrderedDict()
 
     # -- reads ---------------------------------------------------------------------------------
     def runs_list(self) -> pd.DataFrame:
@@ -138,9 +145,16 @@ class RunsActions:
     def run_curves(self, run_id: Any, key: str | None = None) -> Any:
         """The run's metrics drawn as one picture, a panel per key (all keys when ``key`` is empty)."""
         frame = self.run_metrics(run_id, key)
-        label = f"#{_run_id(run_id, required=False)}"
-        return curves_image({k: {label: list(zip(g["step"], g["value"], strict=True))}
-                             for k, g in frame.groupby("key", sort=True)})
+        rid = _run_id(run_id, required=False)
+        drawn = self._drawn.get((rid, key or None))
+        if drawn is not None and drawn[0] == len(frame):
+            return drawn[1]
+        image = curves_image({k: {f"#{rid}": list(zip(g["step"], g["value"], strict=True))}
+                              for k, g in frame.groupby("key", sort=True)})
+        self._drawn[(rid, key or None)] = (len(frame), image)
+        while len(self._drawn) > DRAWN_KEPT:
+            self._drawn.popitem(last=False)
+        return image
 
     @user_errors
     def compare_curves(self, run_ids: list[Any] | None, key: str | None) -> Any:
