@@ -10,10 +10,15 @@ from PIL import ImageColor
 from app.ui.curves import MAX_PANELS, PALETTE, PANEL_H, PANEL_W, TOP, curves_image
 
 
-def _pixels(image, colour: str, box=None) -> int:
+def colour_mask(image, colour: str, box=None) -> np.ndarray:
+    """Which pixels of ``image`` (or of its ``box``) have ``colour``, a series' line or points."""
     part = image.crop(box) if box else image
     want = np.array(ImageColor.getrgb(colour))
-    return int((np.abs(np.asarray(part.convert("RGB")).astype(int) - want).sum(axis=2) < 30).sum())
+    return np.abs(np.asarray(part.convert("RGB")).astype(int) - want).sum(axis=2) < 30
+
+
+def _pixels(image, colour: str = PALETTE[0], box=None) -> int:
+    return int(colour_mask(image, colour, box).sum())
 
 
 def test_each_metric_gets_its_own_panel_and_scale():
@@ -23,8 +28,7 @@ def test_each_metric_gets_its_own_panel_and_scale():
                           "params": {"#1": [(s, 5e4 + 1e3 * s) for s in range(10)]}})
     assert image.size == (2 * PANEL_W, TOP + PANEL_H)
     for left in (0, PANEL_W):
-        rows = np.nonzero((np.abs(np.asarray(image.crop((left, TOP, left + PANEL_W, TOP + PANEL_H))).astype(int)
-                                  - np.array(ImageColor.getrgb(PALETTE[0]))).sum(axis=2) < 30).any(axis=1))[0]
+        rows = np.nonzero(colour_mask(image, PALETTE[0], (left, TOP, left + PANEL_W, TOP + PANEL_H)).any(axis=1))[0]
         assert rows.max() - rows.min() > PANEL_H / 2  # the line climbs over most of the panel
 
 
@@ -38,8 +42,13 @@ def test_series_get_colours_a_lone_point_shows_and_nothing_drawn_is_none():
 
 
 def test_a_non_finite_value_breaks_the_line_and_panels_are_capped():
-    points = [(0, 1.0), (1, math.nan), (2, math.inf), (3, 0.5), (4, 0.25)]
-    assert curves_image({"loss": {"#1": points}}) is not None
+    points = [(0, 1.0), (1, math.nan), (2, math.inf), (3, 1.0), (4, 0.0)]
+    image = curves_image({"loss": {"#1": points}})
+    line = colour_mask(image, PALETTE[0], (0, TOP, PANEL_W, TOP + PANEL_H))
+    columns = np.nonzero(line.any(axis=0))[0]
+    gap = (columns[0] + columns[-1]) // 2 - (columns[-1] - columns[0]) // 8  # steps 1 and 2: no value
+    assert not line[:, gap - 10:gap + 10].any()  # no line drawn across the steps without a value
+    assert line[:, columns[-1] - 20:columns[-1]].any()  # the finite steps 3 and 4 are joined
     assert curves_image({"loss": {"#1": [(0, math.nan)]}}) is not None  # says "no finite values"
     many = curves_image({f"m{i}": {"#1": [(0, 1.0), (1, 2.0)]} for i in range(MAX_PANELS + 5)})
     assert many.size == (2 * PANEL_W, TOP + math.ceil(MAX_PANELS / 2) * PANEL_H)

@@ -9,7 +9,6 @@ import gradio as gr
 import numpy as np
 import pytest
 import torch
-from PIL import ImageColor
 
 from app import api
 from app.plugin_manager import PluginStatus, Registry, load_registry
@@ -20,6 +19,7 @@ from app.ui.curves import PANEL_H, PANEL_W, TOP
 from app.ui.datasets_tab import DatasetActions
 from app.ui.plugins_tab import plugins_table
 from app.ui.runs_tab import RunsActions
+from tests.test_curves import _pixels as _curve_pixels
 from trainer.checkpoints import save_checkpoint
 from trainer.store import MetricPoint
 
@@ -88,12 +88,6 @@ def test_runs_list_shows_runs_with_progress_and_metrics(actions, store):
     assert (row["method"], row["recipe"], row["status"], row["device"]) == ("counter", "count", "queued", "cpu")
     assert row["progress %"] == pytest.approx(25.0) and row["latest metrics"] == "loss=0.5"
     assert actions.run_choices()[0][1] == run_id
-
-
-def _curve_pixels(image, colour: str = "#1f77b4") -> int:
-    """How many pixels of a drawn curves picture have a series' colour (its line and points)."""
-    want = np.array(ImageColor.getrgb(colour))
-    return int((np.abs(np.asarray(image.convert("RGB")).astype(int) - want).sum(axis=2) < 30).sum())
 
 
 def test_run_metrics_and_detail(actions, store, tmp_path):
@@ -216,7 +210,6 @@ def test_dataset_preview_reports_a_load_failure_instead_of_raising(settings):
 
 
 def test_dataset_preview_draws_a_grid(settings):
-    import numpy as np
 
     registry = make_registry()
     samples = [(torch.full((3, 16, 16), i / 10), i % 2) for i in range(10)]  # sample i: grey level i/10
