@@ -28,6 +28,7 @@ How a worker stops, and what it guarantees (POSIX; on Linux and macOS):
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing as mp
 import os
@@ -145,7 +146,8 @@ def execute_run(store_url: str, run_id: int, registry_factory: Callable[[], Any]
     ctx: RunContext | None = None
     try:
         run = store.get_run(run_id)
-        owner = run.worker_id  # the worker that holds it (None inline): a run it lost is not its to end
+        # only while the worker that holds it (None inline) still does: a run it lost is not its to end
+        end = functools.partial(store.finish, run_id, worker_id=run.worker_id)
         with _Heartbeat(store, run_id, worker_id=run.worker_id, interrupt=interrupt) as heartbeat:
             try:
                 registry = registry_factory()
@@ -166,24 +168,22 @@ def execute_run(store_url: str, run_id: int, registry_factory: Callable[[], Any]
                     ctx.log_metrics(ctx.last_step, **final)
                 ctx.close()
                 if store.cancel_requested(run_id):
-                    store.finish(run_id, RunStatus.CANCELLED, worker_id=owner)
+                    end(RunStatus.CANCELLED)
                 elif ctx.interrupted:  # it stopped early for the interrupt (one that came after its last step does not count)
-                    store.finish(run_id, RunStatus.INTERRUPTED, error=_interrupted_text(interrupt), worker_id=owner)
+                    end(RunStatus.INTERRUPTED, error=_interrupted_text(interrupt))
                 else:
-                    store.finish(run_id, RunStatus.SUCCEEDED, worker_id=owner)
+                    end(RunStatus.SUCCEEDED)
             except Exception as exc:
                 _close_quietly(ctx)
                 if interrupt is not None and interrupt.is_set():
                     log.warning("run %s ended with an error after it was interrupted: %s", run_id, exc)
-                    store.finish(run_id, RunStatus.INTERRUPTED, error=f"{_interrupted_text(interrupt)}\n\n{_error_text(exc)}",
-                                 worker_id=owner)
+                    end(RunStatus.INTERRUPTED, error=f"{_interrupted_text(interrupt)}\n\n{_error_text(exc)}")
                 else:
                     log.error("run %s failed: %s", run_id, exc, exc_info=True)
-                    store.finish(run_id, RunStatus.FAILED, error=_error_text(exc), worker_id=owner)
+                    end(RunStatus.FAILED, error=_error_text(exc))
             except BaseException as exc:  # Ctrl-C or exit while running inline
                 _close_quietly(ctx)
-                store.finish(run_id, RunStatus.INTERRUPTED, error=f"stopped ({type(exc).__name__}) while running",
-                             worker_id=owner)
+                end(RunStatus.INTERRUPTED, error=f"stopped ({type(exc).__name__}) while running")
                 raise
         final_status = store.get_run(run_id).status
         log.info("run %s %s", run_id, final_status)
