@@ -9,6 +9,7 @@ import torch
 from app.api import ConfigError, DatasetSpec, ImageTensorDataset, hookimpl, load_checkpoint, open_test_studio
 from plugins.s3pool import model as M
 from plugins.s3pool.layer import S3Pool2d
+from tests.trajectories import assert_same_trajectory
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -106,4 +107,4 @@ def test_a_resumed_run_continues_the_same_trajectory(tmp_path):
         resumed = studio.resume(killed.run_id)
         assert resumed.status == "succeeded"
         for key in ("val_error", "train_loss"):
-            assert resumed.metrics[key] == pytest.approx(straight.metrics[key], rel=1e-5), key
+            assert_same_trajectory(resumed.metrics[key], straight.metrics[key], rel=1e-5, label=key)
