@@ -11,6 +11,14 @@ one-pixel jitter, ``g = H`` may keep any ``H/2`` of the ``H`` rows).
 
 The layer needs only torch. Everything is vectorised: no Python loop runs over strips or samples.
 
+Cost. Computing step 1 over the whole map and then throwing three quarters of it away costs several
+times a plain max pool. The layer therefore samples first and pools second: the draw fixes which
+``ceil(H/2) x ceil(W/2)`` windows survive, their ``kernel_size x kernel_size`` pixels are gathered in one
+index operation into a ``k*Ho x k*Wo`` map, and one stride-``k`` max pool of that map gives the output
+(:func:`sampled_max`). The result is exactly the max of each surviving stride-1 window, the same as
+pooling everything and then gathering (:func:`gather_positions` over :func:`stride1_max_pool`), which
+stays as the reference and for the visualisations that show the whole stride-1 map.
+
 Sizes. The stride-1 max pool pads the right and bottom with -inf (``kernel_size - 1`` rows/columns), so it
 keeps the input size ``H x W`` and negative inputs are handled correctly (the official code drops that
 border instead). Every path then returns ``ceil(H/2) x ceil(W/2)``, the size of
@@ -38,6 +46,7 @@ __all__ = [
     "s3pool",
     "s3pool_with_indices",
     "sample_grid",
+    "sampled_max",
     "sample_indices",
     "stride1_max_pool",
 ]
@@ -121,6 +130,42 @@ def gather_positions(pooled: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     return picked.gather(-1, col_index)
 
 
+def _window_positions(starts: Tensor, kernel_size: int, length: int) -> Tensor:
+    """``(..., L) -> (..., L * k)``: every window start followed by its ``k - 1`` next positions.
+
+    Positions past the end are clamped to the last one: a repeated pixel of the same window does not
+    change its max, which is exactly what the stride-1 pool's -inf pad gives."""
+    offsets = torch.arange(kernel_size, device=starts.device)
+    return (starts[..., :, None] + offsets).clamp_max_(length - 1).flatten(-2)
+
+
+def sampled_max(x: Tensor, rows: Tensor, cols: Tensor, kernel_size: int = 2) -> Tensor:
+    """The stride-1 max-pooled map at the sampled positions only, without computing the rest of it.
+
+    Equal to ``gather_positions(stride1_max_pool(x, kernel_size), rows, cols)`` (same shapes: ``rows``
+    ``(n, Ho)``/``(K, n, Ho)``, ``cols`` likewise, ``n = 1`` or ``N``), at a fraction of the cost: the
+    ``k x k`` window under every kept position is gathered into one ``(.., k*Ho, k*Wo)`` map (a single
+    index operation over the flattened map), then one stride-``k`` max pool reduces each window.
+    Differentiable with respect to ``x``; the gradient reaches each window's max, as in max pooling."""
+    _check_kernel_size(kernel_size)
+    batch, channels, height, width = x.shape
+    window_rows = _window_positions(rows, kernel_size, height)  # (.., n, k*Ho)
+    window_cols = _window_positions(cols, kernel_size, width)  # (.., n, k*Wo)
+    flat = (window_rows[..., :, None] * width + window_cols[..., None, :]).flatten(-2)  # (.., n, k*Ho*k*Wo)
+    tall, wide = window_rows.shape[-1], window_cols.shape[-1]
+    source = x.reshape(batch, channels, height * width)
+    if rows.dim() == 2 and rows.shape[0] == 1:  # one draw shared by the batch (the paper's case)
+        windows = source.index_select(-1, flat[0]).view(batch, channels, tall, wide)
+    else:
+        lead = rows.shape[:-2]  # () or (K,)
+        index = flat[..., :, None, :].expand(*lead, batch, channels, flat.shape[-1])
+        windows = source.expand(*lead, *source.shape).gather(-1, index)
+        windows = windows.view(-1, channels, tall, wide)
+    if kernel_size > 1:
+        windows = F.max_pool2d(windows, kernel_size)
+    return windows.view(*rows.shape[:-2], batch, channels, rows.shape[-1], cols.shape[-1])
+
+
 def deterministic_downsample(pooled: Tensor) -> Tensor:
     """The official test path on a stride-1 max-pooled map ``P`` of size ``H x W``; returns ceil(H/2) x ceil(W/2).
 
@@ -142,11 +187,11 @@ def s3pool_with_indices(x: Tensor, grid_size: int, *, kernel_size: int = 2, per_
     ``cols`` ``(n, ceil(W/2))`` index the stride-1 max-pooled map, ``n = 1`` (shared) or ``N`` (per sample).
     For a visualisation: output pixel ``(i, j)`` of sample ``b`` is the max of the ``kernel_size`` window
     of ``x`` whose top-left corner is ``(rows[b or 0, i], cols[b or 0, j])``."""
-    pooled = stride1_max_pool(x, kernel_size)
-    batch, _, height, width = pooled.shape
+    _check_kernel_size(kernel_size)
+    batch, _, height, width = x.shape
     rows, cols = sample_grid(height, width, grid_size, batch if per_sample else 1,
                              generator=generator, device=x.device)
-    return gather_positions(pooled, rows, cols), rows, cols
+    return sampled_max(x, rows, cols, kernel_size), rows, cols
 
 
 def s3pool(x: Tensor, grid_size: int, training: bool, *, kernel_size: int = 2, per_sample: bool = False,
@@ -175,17 +220,21 @@ def s3pool(x: Tensor, grid_size: int, training: bool, *, kernel_size: int = 2, p
     if training:
         return s3pool_with_indices(x, grid_size, kernel_size=kernel_size, per_sample=per_sample,
                                    generator=generator)[0]
-    pooled = stride1_max_pool(x, kernel_size)
-    if eval_mode == "uniform":
-        return pooled[..., ::2, ::2]
+    _check_kernel_size(kernel_size)
+    batch, _, height, width = x.shape
+    if eval_mode == "uniform":  # every 2nd window of the stride-1 pool
+        if kernel_size == 2:  # = a stride-2 pool; ceil_mode keeps the last, partial window of odd sizes
+            return F.max_pool2d(x, 2, ceil_mode=True)
+        return stride1_max_pool(x, kernel_size)[..., ::2, ::2]
     if eval_mode == "deterministic":
-        return deterministic_downsample(pooled)
+        if kernel_size == 2 and height > 1 and width > 1:  # rows/cols 0..L-2 of the stride-1 map: no pad needed
+            return F.avg_pool2d(F.max_pool2d(x, 2, stride=1), 2, stride=2, padding=1, count_include_pad=False)
+        return deterministic_downsample(stride1_max_pool(x, kernel_size))
     if ensemble_k < 1:
         raise ValueError(f"ensemble_k must be >= 1, got {ensemble_k}")
-    batch, _, height, width = pooled.shape
     n = batch if per_sample else 1
     rows, cols = sample_grid(height, width, grid_size, ensemble_k * n, generator=generator, device=x.device)
-    passes = gather_positions(pooled, rows.view(ensemble_k, n, -1), cols.view(ensemble_k, n, -1))
+    passes = sampled_max(x, rows.view(ensemble_k, n, -1), cols.view(ensemble_k, n, -1), kernel_size)
     return passes.mean(0)
 
 

@@ -44,6 +44,10 @@ class ClassifierConfig:
                                   "row/col, or an ensemble of 4 stochastic passes",
                                   choices=("deterministic", "uniform", "ensemble"))
     seed: int = config_field(0, "random seed (data order, initialisation, S3Pool draws)")
+    eval_every: int = config_field(
+        0, "evaluate every N steps (at the end of the epoch that reaches it, and at the last): val error and "
+        "the eval-mode error on the whole training subset (train_error), for error-against-steps curves; "
+        "0 = val error after every epoch", min=0)
 
     def __post_init__(self) -> None:  # refused before a run is queued, like any bad value
         if any(g % 2 for g in self.grid_sizes):
@@ -96,7 +100,20 @@ def train_classifier(config: ClassifierConfig, ctx: Any) -> dict[str, float]:
     card = {"config": asdict(config), "dataset": config.dataset, "eval_split": "val", "net": asdict(arch),
             "train_size": len(images)}
     net.train()
+
+    def evaluate() -> dict[str, float]:
+        values = {"val_error": error_rate(net, val_images, val_targets)}
+        if config.eval_every:
+            values["train_error"] = error_rate(net, images, targets)
+        return values
+
+    def due(first_step: int) -> bool:  # this epoch reached a multiple of eval_every, or the end
+        if not config.eval_every or loop.step >= config.steps:
+            return True
+        return loop.step // config.eval_every > first_step // config.eval_every
+
     for _ in loop.epochs():
+        first_step = loop.step
         for idx in loop.batches(len(images), config.batch_size):
             if loop.step >= config.steps:
                 break
@@ -110,7 +127,7 @@ def train_classifier(config: ClassifierConfig, ctx: Any) -> dict[str, float]:
             loss.backward()
             optimizer.step()
             loop.track(len(idx), train_loss=loss, train_batch_error=(logits.argmax(1) != targets[idx]).float().mean())
-        loop.end_epoch(evaluate=lambda: {"val_error": error_rate(net, val_images, val_targets)}, metadata=card)
+        loop.end_epoch(evaluate=evaluate if due(first_step) else None, metadata=card)
     return loop.final_metrics
 
 
