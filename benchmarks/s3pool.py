@@ -135,10 +135,10 @@ def layer_times(repeats: int, device: str = "cpu") -> dict[str, float]:
 def planned_jobs(cfg: dict, augment: bool) -> list[dict[str, Any]]:
     """Every training the report is built from, the ones that decide the targets first."""
     jobs = []
-    for pooling in ("max", "s3pool", "strided", "stochastic"):
+    for pair in (("max", "s3pool"), ("strided", "stochastic")):  # the pair the targets compare, side by side
         for size in cfg["sizes"]:
             for seed in cfg["seeds"]:
-                jobs.append(job_config(cfg, pooling, size, seed, cfg["default_grid"]))
+                jobs.extend(job_config(cfg, pooling, size, seed, cfg["default_grid"]) for pooling in pair)
     if augment:
         for seed in cfg["seeds"]:
             for pooling in ("max", "s3pool"):
