@@ -1,5 +1,6 @@
 """The repository runs as a Hugging Face Space as it stands: README front matter, requirements.txt that
-agrees with pyproject.toml, a start-up that loads no model and queues no run, and the start-up benchmark."""
+repeats the tested lock (requirements-lock.txt, within pyproject.toml's ranges), a start-up that loads no
+model and queues no run, and the start-up benchmark."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import json
 import re
 import sys
 import urllib.request
-from importlib.metadata import version
 
 import pytest
 import torch
@@ -38,21 +38,35 @@ def runtime_requirements() -> dict[str, Requirement]:
     return {canonicalize_name(r.name): r for r in map(Requirement, PYPROJECT["project"]["dependencies"])}
 
 
+def requirement_lines(path: str) -> list[str]:
+    """The requirement lines of a requirements file, in order (comments, blank lines and options left out)."""
+    kept = [line.split(" #")[0].strip() for line in (REPO_ROOT / path).read_text().splitlines()]
+    return [k for k in kept if k and not k.startswith(("#", "-"))]
+
+
 def space_requirements() -> dict[str, Requirement]:
-    lines = (REPO_ROOT / "requirements.txt").read_text().splitlines()
-    kept = [line.split(" #")[0].strip() for line in lines]
-    return {canonicalize_name(r.name): r for r in map(Requirement, (k for k in kept if k and not k.startswith(("#", "-"))))}
+    return {canonicalize_name(r.name): r for r in map(Requirement, requirement_lines("requirements.txt"))}
+
+
+def pinned_version(requirement: Requirement) -> str | None:
+    pins = [s.version for s in requirement.specifier if s.operator == "=="]
+    return pins[0] if len(pins) == 1 else None
 
 
 def test_readme_front_matter_is_a_gradio_space_config():
     config = front_matter()
     assert config["sdk"] == "gradio"
     assert (REPO_ROOT / config["app_file"]).is_file() and config["app_file"] == "app/main.py"
-    # the Space runs the gradio the tests run, and pyproject allows it
-    assert config["sdk_version"] == version("gradio"), "set sdk_version to the installed gradio"
+    # the Space runs the gradio CI last passed with (the lock's), and pyproject allows it
+    assert config["sdk_version"] == pinned_version(space_requirements()["gradio"]), \
+        "set sdk_version to the gradio pinned in requirements.txt (the tested lock)"
     assert config["sdk_version"] in runtime_requirements()["gradio"].specifier
     python = str(config["python_version"])  # a string: YAML would read 3.10 as 3.1
     assert isinstance(config["python_version"], str) and re.fullmatch(r"3\.\d+(\.\d+)?", python)
+    # the lock was resolved on the Python the Space runs
+    lock_python = re.search(r"on Python (3\.\d+)", (REPO_ROOT / "requirements-lock.txt").read_text())
+    assert lock_python and ".".join(python.split(".")[:2]) == lock_python.group(1), \
+        "the lock was resolved on another Python than the Space's: refresh it on the Space's Python"
     assert SpecifierSet(PYPROJECT["project"]["requires-python"]).contains(python + ".0" * (python.count(".") == 1))
     assert config["title"] and config["emoji"] and {config["colorFrom"], config["colorTo"]} <= SPACE_COLORS
     assert len(config.get("short_description", "")) <= 60  # the Hub refuses a longer one
@@ -60,24 +74,24 @@ def test_readme_front_matter_is_a_gradio_space_config():
     assert "(docs/hosting.md)" in (REPO_ROOT / "README.md").read_text()
 
 
-def test_requirements_txt_agrees_with_pyproject():
+def test_requirements_txt_is_the_lock_within_pyproject_ranges():
+    """The Space installs the tested lock: requirements.txt repeats requirements-lock.txt pin for pin
+    (`python .ci/refresh-lock` writes both), so every runtime dependency is pinned inside its range."""
+    assert requirement_lines("requirements.txt") == requirement_lines("requirements-lock.txt"), \
+        "requirements.txt differs from requirements-lock.txt: run `python .ci/refresh-lock`"
     ours, space = runtime_requirements(), space_requirements()
-    assert set(space) == set(ours), "requirements.txt and pyproject.toml list different packages"
     for name, wanted in ours.items():
-        given = space[name]
-        assert given.marker == wanted.marker, name
-        pins = [s.version for s in given.specifier if s.operator == "=="]
-        if pins:  # an exact pin must be a version pyproject allows
-            assert all(pin in wanted.specifier for pin in pins), f"{name}: {given} is outside {wanted}"
-        else:
-            assert given.specifier == wanted.specifier, f"{name}: {given} differs from pyproject's {wanted}"
+        assert name in space, f"{name}: pyproject.toml depends on it, requirements.txt does not pin it"
+        pin = pinned_version(space[name])
+        assert pin is not None, f"{name}: {space[name]} is not one exact pin"
+        assert wanted.specifier.contains(pin, prereleases=True), f"{name}: {space[name]} is outside {wanted}"
 
 
 def test_requirements_check_catches_a_drifted_pin(monkeypatch):
     monkeypatch.setitem(PYPROJECT["project"], "dependencies",
                         [*PYPROJECT["project"]["dependencies"][:-1], "click>=99"])
     with pytest.raises(AssertionError, match="click"):
-        test_requirements_txt_agrees_with_pyproject()
+        test_requirements_txt_is_the_lock_within_pyproject_ranges()
 
 
 def test_start_up_loads_no_checkpoint_builds_no_network_and_queues_no_run(avstudio_home, monkeypatch):
