@@ -293,3 +293,72 @@ def test_cuda_shapes_values_and_gradients():
     assert sample_indices(20, 8, 3, generator=generator, device="cuda").device.type == "cuda"
     cpu_draw = sample_indices(20, 8, 3, generator=seeded(0), device="cuda")
     assert cpu_draw.device.type == "cuda"
+
+
+# -- sample first, then pool: the same answers as pooling everything and then sampling ------------------
+
+def _pool_then_sample(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """The layer's old order, written out: the whole stride-1 max pool (-inf pad), then the drawn positions."""
+    k = kernel_size
+    full = x if k == 1 else F.max_pool2d(F.pad(x, (0, k - 1, 0, k - 1), value=float("-inf")), k, stride=1)
+    if rows.dim() == 2:  # (n, Ho): shared (n = 1) or one draw per sample
+        picked = [full[b if rows.shape[0] > 1 else slice(None)] for b in range(rows.shape[0])]
+        out = [p[..., r, :][..., c] for p, r, c in zip(picked, rows, cols, strict=True)]
+        return out[0] if rows.shape[0] == 1 else torch.stack(out)
+    return torch.stack([_pool_then_sample(x, r, c, k) for r, c in zip(rows, cols, strict=True)])
+
+
+@pytest.mark.parametrize("kernel_size", [1, 2, 3])
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_sampling_first_gives_the_same_outputs_and_gradients_on_many_sizes_and_grids(kernel_size, per_sample):
+    from plugins.s3pool.layer import sampled_max
+
+    torch.manual_seed(0)
+    checked = 0
+    for height in (1, 2, 3, 5, 8, 15, 32):
+        for width in (1, 4, 7, 32):
+            for grid in (2, 4, 8, 16, 32):
+                x = torch.randn(3, 2, height, width, requires_grad=True)
+                rows, cols = sample_grid(height, width, grid, 3 if per_sample else 1)
+                reference = _pool_then_sample(x, rows, cols, kernel_size)
+                new = sampled_max(x, rows, cols, kernel_size)
+                assert torch.equal(new, reference), (height, width, grid)
+                weights = torch.randn_like(reference)
+                expected, = torch.autograd.grad((reference * weights).sum(), x)
+                got, = torch.autograd.grad((new * weights).sum(), x)
+                assert torch.equal(got, expected), (height, width, grid)
+                checked += 1
+    assert checked == 7 * 4 * 5
+
+
+def test_sampling_first_breaks_ties_as_max_pooling_does():
+    """After a ReLU many windows hold equal values: the gradient goes to the first maximal pixel."""
+    from plugins.s3pool.layer import sampled_max
+
+    x = torch.randn(4, 3, 16, 16).relu().round().requires_grad_()
+    assert (x == 0).float().mean() > 0.3
+    rows, cols = sample_grid(16, 16, 8, generator=seeded(1))
+    reference = _pool_then_sample(x, rows, cols, 2)
+    new = sampled_max(x, rows, cols)
+    assert torch.equal(new, reference)
+    assert torch.equal(torch.autograd.grad(new.sum(), x)[0], torch.autograd.grad(reference.sum(), x)[0])
+
+
+def test_sampling_first_with_an_ensemble_axis_matches_pooling_first():
+    from plugins.s3pool.layer import sampled_max
+
+    x = torch.randn(2, 3, 12, 10)
+    for per_sample in (False, True):
+        n = 2 if per_sample else 1
+        rows, cols = sample_grid(12, 10, 4, 3 * n, generator=seeded(2))
+        rows, cols = rows.view(3, n, -1), cols.view(3, n, -1)
+        assert torch.equal(sampled_max(x, rows, cols), _pool_then_sample(x, rows, cols, 2))
+
+
+@pytest.mark.parametrize("size", [(2, 2), (5, 7), (32, 32)])
+def test_the_cheaper_eval_paths_equal_the_stride1_map_they_stand_for(size):
+    x = torch.randn(2, 3, *size)
+    full = reference_stride1_max(x)
+    expected = F.avg_pool2d(full[..., : size[0] - 1, : size[1] - 1], 2, stride=2, padding=1, count_include_pad=False)
+    assert torch.allclose(s3pool(x, 4, training=False, eval_mode="deterministic"), expected, atol=1e-6)
+    assert torch.equal(s3pool(x, 4, training=False, eval_mode="uniform"), full[..., ::2, ::2])

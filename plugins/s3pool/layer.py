@@ -139,31 +139,67 @@ def _window_positions(starts: Tensor, kernel_size: int, length: int) -> Tensor:
     return (starts[..., :, None] + offsets).clamp_max_(length - 1).flatten(-2)
 
 
+class _SampledMax2x2(torch.autograd.Function):
+    """The 2x2 max of the windows whose 4 pixels ``flat`` lists (flat positions in the ``H*W`` plane).
+
+    ``flat`` is ``(n, L, 4)`` (``n = 1`` shared by the batch, or ``N``), the 4 pixels of each window in
+    row-major order. The max is three elementwise maxima, not a pooling kernel (which is slow on CPU), and
+    the gradient goes to the first maximal pixel of each window, as ``nn.MaxPool2d``'s does."""
+
+    @staticmethod
+    def forward(ctx: object, x: Tensor, flat: Tensor) -> Tensor:  # type: ignore[override]
+        batch, channels, height, width = x.shape
+        windows = flat.shape[1]
+        index = flat.view(flat.shape[0], 1, windows * 4).expand(batch, channels, windows * 4)
+        a, b, c, d = x.reshape(batch, channels, height * width).gather(-1, index).view(
+            batch, channels, windows, 4).unbind(-1)
+        first_row, second_row = a >= b, c >= d
+        top, bottom = torch.maximum(a, b), torch.maximum(c, d)
+        upper = top >= bottom
+        out = torch.maximum(top, bottom)
+        pa, pb, pc, pd = flat.view(flat.shape[0], 1, windows, 4).unbind(-1)
+        argmax = torch.where(upper, torch.where(first_row, pa, pb), torch.where(second_row, pc, pd))
+        ctx.save_for_backward(argmax.expand(batch, channels, windows))
+        ctx.input_shape = x.shape  # type: ignore[attr-defined]
+        return out
+
+    @staticmethod
+    def backward(ctx: object, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (argmax,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        batch, channels, height, width = ctx.input_shape  # type: ignore[attr-defined]
+        grad_x = grad.new_zeros(batch, channels, height * width)
+        grad_x.scatter_add_(-1, argmax, grad.reshape(batch, channels, -1))
+        return grad_x.view(batch, channels, height, width), None
+
+
 def sampled_max(x: Tensor, rows: Tensor, cols: Tensor, kernel_size: int = 2) -> Tensor:
     """The stride-1 max-pooled map at the sampled positions only, without computing the rest of it.
 
     Equal to ``gather_positions(stride1_max_pool(x, kernel_size), rows, cols)`` (same shapes: ``rows``
     ``(n, Ho)``/``(K, n, Ho)``, ``cols`` likewise, ``n = 1`` or ``N``), at a fraction of the cost: the
-    ``k x k`` window under every kept position is gathered into one ``(.., k*Ho, k*Wo)`` map (a single
-    index operation over the flattened map), then one stride-``k`` max pool reduces each window.
-    Differentiable with respect to ``x``; the gradient reaches each window's max, as in max pooling."""
+    ``k x k`` window under every kept position is gathered from the flattened map in one operation, then
+    reduced. For ``k = 2`` without an ensemble axis (training draws) the reduction is elementwise maxima
+    with a hand-written gradient (:class:`_SampledMax2x2`); otherwise a stride-``k`` max pool over the
+    gathered ``(.., k*Ho, k*Wo)`` windows. Differentiable with respect to ``x``; the gradient reaches each
+    window's max, as in max pooling."""
     _check_kernel_size(kernel_size)
     batch, channels, height, width = x.shape
     window_rows = _window_positions(rows, kernel_size, height)  # (.., n, k*Ho)
     window_cols = _window_positions(cols, kernel_size, width)  # (.., n, k*Wo)
+    out_rows, out_cols = rows.shape[-1], cols.shape[-1]
+    if kernel_size == 2 and rows.dim() == 2:
+        flat = (window_rows.view(-1, out_rows, 1, 2, 1) * width  # (n, Ho, Wo, 2, 2): each window's pixels
+                + window_cols.view(-1, 1, out_cols, 1, 2))
+        flat = flat.reshape(-1, out_rows * out_cols, 4)  # window-major, its 4 pixels row-major
+        return _SampledMax2x2.apply(x, flat).view(batch, channels, out_rows, out_cols)
     flat = (window_rows[..., :, None] * width + window_cols[..., None, :]).flatten(-2)  # (.., n, k*Ho*k*Wo)
-    tall, wide = window_rows.shape[-1], window_cols.shape[-1]
-    source = x.reshape(batch, channels, height * width)
-    if rows.dim() == 2 and rows.shape[0] == 1:  # one draw shared by the batch (the paper's case)
-        windows = source.index_select(-1, flat[0]).view(batch, channels, tall, wide)
-    else:
-        lead = rows.shape[:-2]  # () or (K,)
-        index = flat[..., :, None, :].expand(*lead, batch, channels, flat.shape[-1])
-        windows = source.expand(*lead, *source.shape).gather(-1, index)
-        windows = windows.view(-1, channels, tall, wide)
+    lead = rows.shape[:-2]  # () or (K,)
+    source = x.reshape(batch, channels, height * width).expand(*lead, batch, channels, height * width)
+    index = flat[..., :, None, :].expand(*lead, batch, channels, flat.shape[-1])
+    windows = source.gather(-1, index).view(-1, channels, window_rows.shape[-1], window_cols.shape[-1])
     if kernel_size > 1:
         windows = F.max_pool2d(windows, kernel_size)
-    return windows.view(*rows.shape[:-2], batch, channels, rows.shape[-1], cols.shape[-1])
+    return windows.view(*lead, batch, channels, out_rows, out_cols)
 
 
 def deterministic_downsample(pooled: Tensor) -> Tensor:
@@ -228,7 +264,9 @@ def s3pool(x: Tensor, grid_size: int, training: bool, *, kernel_size: int = 2, p
         return stride1_max_pool(x, kernel_size)[..., ::2, ::2]
     if eval_mode == "deterministic":
         if kernel_size == 2 and height > 1 and width > 1:  # rows/cols 0..L-2 of the stride-1 map: no pad needed
-            return F.avg_pool2d(F.max_pool2d(x, 2, stride=1), 2, stride=2, padding=1, count_include_pad=False)
+            pairs = torch.maximum(x[..., :-1, :], x[..., 1:, :])  # two elementwise maxima: cheaper than a pool
+            pooled = torch.maximum(pairs[..., :-1], pairs[..., 1:])
+            return F.avg_pool2d(pooled, 2, stride=2, padding=1, count_include_pad=False)
         return deterministic_downsample(stride1_max_pool(x, kernel_size))
     if ensemble_k < 1:
         raise ValueError(f"ensemble_k must be >= 1, got {ensemble_k}")
