@@ -88,6 +88,13 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             raise RuntimeError(f"{job['config']}: {result.status}: {result.error}")
         name = f"resnet-{job['config']['downsample']}"
         net = net_from_checkpoint(load_checkpoint(result.checkpoints[name])).eval()
+        if job.get("keep_dir"):  # the trained network and its card, e.g. to ship as the demo's weights
+            import shutil
+
+            keep = Path(job["keep_dir"]) / job_key(job["config"])
+            keep.mkdir(parents=True, exist_ok=True)
+            for path in result.checkpoints[name].parent.glob(f"{name}.*"):
+                shutil.copy2(path, keep / path.name)
     test = load_shapes("test", Path(job["data_dir"]))
     train = load_shapes("train", Path(job["data_dir"]))
     limit = job["test_size"] or len(test.targets)
@@ -249,6 +256,8 @@ def main(argv: list[str] | None = None) -> Path:
                         help="train only these poolings now (the report uses every finished training)")
     parser.add_argument("--augment", action="store_true", help="also max pooling and S3Pool with crops and flips")
     parser.add_argument("--max-jobs", type=int, default=0, help="train at most N missing jobs now (0 = all)")
+    parser.add_argument("--keep-checkpoints", default=None, metavar="DIR",
+                        help="copy each trained network and its card to DIR/<job>/ (to ship one as demo weights)")
     args = parser.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
     suffix = "-quick" if args.quick else ""
@@ -269,8 +278,8 @@ def main(argv: list[str] | None = None) -> Path:
     if todo:
         for split in ("train", "val", "test"):  # generate the cache once, before the workers share it
             load_shapes(split, Path(args.data_dir))
-    work = [{"config": c, "data_dir": args.data_dir, "test_size": cfg["test_size"], "ensemble_k": cfg["ensemble_k"]}
-            for c in todo]
+    work = [{"config": c, "data_dir": args.data_dir, "test_size": cfg["test_size"], "ensemble_k": cfg["ensemble_k"],
+             "keep_dir": args.keep_checkpoints} for c in todo]
     print(f"{len(plan)} trainings planned, {len(plan) - len(missing)} done in {jobs_dir}; training {len(work)} "
           f"of {cfg['steps']} steps on {args.workers} worker(s)", flush=True)
     started = time.time()
