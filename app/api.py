@@ -11,8 +11,10 @@ A plugin (built in or third party) imports only from here::
 Hooks are bare functions with one docstring each (the docs test reads them); the objects a plugin
 fills in are dataclasses; the contexts the studio hands to plugins are Protocols, so the trainer
 and the app can implement them without importing each other. Everything else a plugin may use
-(checkpoint files, dataset building blocks, image helpers, the training loop, a test harness) is
-re-exported here: a plugin imports ``app.api`` and nothing else of the studio (a test holds it).
+(checkpoint files, dataset building blocks, image helpers, the training loop) is re-exported here:
+a plugin imports ``app.api`` and nothing else of the studio (a test holds it). Its tests may also
+import the test harness, :func:`app.testing.open_test_studio` (a whole studio, CLI included, so
+the contract does not import it).
 """
 
 from __future__ import annotations
@@ -352,28 +354,12 @@ def refreshed_choices(choices: Sequence[Any], held: Any, fallback: Any) -> Any:
     return gr.update(choices=list(choices), value=fallback)
 
 
-# --------------------------------------------------------------------------------------------
-# Testing a plugin: a real studio (registry, run store, worker path, contexts) in a temporary home
-# --------------------------------------------------------------------------------------------
-
-
-def open_test_studio(home: Path | str, plugins: Sequence[Any] = (), *, installed: str | None = "") -> Any:
-    """A :class:`app.testing.StudioForTests` on ``home`` with ``plugins`` registered beside the built-ins.
-
-    ``plugins`` are modules or importable module names; ``installed`` selects entry-point plugins as
-    ``AVSTUDIO_PLUGINS`` does (``""``: none, None: all installed, ``"name"``: that one). Use it as a
-    context manager: ``with open_test_studio(tmp_path, [my_plugin]) as studio: studio.train(...)``.
-    """
-    from app.testing import StudioForTests
-
-    return StudioForTests(home, plugins, installed=installed)
-
 __all__ = [
     "Arrays", "Checkpoint", "CheckpointInfo", "CheckpointSlot", "CommandContext", "ConfigError", "DatasetSpec",
     "DemoContext", "ImageTensorDataset", "Method", "ModelCache", "Progress", "Recipe", "TrainContext", "TrainLoop",
     "UserError",
     "cached_splits", "config_field", "config_fields", "config_to_dict", "dataclass_from_dict",
     "describe_constraints", "figure_font", "hook_names", "hookimpl", "hookspec", "image_to_tensor", "iter_hooks", "lenient_upload",
-    "load_checkpoint", "load_module_tensors", "load_rgb_image", "make_config", "module_tensors", "open_test_studio",
+    "load_checkpoint", "load_module_tensors", "load_rgb_image", "make_config", "module_tensors",
     "parse_assignments", "random_crop_flip", "refreshed_choices", "save_checkpoint", "split_tensors",
 ]

@@ -1,7 +1,9 @@
 """A real studio for testing a plugin: its registry, run store, worker path and contexts, in a
-temporary home. Reached through the contract as :func:`app.api.open_test_studio`::
+temporary home. A plugin's tests open one with :func:`open_test_studio` (the one module of the studio
+besides the contract, ``app.api``, that they import; the contract does not re-export it, since the
+harness reaches the whole studio, its CLI included)::
 
-    from app.api import open_test_studio
+    from app.testing import open_test_studio
     import my_plugin
 
     def test_recipe_trains(tmp_path):
@@ -230,6 +232,16 @@ class StudioForTests:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def open_test_studio(home: Path | str, plugins: Sequence[Any] = (), *, installed: str | None = "") -> StudioForTests:
+    """A :class:`StudioForTests` on ``home`` with ``plugins`` registered beside the built-ins.
+
+    ``plugins`` are modules or importable module names; ``installed`` selects entry-point plugins as
+    ``AVSTUDIO_PLUGINS`` does (``""``: none, None: all installed, ``"name"``: that one). Use it as a
+    context manager: ``with open_test_studio(tmp_path, [my_plugin]) as studio: studio.train(...)``.
+    """
+    return StudioForTests(home, plugins, installed=installed)
 
 
 def wait_for(condition, timeout_s: float = 30.0, every_s: float = 0.1):

@@ -385,7 +385,7 @@ def _train_job(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     import plugins.multitask as plugin
-    from app.api import open_test_studio
+    from app.testing import open_test_studio
 
     torch.set_num_threads(job["threads"])
     previous = os.environ.get("AVSTUDIO_DATA")

@@ -226,7 +226,7 @@ def _semi_job(job: dict[str, Any]) -> dict[str, Any]:
 def _train_job(job: dict[str, Any]) -> dict[str, Any]:
     """Train one kind through the studio's worker path in its own scratch home; the checkpoint's path."""
     import plugins.vgan as plugin
-    from app.api import open_test_studio
+    from app.testing import open_test_studio
 
     with open_test_studio(job["home"], [plugin]) as studio:
         result = studio.train("vgan", job["kind"], job["config"])

@@ -14,7 +14,8 @@ from PIL import Image
 
 import plugins.datasets
 import plugins.multitask
-from app.api import image_to_tensor, load_rgb_image, open_test_studio
+from app.api import image_to_tensor, load_rgb_image
+from app.testing import open_test_studio
 from plugins.multitask.demo import (
     HEAT_BAR,
     HEAT_CELL,

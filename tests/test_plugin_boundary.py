@@ -1,5 +1,6 @@
 """The contract is the only door: a plugin (built in, scaffolded or third party) imports nothing of the
-studio except ``app.api`` (and its own package's modules)."""
+studio except ``app.api`` (and its own package's modules); its tests may also import the test harness,
+``app.testing``. The contract itself reaches no higher than what it re-exports (no harness, no CLI)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,18 @@ from app.settings import REPO_ROOT
 
 STUDIO_PACKAGES = ("app", "trainer", "plugins")
 CONTRACT = "app.api"
+HARNESS = "app.testing"
 
 
-def studio_imports(source: str, own_package: str | None) -> list[str]:
-    """The studio modules ``source`` imports, other than the contract and its own package."""
+def is_test_module(label: str) -> bool:
+    """Whether the module labelled ``label`` (a path, maybe ``scaffold:``-prefixed) is a test module."""
+    parts = label.split(":")[-1].split("/")
+    return "tests" in parts[:-1] or parts[-1].startswith("test_") or parts[-1] == "conftest.py"
+
+
+def studio_imports(source: str, own_package: str | None, *, test_module: bool = False) -> list[str]:
+    """The studio modules ``source`` imports, other than the contract and its own package (and the test
+    harness, for a test module)."""
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
@@ -33,6 +42,8 @@ def studio_imports(source: str, own_package: str | None) -> list[str]:
             if top not in STUDIO_PACKAGES:
                 continue
             if name == CONTRACT or name.startswith(CONTRACT + "."):
+                continue
+            if test_module and (name == HARNESS or name.startswith(HARNESS + ".")):
                 continue
             if own_package and (name == own_package or name.startswith(own_package + ".")):
                 continue
@@ -54,8 +65,21 @@ def plugin_sources() -> list[tuple[str, str, str]]:
 
 @pytest.mark.parametrize("label, package, source", plugin_sources(), ids=[s[0] for s in plugin_sources()])
 def test_plugins_import_only_the_contract(label, package, source):
-    assert studio_imports(source, package) == [], (
+    assert studio_imports(source, package, test_module=is_test_module(label)) == [], (
         f"{label} imports studio modules outside the contract; expose what it needs through app.api")
+
+
+def test_the_scaffolded_tests_are_checked_as_tests():
+    tests = [label for label, _, _ in plugin_sources() if is_test_module(label)]
+    assert tests and all(label.startswith("scaffold:") for label in tests)
+
+
+def test_the_contract_does_not_reach_up_to_the_harness_or_the_cli():
+    source = (REPO_ROOT / "app" / "api.py").read_text()
+    reached = {name for name in studio_imports(source, None)
+               if name.split(".")[:2] in (["app", "testing"], ["app", "cli"], ["app", "ui"],
+                                          ["app", "plugin_manager"], ["app", "main"])}
+    assert reached == set(), f"app/api.py imports {sorted(reached)}: the contract must not import the studio above it"
 
 
 def test_every_built_in_plugin_is_checked():
@@ -75,6 +99,25 @@ def test_every_built_in_plugin_is_checked():
     ("import trainer", ["trainer"]),
     ("def f():\n    from trainer import datasets", ["trainer.datasets"]),
     ("from plugins.datasets.shapes import load_shapes", ["plugins.datasets.shapes"]),
+    ("from app.testing import open_test_studio", ["app.testing"]),
 ])
 def test_the_check_catches_every_way_of_importing(source, expected):
     assert studio_imports(source, "plugins.blockdrop") == expected
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("from app.testing import open_test_studio", []),
+    ("from app import testing", []),
+    ("from app.cli import cli", ["app.cli"]),
+    ("from trainer.store import RunStore", ["trainer.store"]),
+])
+def test_a_test_module_may_import_the_harness_too(source, expected):
+    assert studio_imports(source, "plugins.blockdrop", test_module=True) == expected
+
+
+@pytest.mark.parametrize("label, expected", [
+    ("scaffold:tests/test_plugin.py", True), ("plugins/blockdrop/model.py", False),
+    ("scaffold:avstudio_edge_gain/__init__.py", False), ("plugins/x/tests/helpers.py", True),
+])
+def test_which_modules_are_tests(label, expected):
+    assert is_test_module(label) is expected

@@ -19,6 +19,7 @@ import torch
 
 from app import api
 from app.settings import ASSETS_DIR, REPO_ROOT
+from app.testing import open_test_studio
 from app.ui import build_app, check_demos
 
 COUNTER = "tests.plugins_for_tests.counter_plugin"
@@ -43,7 +44,7 @@ def importable(tmp_path, monkeypatch) -> Path:
 
 
 def test_the_harness_trains_through_the_worker_path_and_promotes(tmp_path):
-    with api.open_test_studio(tmp_path, [COUNTER]) as studio:
+    with open_test_studio(tmp_path, [COUNTER]) as studio:
         assert studio.plugin(COUNTER).status == "ok" and studio.plugin(COUNTER).methods == ["counter"]
         result = studio.train("counter", "count", {"steps": 3})
         assert result.status == "succeeded", result.error
@@ -62,7 +63,7 @@ def test_the_harness_trains_through_the_worker_path_and_promotes(tmp_path):
 
 
 def test_the_harness_interrupts_a_run_and_resumes_it(tmp_path):
-    with api.open_test_studio(tmp_path, [COUNTER]) as studio:
+    with open_test_studio(tmp_path, [COUNTER]) as studio:
         assert studio.plugin(COUNTER).source == "extra"
         killed = studio.train("counter", "count", {"steps": 6}, interrupt_after=4)
         assert killed.status == "interrupted" and killed.last("counted") == 2
@@ -74,20 +75,20 @@ def test_the_harness_interrupts_a_run_and_resumes_it(tmp_path):
 
 
 def test_a_failure_inside_train_context_fails_the_run(tmp_path):
-    with api.open_test_studio(tmp_path, [COUNTER]) as studio:
+    with open_test_studio(tmp_path, [COUNTER]) as studio:
         with pytest.raises(RuntimeError), studio.train_context("counter", "count") as ctx:
             raise RuntimeError("broke while testing")
         assert studio.result(ctx.run_id).status == "failed"
 
 
 def test_a_command_gets_a_one_line_error_when_a_checkpoint_is_missing(tmp_path):
-    with api.open_test_studio(tmp_path) as studio:
+    with open_test_studio(tmp_path) as studio:
         with pytest.raises(api.UserError, match="no checkpoint 'blockdrop/nothing'"):
             studio.command_context().load_checkpoint("blockdrop/nothing")
 
 
 def test_the_harness_gives_a_real_train_context(tmp_path):
-    with api.open_test_studio(tmp_path, [COUNTER]) as studio:
+    with open_test_studio(tmp_path, [COUNTER]) as studio:
         with studio.train_context("counter", "count") as ctx:
             assert isinstance(ctx, api.TrainContext)
             ctx.log_metrics(1, loss=0.5)
@@ -98,7 +99,7 @@ def test_the_harness_gives_a_real_train_context(tmp_path):
 
 
 def test_the_harness_resumes_a_run(tmp_path):
-    with api.open_test_studio(tmp_path, [COUNTER]) as studio:
+    with open_test_studio(tmp_path, [COUNTER]) as studio:
         failed = studio.train("counter", "count", {"steps": 5, "fail_at": 3})
         assert failed.status == "failed" and failed.error == "boom at step 3"
         run_id = studio.store.enqueue("counter", "count", {"steps": 3})
@@ -112,7 +113,7 @@ def test_the_harness_resumes_a_run(tmp_path):
 
 
 def test_plugin_metadata_never_overwrites_the_studio_record(tmp_path):
-    with api.open_test_studio(tmp_path, [COUNTER]) as studio:
+    with open_test_studio(tmp_path, [COUNTER]) as studio:
         with studio.train_context("counter", "count", {"steps": 2}) as ctx:
             path = ctx.save_checkpoint("model", {"step": torch.tensor([0])}, {"run_id": 999, "config": "mine"})
         checkpoint = api.load_checkpoint(path)
@@ -157,7 +158,7 @@ def _blockdrop_artifact(studio, name: str, source: str = "policy-g1") -> int:
 def test_a_promoted_policy_appears_in_the_blockdrop_selector(tmp_path):
     from plugins.blockdrop.demo import BlockDropDemo
 
-    with api.open_test_studio(tmp_path) as studio:
+    with open_test_studio(tmp_path) as studio:
         demo = BlockDropDemo(studio.demo_context("blockdrop"))
         assert demo.policy_names() == ["policy-g0.5", "policy-g1", "policy-g2"]
         run_id = _blockdrop_artifact(studio, "policy-g0.25")
@@ -168,7 +169,7 @@ def test_a_promoted_policy_appears_in_the_blockdrop_selector(tmp_path):
 
 
 def test_promotion_refuses_undeclared_slots_and_other_architectures(tmp_path):
-    with api.open_test_studio(tmp_path, [COUNTER]) as studio:
+    with open_test_studio(tmp_path, [COUNTER]) as studio:
         run_id = _blockdrop_artifact(studio, "policy-g1")
         with pytest.raises(api.UserError, match="blockdrop has no checkpoint slot 'best'; its demo reads: "
                                                 "backbone, policy-g\\*, policy"):
@@ -185,7 +186,7 @@ def test_promotion_refuses_undeclared_slots_and_other_architectures(tmp_path):
 
 
 def test_cli_promote_show_unpromote(tmp_path):
-    with api.open_test_studio(tmp_path, [COUNTER]) as studio:
+    with open_test_studio(tmp_path, [COUNTER]) as studio:
         run = studio.train("counter", "count", {"steps": 2})
         refused = studio.cli("runs", "promote", str(run.run_id), "--slot", "best")
         assert refused.exit_code == 2 and "counter has no checkpoint slot 'best'; its demo reads: model" in refused.output
@@ -219,7 +220,7 @@ def test_a_plugin_ships_checkpoints_and_examples_in_its_own_package(tmp_path, im
                             checkpoint_slots=[CheckpointSlot("weights")],
                             assets_dir=Path(__file__).parent / "assets"))
     """))
-    with api.open_test_studio(tmp_path / "home", ["shipper", COUNTER]) as studio:
+    with open_test_studio(tmp_path / "home", ["shipper", COUNTER]) as studio:
         ctx = studio.demo_context("shipper")
         assert ctx.assets_dir == package / "assets"
         assert ctx.load_checkpoint("weights").metadata == {"kind": "mine"}
@@ -234,7 +235,7 @@ def test_a_plugin_ships_checkpoints_and_examples_in_its_own_package(tmp_path, im
 
 
 def test_a_command_context_follows_the_global_options(tmp_path):
-    with api.open_test_studio(tmp_path / "home", [COUNTER]) as studio:
+    with open_test_studio(tmp_path / "home", [COUNTER]) as studio:
         ctx = studio.command_context()
         assert isinstance(ctx, api.CommandContext)
         assert ctx.home == tmp_path / "home" and ctx.device == torch.device("cpu")
@@ -310,7 +311,7 @@ FAILING_DEMOS = """
 
 def test_a_demo_that_fails_to_build_fails_its_plugin_everywhere(tmp_path, importable):
     write_module(importable, "demos_plugin", FAILING_DEMOS)
-    with api.open_test_studio(tmp_path, ["demos_plugin"]) as studio:
+    with open_test_studio(tmp_path, ["demos_plugin"]) as studio:
         errors = check_demos(studio.settings, studio.registry)
         assert errors == {"broken-demo": "build_demo of broken-demo: RuntimeError: no widgets today"}
         status = studio.plugin("demos_plugin")
@@ -320,7 +321,7 @@ def test_a_demo_that_fails_to_build_fails_its_plugin_everywhere(tmp_path, import
 
 def test_a_user_error_in_a_demo_is_one_line_for_the_user_and_the_log(tmp_path, importable, caplog):
     write_module(importable, "demos_plugin2", FAILING_DEMOS)
-    with api.open_test_studio(tmp_path, ["demos_plugin2"]) as studio:
+    with open_test_studio(tmp_path, ["demos_plugin2"]) as studio:
         blocks = build_app(studio.settings, studio.registry, studio.store)
         (fn,) = [f.fn for f in blocks.fns.values() if f.api_name == "strict_go"]
         with caplog.at_level(logging.INFO, logger="avstudio.ui"), pytest.raises(gr.Error) as info:
@@ -349,7 +350,7 @@ def test_an_unknown_method_after_a_plugin_failed_says_why(tmp_path):
 
 
 def test_help_config_shows_choices_and_ranges(tmp_path):
-    with api.open_test_studio(tmp_path) as studio:
+    with open_test_studio(tmp_path) as studio:
         shown = studio.cli("train", "blockdrop", "finetune", "--help-config")
         assert shown.exit_code == 0, shown.output
         row = next(line for line in shown.output.splitlines() if line.startswith("train_forward"))
@@ -364,7 +365,7 @@ def test_datasets_show_passes_dataset_options(tmp_path):
     for split, cls in (("train", "cat"), ("train", "dog"), ("val", "cat"), ("test", "dog")):
         (tmp_path / "images" / split / cls).mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (10, 10), (200, 10, 10)).save(tmp_path / "images" / split / cls / "a.png")
-    with api.open_test_studio(tmp_path / "home") as studio:
+    with open_test_studio(tmp_path / "home") as studio:
         out = tmp_path / "grid.png"
         shown = studio.cli("datasets", "show", "imagefolder", "-o", f"path={tmp_path / 'images'}", "-o", "size=16",
                            "--out", str(out))
@@ -377,7 +378,7 @@ def test_datasets_show_passes_dataset_options(tmp_path):
 def test_the_blockdrop_selector_refreshes_when_opened(tmp_path):
     from plugins.blockdrop.demo import BlockDropDemo
 
-    with api.open_test_studio(tmp_path) as studio:
+    with open_test_studio(tmp_path) as studio:
         blocks = studio.build_demo("blockdrop")
         (focus,) = [f for f in blocks.fns.values() if f.api_name == "blockdrop_policies"]
         demo = BlockDropDemo(studio.demo_context("blockdrop"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from app.api import open_test_studio
+from app.testing import open_test_studio
 from app.ui.runs_tab import RunsActions
 
 

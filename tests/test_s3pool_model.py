@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.api import ConfigError, DatasetSpec, ImageTensorDataset, hookimpl, load_checkpoint, open_test_studio
+from app.api import ConfigError, DatasetSpec, ImageTensorDataset, hookimpl, load_checkpoint
+from app.testing import open_test_studio
 from plugins.s3pool import model as M
 from plugins.s3pool.layer import S3Pool2d
 from tests.trajectories import assert_same_trajectory

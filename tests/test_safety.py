@@ -28,6 +28,7 @@ from app.errors import UserError
 from app.plugin_manager import load_registry
 from app.promotion import promote_artifact
 from app.testing import free_port as _free_port
+from app.testing import open_test_studio
 from app.ui import build_app, launch
 from app.ui.runs_tab import RunsActions
 from trainer.checkpoints import load_checkpoint, save_checkpoint
@@ -53,7 +54,7 @@ def _quiet_gradio(monkeypatch, tmp_path):
 
 @pytest.fixture
 def studio(tmp_path, avstudio_home):
-    with api.open_test_studio(avstudio_home, [COUNTER]) as opened:
+    with open_test_studio(avstudio_home, [COUNTER]) as opened:
         yield opened
 
 

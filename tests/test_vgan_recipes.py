@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from app.api import DatasetSpec, ImageTensorDataset, UserError, hookimpl, load_checkpoint, open_test_studio
+from app.api import DatasetSpec, ImageTensorDataset, UserError, hookimpl, load_checkpoint
+from app.testing import open_test_studio
 from plugins.vgan.model import (
     GanConfig,
     build_models,
