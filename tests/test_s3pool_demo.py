@@ -347,3 +347,29 @@ def test_upload_component_passes_corrupt_files_to_the_handler(demo, tmp_path):
     assert passed == str(bad)
     with pytest.raises(UserError, match="not a readable image"):
         demo.analyse(passed)
+
+
+def test_analyse_predicts_what_the_full_forward_pass_predicts(demo):
+    """analyse reuses the S3Pool network's first pooled map for its prediction: same answer as predict."""
+    for net_name in (S3POOL_NET, MAX_NET):  # BatchNorm statistics away from their init: a real check
+        for module in demo.net(net_name).modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+    image = _image()
+    together = demo.analyse(image, 16, 1, seed=3)["predict"]
+    alone = demo.predict(image)
+    for name in (MAX_NET, S3POOL_NET):
+        for label, p in alone[name]["probabilities"].items():
+            assert together[name]["probabilities"][label] == pytest.approx(p, abs=1e-6)
+
+
+def test_every_draw_of_the_pixel_panel_is_the_max_of_its_windows(demo):
+    """The draws are computed together; each must still be the stride-1 max at its own rows and columns."""
+    r = demo.augment(_image(), grid_size=8, layers=1, draws=4, seed=11)
+    x = torch.from_numpy(r["model_input"]).permute(2, 0, 1).float()
+    full = torch.nn.functional.max_pool2d(torch.nn.functional.pad(x, (0, 1, 0, 1), value=-1.0), 2, stride=1)
+    distinct = {tuple(rows[0]) for rows in r["rows"]}
+    assert len(distinct) > 1  # the draws differ
+    for draw, rows, cols in zip(r["draws"], r["rows"], r["cols"], strict=True):
+        expected = full[:, rows[0]][:, :, cols[0]].permute(1, 2, 0).round().to(torch.uint8).numpy()
+        assert np.array_equal(draw, expected)

@@ -18,7 +18,12 @@ import numpy as np
 import torch
 
 from app.api import ModelCache, UserError, image_to_tensor, lenient_upload, load_rgb_image
-from plugins.s3pool.layer import S3Pool2d, deterministic_downsample, s3pool_with_indices, stride1_max_pool
+from plugins.s3pool.layer import (
+    S3Pool2d,
+    s3pool,
+    sample_grid,
+    sampled_max,
+)
 from plugins.s3pool.model import PoolingNet, net_from_checkpoint
 
 MAX_NET = "resnet-max"  # the shipped max-pool ResNet (checkpoint slot resnet-*)
@@ -154,19 +159,19 @@ class S3PoolDemo:
         x = image_to_tensor(load_rgb_image(image), (w, h))
         grids = [grid_size, second_grid(grid_size)][:layers]
         generator = torch.Generator().manual_seed(seed)
-        outs, rows, cols = [], [], []
-        for _ in range(draws):
-            y, draw_rows, draw_cols = x, [], []
-            for g in grids:
-                y, r, c = s3pool_with_indices(y, g, generator=generator)
-                draw_rows.append(r[0].tolist())
-                draw_cols.append(c[0].tolist())
-            outs.append(to_uint8(y))
-            rows.append(draw_rows)
-            cols.append(draw_cols)
+        y = x.expand(draws, *x.shape[1:])  # every draw at once: one draw per "sample" of this batch
+        layer_rows, layer_cols = [], []
+        for g in grids:
+            r, c = sample_grid(y.shape[-2], y.shape[-1], g, draws, generator=generator)
+            y = sampled_max(y, r, c)
+            layer_rows.append(r.tolist())
+            layer_cols.append(c.tolist())
+        outs = [to_uint8(y[i: i + 1]) for i in range(draws)]
+        rows = [[layer[i] for layer in layer_rows] for i in range(draws)]
+        cols = [[layer[i] for layer in layer_cols] for i in range(draws)]
         det = maxed = x
         for _ in grids:
-            det = deterministic_downsample(stride1_max_pool(det))
+            det = s3pool(det, 2, False, eval_mode="deterministic")
             maxed = torch.nn.functional.max_pool2d(maxed, 2, ceil_mode=True)
         deterministic, max_pool = to_uint8(det), to_uint8(maxed)
         oh, ow = deterministic.shape[:2]
@@ -184,30 +189,41 @@ class S3PoolDemo:
             "strip": tile([*outs, deterministic, max_pool]),  # one picture: the draws, deterministic, max pool
         }
 
+    def _net_or_error(self, name: str) -> PoolingNet | UserError:
+        try:
+            return self.net(name)
+        except UserError as exc:
+            return exc
+
     @torch.inference_mode()
     def features(self, image: Any, draws: int = FEATURE_DRAWS, channels: int = FEATURE_CHANNELS,
                  seed: int | None = None) -> dict[str, Any]:
         """The shipped S3Pool network's first pooled feature maps: ``draws`` random draws of only its first
         S3Pool layer (the rest of the network stays in eval mode) and the deterministic path; the
         ``channels`` most active channels as a normalised grid. A missing network gives ``message``."""
-        pil = load_rgb_image(image)
-        try:
-            net = self.net(S3POOL_NET)
-        except UserError as exc:
-            return {"message": str(exc), "picture": None, "draws": [], "deterministic": None}
+        return self._features(load_rgb_image(image), self._net_or_error(S3POOL_NET), draws, channels, seed)[0]
+
+    def _features(self, pil: Any, net: PoolingNet | UserError, draws: int, channels: int,
+                  seed: int | None) -> tuple[dict[str, Any], torch.Tensor | None]:
+        """:meth:`features`, and the network's own first pooled map when it pooled deterministically (the
+        rest of its forward pass can start there: :meth:`_predict`)."""
+        if isinstance(net, UserError):
+            return {"message": str(net), "picture": None, "draws": [], "deterministic": None}, None
         pool = net.pools[0]
         if not isinstance(pool, S3Pool2d):
             return {"message": f"Checkpoint `{S3POOL_NET}` downsamples with {net.config.downsample!r}, not S3Pool. "
                                + how_to_train(S3POOL_NET).split("\n", 1)[1].strip(),
-                    "picture": None, "draws": [], "deterministic": None}
+                    "picture": None, "draws": [], "deterministic": None}, None
         seed = _fresh_seed(seed)
         h, w = net.config.input_size
         x = image_to_tensor(pil, (w, h)).to(next(net.parameters()).device)
         stage1 = net.stages[0](net.stem((x - net.mean) / net.std))  # eval mode: BatchNorm's running stats
         generator = torch.Generator().manual_seed(seed)
-        maps = [s3pool_with_indices(stage1.cpu(), pool.grid_size, kernel_size=pool.kernel_size,
-                                    generator=generator)[0][0].numpy() for _ in range(max(1, int(draws)))]
-        deterministic = deterministic_downsample(stride1_max_pool(stage1, pool.kernel_size))[0].cpu().numpy()
+        draws = max(1, int(draws))
+        rows, cols = sample_grid(*stage1.shape[-2:], pool.grid_size, draws, generator=generator)
+        maps = list(sampled_max(stage1.cpu().expand(draws, *stage1.shape[1:]), rows, cols, pool.kernel_size).numpy())
+        pooled = s3pool(stage1, pool.grid_size, False, kernel_size=pool.kernel_size, eval_mode="deterministic")
+        deterministic = pooled[0].cpu().numpy()
         order = np.argsort(-deterministic.mean((1, 2)), kind="stable")[: max(1, int(channels))]
         stack = np.stack([*maps, deterministic])[:, order]  # (draws + 1, C', H, W)
         lo, hi = stack.min((0, 2, 3), keepdims=True), stack.max((0, 2, 3), keepdims=True)
@@ -225,23 +241,29 @@ class S3PoolDemo:
             "deterministic": rows[-1],
             "maps": {"draws": [m[order] for m in maps], "deterministic": deterministic[order]},  # raw C'×H×W
             "picture": tile([[row] for row in rows]),  # the rows one under another: draws, then deterministic
-        }
+        }, (pooled if pool.eval_mode == "deterministic" else None)
 
     @torch.inference_mode()
     def predict(self, image: Any) -> dict[str, Any]:
         """Top-3 and the class distribution of each shipped network (max pool, S3Pool); a missing or
         unusable checkpoint gives that network a ``message`` saying how to train it instead."""
-        pil = load_rgb_image(image)
+        return self._predict(load_rgb_image(image), {name: self._net_or_error(name) for name in NETWORKS})
+
+    def _predict(self, pil: Any, nets: dict[str, PoolingNet | UserError],
+                 s3pool_pooled: torch.Tensor | None = None) -> dict[str, Any]:
+        """:meth:`predict` with the networks looked up; ``s3pool_pooled``: the S3Pool network's first pooled
+        map of this image, when :meth:`_features` computed it (its forward pass goes on from there)."""
         out: dict[str, Any] = {}
-        for name in NETWORKS:
-            try:
-                net = self.net(name)
-            except UserError as exc:
-                out[name] = {"message": str(exc), "top3": None, "probabilities": None}
+        for name, net in nets.items():
+            if isinstance(net, UserError):
+                out[name] = {"message": str(net), "top3": None, "probabilities": None}
                 continue
-            h, w = net.config.input_size
-            x = image_to_tensor(pil, (w, h)).to(next(net.parameters()).device)
-            probs = net(x).softmax(1)[0].cpu()
+            if name == S3POOL_NET and s3pool_pooled is not None:
+                logits = net.classify_from(s3pool_pooled, 1)
+            else:
+                h, w = net.config.input_size
+                logits = net(image_to_tensor(pil, (w, h)).to(next(net.parameters()).device))
+            probs = logits.softmax(1)[0].cpu()
             labels = self.labels(net)
             values, idx = probs.topk(min(3, len(probs)))
             out[name] = {
@@ -256,8 +278,11 @@ class S3PoolDemo:
         """All three panels for one image (one bad-image error, before anything runs)."""
         pil = load_rgb_image(image)
         seed = _fresh_seed(seed)
-        return {"augment": self.augment(pil, grid_size, layers, seed=seed),
-                "features": self.features(pil, seed=seed), "predict": self.predict(pil)}
+        augment = self.augment(pil, grid_size, layers, seed=seed)
+        nets = {name: self._net_or_error(name) for name in NETWORKS}  # each looked up once per request
+        with torch.inference_mode():
+            features, pooled = self._features(pil, nets[S3POOL_NET], FEATURE_DRAWS, FEATURE_CHANNELS, seed)
+            return {"augment": augment, "features": features, "predict": self._predict(pil, nets, pooled)}
 
 
 # --------------------------------------------------------------------------------------------

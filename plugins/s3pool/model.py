@@ -141,6 +141,15 @@ class PoolingNet(nn.Module):
         """Logits N×classes for images N×3×H×W in [0, 1]."""
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.forward_features(x)[-1], 1), 1))
 
+    def classify_from(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        """Logits from ``x``, the map that enters stage ``stage`` (after its downsampling layer): the rest
+        of :meth:`forward`, for a caller that already computed the first stages (the demo does)."""
+        for i in range(stage, len(self.stages)):
+            if i > stage:
+                x = self.pools[i - 1](x)
+            x = self.stages[i](x)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The feature maps after the stem and after each downsampling layer (the demo shows them)."""
         x = self.stem((x - self.mean) / self.std)
