@@ -16,14 +16,13 @@ import plugins.datasets
 import plugins.multitask
 from app.api import image_to_tensor, load_rgb_image
 from app.testing import open_test_studio
-from plugins.multitask.demo import (
+from plugins.multitask.demo import TABLE_COLUMNS, MultitaskDemo, build_demo, table_frame
+from plugins.multitask.drawings import (
     HEAT_BAR,
     HEAT_CELL,
     HEAT_LABELS,
     HEAT_MARGIN,
-    LATENCY_REPEATS,
     SPLIT_COLOUR,
-    TABLE_COLUMNS,
     TREE_BOTTOM,
     TREE_COLUMN,
     TREE_HEADS,
@@ -31,13 +30,11 @@ from plugins.multitask.demo import (
     TREE_NAMES,
     TREE_RIGHT,
     TREE_ROW,
-    MultitaskDemo,
-    build_demo,
     colormap,
-    table_frame,
     top_groups,
     tree_order,
 )
+from plugins.multitask.latency import LATENCY_REPEATS
 from plugins.multitask.model import net_from_checkpoint
 from plugins.multitask.recipes import tree_from_card
 
@@ -231,7 +228,7 @@ def test_the_tree_figure_has_the_tasks_at_the_leaves_a_level_per_layer_and_marke
 
 
 def test_a_nested_tree_splits_twice_and_keeps_each_branch_contiguous():
-    from plugins.multitask.demo import first_split, own_layers, split_group_of, tree_figure
+    from plugins.multitask.drawings import first_split, own_layers, split_group_of, tree_figure
     from plugins.multitask.model import TreeConfig
 
     trunk = ((0, 1, 2, 3, 4, 5),)

@@ -6,7 +6,9 @@ one by SOMP and widened top-down by task affinity, so that similar tasks share l
 - :mod:`plugins.multitask.affinity`: per-example margins, task and branch affinity;
 - :mod:`plugins.multitask.widening`: the top-down greedy widening decision and step;
 - :mod:`plugins.multitask.recipes`: the ``wide`` and ``tree`` recipes;
-- :mod:`plugins.multitask.demo`: the demo tab.
+- :mod:`plugins.multitask.demo`: the demo tab; :mod:`plugins.multitask.drawings` its tree figure, affinity
+  heatmap and probability panels; :mod:`plugins.multitask.latency` its CPU latency measurement;
+  :mod:`plugins.multitask.names` its checkpoints by name (λ, labels, how to train a missing one).
 
 Section numbers (§) refer to the research brief ``shared/research/multitask_widening.md`` (issue 12); the
 paper's own text was not available to it, so no equation numbers of the paper are quoted. Where the brief
