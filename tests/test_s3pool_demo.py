@@ -373,3 +373,23 @@ def test_every_draw_of_the_pixel_panel_is_the_max_of_its_windows(demo):
     for draw, rows, cols in zip(r["draws"], r["rows"], r["cols"], strict=True):
         expected = full[:, rows[0]][:, :, cols[0]].permute(1, 2, 0).round().to(torch.uint8).numpy()
         assert np.array_equal(draw, expected)
+
+
+def test_the_curves_are_the_seed_means_of_max_pooling_and_s3pool_at_the_smallest_size():
+    from plugins.s3pool.report import mean_curves
+
+    def run(pooling, size, seed, train, val, grid=(16, 8), augment=False):
+        return {"downsample": pooling, "train_size": size, "seed": seed, "grid_sizes": list(grid), "augment": augment,
+                "curves": {"train_error": [[100, train], [200, train / 2]], "val_error": [[100, val], [200, val]]}}
+
+    runs = [run("max", 250, 0, 0.4, 0.5), run("max", 250, 1, 0.2, 0.7), run("s3pool", 250, 0, 0.6, 0.4),
+            run("s3pool", 250, 0, 0.9, 0.9, grid=(2, 2)),  # the grid sweep: not the comparison's grid
+            run("max", 1000, 0, 0.9, 0.9), run("max", 250, 2, 0.9, 0.9, augment=True),
+            run("s3pool", 250, 1, 0.8, 0.2), run("stochastic", 250, 0, 0.9, 0.9)]
+    rows = {(r["curve"], r["step"]): r["error"] for r in mean_curves(runs, 250)}
+    assert rows[("max training", 100)] == pytest.approx(0.3) and rows[("max training", 200)] == pytest.approx(0.15)
+    assert rows[("max held-out (val)", 200)] == pytest.approx(0.6)
+    assert rows[("s3pool training", 100)] == pytest.approx(0.7) and rows[("s3pool held-out (val)", 100)] == pytest.approx(0.3)
+    assert {curve for curve, _ in rows} == {"max training", "max held-out (val)", "s3pool training",
+                                            "s3pool held-out (val)"}
+    assert benchmark_data({"test_error": {"max": {"250": 0.5}}, "runs": runs})["curves_size"] == 250

@@ -9,7 +9,6 @@ Checkpoints are loaded inside the handlers (a ``ModelCache``), never at start-up
 
 from __future__ import annotations
 
-import json
 import secrets
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from plugins.s3pool.layer import (
     sampled_max,
 )
 from plugins.s3pool.model import PoolingNet, net_from_checkpoint
+from plugins.s3pool.report import NO_REPORT, REPORT_FILE, benchmark_data, load_report  # noqa: F401 (re-exported)
 
 MAX_NET = "resnet-max"  # the shipped max-pool ResNet (checkpoint slot resnet-*)
 S3POOL_NET = "resnet-s3pool"  # the shipped S3Pool ResNet
@@ -44,9 +44,6 @@ READABLE_PX = 192  # small images are shown enlarged (nearest neighbour) to abou
 DRAWS_PX = 150
 FEATURES_PX = 300
 GAP_PX = 1  # white pixels between the tiles of a picture
-REPORT_FILE = "benchmark-report.json"  # a copy of benchmarks/results/s3pool.json in the assets
-NO_REPORT = ("The benchmark report is not shipped yet: run `python benchmarks/s3pool.py` and copy "
-             "`benchmarks/results/s3pool.json` to `assets/s3pool/benchmark-report.json`.")
 # a few colours of the viridis colour map (dark = low, yellow = high), interpolated linearly
 _VIRIDIS = np.array([(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)], np.float64)
 
@@ -286,45 +283,6 @@ class S3PoolDemo:
 
 
 # --------------------------------------------------------------------------------------------
-# The benchmark report
-# --------------------------------------------------------------------------------------------
-
-
-def load_report(assets_dir: Path | str) -> dict[str, Any] | None:
-    """The ``figures`` of the shipped benchmark report, or None when it is not there (or unreadable)."""
-    path = Path(assets_dir) / REPORT_FILE
-    try:
-        report = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    figures = report.get("figures", report) if isinstance(report, dict) else None
-    return figures if isinstance(figures, dict) and "test_error" in figures else None
-
-
-def benchmark_data(figures: dict[str, Any]) -> dict[str, Any]:
-    """The plot data of the report's figures: ``error_vs_size`` rows (pooling, train size, test error,
-    std), ``grid_sweep`` rows (grid, train error, test error), and a Markdown ``summary`` (test paths,
-    layer overhead)."""
-    std = figures.get("test_error_std") or {}
-    error_rows = [
-        {"pooling": pooling, "train size": int(size), "test error": float(error),
-         "std": float((std.get(pooling) or {}).get(size, 0.0))}
-        for pooling, by_size in figures.get("test_error", {}).items()
-        for size, error in sorted(by_size.items(), key=lambda item: int(item[0]))
-    ]
-    sweep_rows = [{"grid": grid, "train error": float(v["train_error"]), "test error": float(v["test_error"])}
-                  for grid, v in (figures.get("grid_sweep") or {}).items()]
-    lines = []
-    if figures.get("ensemble"):
-        paths = ", ".join(f"{k} {float(v):.3f}" for k, v in figures["ensemble"].items())
-        lines.append(f"**S3Pool test paths** (test error, smallest training set): {paths}.")
-    if figures.get("layer_overhead") is not None:
-        lines.append(f"**Layer overhead:** S3Pool forward + backward takes {float(figures['layer_overhead']):.2f}× "
-                     "the time of max pooling.")
-    return {"error_vs_size": error_rows, "grid_sweep": sweep_rows, "summary": "\n\n".join(lines)}
-
-
-# --------------------------------------------------------------------------------------------
 # Gradio wiring
 # --------------------------------------------------------------------------------------------
 
@@ -366,7 +324,7 @@ def predict_markdown(r: dict[str, Any]) -> str:
 def _frames(data: dict[str, Any]) -> dict[str, Any]:
     import pandas as pd
 
-    return {key: pd.DataFrame(data[key]) for key in ("error_vs_size", "grid_sweep")}
+    return {key: pd.DataFrame(data[key]) for key in ("error_vs_size", "grid_sweep", "curves")}
 
 
 def build_demo(ctx: Any) -> None:
@@ -475,6 +433,10 @@ def build_demo(ctx: Any) -> None:
                         title="test error vs training-set size (mean over seeds)", elem_id="s3pool-error-plot")
             gr.BarPlot(frames["grid_sweep"], x="grid", y="test error", sort=None,
                        title="S3Pool test error by grid size (smallest training set)", elem_id="s3pool-sweep-plot")
+        if data["curves"]:
+            gr.LinePlot(frames["curves"], x="step", y="error", color="curve",
+                        title=f"error against steps at {data['curves_size']:,} training images (mean over seeds): "
+                              "training error falls slower with S3Pool", elem_id="s3pool-curves-plot")
         gr.Dataframe(frames["grid_sweep"], label="grid-size sweep", interactive=False, elem_id="s3pool-sweep")
         if data["summary"]:
             gr.Markdown(data["summary"], elem_id="s3pool-report-summary")
