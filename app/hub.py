@@ -466,11 +466,13 @@ def pull(ref: str, store: Any, registry: Any, runs_dir: Path | str, *, slot: str
     artifact = find_imported(store, pulled.method, source)
     if artifact is None:
         declared = registry.method(pulled.method).slot(pulled.slot)
+        try:  # safetensors only (a pickle is refused unread), whether or not the slot has a check
+            checkpoint = load_checkpoint(pulled.path)
+        except (FileNotFoundError, ValueError) as exc:
+            raise UserError(f"cannot use {pulled.file} of {repo_id}: {exc}") from None
         if declared.check is not None:  # the check promotion runs, first, so a refusal leaves nothing behind
             try:
-                declared.check(load_checkpoint(pulled.path))
-            except (FileNotFoundError, ValueError) as exc:
-                raise UserError(f"cannot use {pulled.file} of {repo_id}: {exc}") from None
+                declared.check(checkpoint)
             except UserError as exc:
                 raise UserError(f"cannot promote {pulled.file} of {repo_id} as {pulled.method}/{pulled.slot}: "
                                 f"{exc}") from None

@@ -227,3 +227,198 @@ def test_the_upload_call_creates_the_repository_and_uploads_the_folder_in_one_co
     with pytest.raises(UserError) as refused:
         hub.upload_folder(tmp_path, "o/n", private=False, token=SECRET)
     assert SECRET not in str(refused.value) and "401" in str(refused.value)
+
+
+# --------------------------------------------------------------------------------------------
+# pull
+# --------------------------------------------------------------------------------------------
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def lay_out_as_hub_cache(cache: Path, repo_id: str, files: dict[str, bytes], *, revision: str = "main",
+                         commit: str = COMMIT) -> Path:
+    """Write ``files`` as the Hub's cache holds a downloaded repository: blobs by hash, a snapshot of links to
+    them named by the commit, and a ref from the revision to the commit. Returns the snapshot folder."""
+    import hashlib
+
+    storage = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = storage / "snapshots" / commit
+    (storage / "blobs").mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        blob = storage / "blobs" / hashlib.sha256(content).hexdigest()
+        blob.write_bytes(content)
+        link = snapshot / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (storage / "refs").mkdir(exist_ok=True)
+    (storage / "refs" / revision).write_text(commit)
+    return snapshot
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """HF_HUB_OFFLINE=1 (read by huggingface_hub at import, so its constant too) and a Hub cache in tmp_path."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def pushed_files(studio, source: str, repo_id: str, uploads) -> dict[str, bytes]:
+    result = cli(studio, "hub", "push", source, repo_id, env={"HF_TOKEN": SECRET})
+    assert result.exit_code == 0, result.output
+    return uploads[-1]["files"]
+
+
+def test_push_then_pull_then_the_demo_uses_the_pulled_checkpoint(tmp_path, uploads, offline):
+    """A run's checkpoint pushed from one studio (upload replaced), pulled into a fresh studio from the Hub's
+    cache layout (offline), promoted there, and the S3Pool demo's answer comes from it."""
+    with open_test_studio(tmp_path / "trainer-home") as origin:
+        files = pushed_files(origin, str(doctored_run(origin)), "someone/s3pool-max", uploads)
+    lay_out_as_hub_cache(offline, "someone/s3pool-max", files)
+
+    with open_test_studio(tmp_path / "demo-home") as studio:
+        shipped = studio.demo_context("s3pool").checkpoint_path("resnet-max")
+        result = cli(studio, "hub", "pull", "someone/s3pool-max", "--slot", "s3pool/resnet-max")
+        assert result.exit_code == 0, result.output
+        assert "as s3pool/resnet-max: the s3pool demo now uses" in result.output
+        [run] = studio.store.list_runs()
+        assert (run.method, run.recipe, run.status) == ("s3pool", "hub-pull", "succeeded")
+        assert run.config == {"repo": "someone/s3pool-max", "revision": "main", "commit": COMMIT,
+                              "file": "resnet-max.safetensors"}
+        assert run.latest_metrics["val_error"] == pytest.approx(0.25)
+        ctx = studio.demo_context("s3pool")  # (a demo sees another process's promotion within a second)
+        pulled = ctx.checkpoint_path("resnet-max")
+        assert pulled != shipped and pulled.is_relative_to(studio.settings.runs_dir / str(run.id))
+        assert pulled.read_bytes() == files["resnet-max.safetensors"]
+        assert {c.name: c.source for c in ctx.checkpoints()}["resnet-max"] == "promoted"
+
+        blocks = studio.build_demo("s3pool")
+        run_fn = next(f for f in blocks.fns.values() if f.api_name == "s3pool_run")
+        example = sorted((REPO_ROOT / "assets" / "s3pool" / "examples").glob("*.png"))[0]
+        max_top3 = run_fn.fn(str(example), 16, 1)[5]
+        confidences = {c["label"]: c["confidence"] for c in max_top3["confidences"]} if "confidences" in max_top3 \
+            else max_top3
+        assert max(confidences, key=confidences.get) == "star"  # only the doctored network says so
+
+        # pulled again (same commit): promoted again, not copied twice; unpromote brings the shipped one back
+        assert cli(studio, "hub", "pull", "someone/s3pool-max").exit_code == 0
+        assert len(studio.store.list_runs()) == 1
+        assert cli(studio, "runs", "unpromote", "s3pool", "resnet-max").exit_code == 0
+        assert studio.demo_context("s3pool").checkpoint_path("resnet-max") == shipped
+
+
+def test_pull_reads_the_slot_from_the_card_and_a_revision(studio, uploads, offline):
+    files = pushed_files(studio, "s3pool/resnet-s3pool", "someone/s3", uploads)
+    lay_out_as_hub_cache(offline, "someone/s3", files, revision="v1", commit="f" * 40)
+    done = hub.pull("someone/s3@v1", studio.store, studio.registry, studio.settings.runs_dir)
+    assert (done.method, done.slot, done.artifact_name) == ("s3pool", "resnet-s3pool", "resnet-s3pool")
+    assert studio.store.get_run(done.run_id).config["revision"] == "v1"
+    with pytest.raises(UserError, match="Cannot find an appropriate cached snapshot"):
+        hub.pull("someone/s3@v2", studio.store, studio.registry, studio.settings.runs_dir)
+
+
+@pytest.mark.parametrize("extra", ["pytorch_model.bin", "model.pt", "weights.pkl", "modeling_custom.py",
+                                   "sub/loader.py", "state.ckpt", "arrays.npy"])
+def test_a_repository_with_pickles_or_code_is_refused(studio, uploads, offline, extra):
+    files = pushed_files(studio, "s3pool/resnet-max", "someone/bad", uploads)
+    lay_out_as_hub_cache(offline, "someone/bad", {**files, extra: b"\x80\x04 pickled or code"})
+    with pytest.raises(UserError, match=rf"refusing to pull someone/bad: it carries pickles or code \({re.escape(extra)}"):
+        hub.pull("someone/bad", studio.store, studio.registry, studio.settings.runs_dir)
+    assert studio.store.list_runs() == []
+
+
+def test_custom_code_in_config_json_is_refused(studio, uploads, offline):
+    files = pushed_files(studio, "s3pool/resnet-max", "someone/auto", uploads)
+    config = json.dumps({"auto_map": {"AutoModel": "modeling.Net"}}).encode()
+    lay_out_as_hub_cache(offline, "someone/auto", {**files, "config.json": config})
+    with pytest.raises(UserError, match="custom code"):
+        hub.pull("someone/auto", studio.store, studio.registry, studio.settings.runs_dir)
+
+
+def test_online_the_file_list_is_checked_before_anything_is_downloaded(studio, monkeypatch):
+    from huggingface_hub import HfApi, constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(HfApi, "list_repo_files", lambda self, repo_id, **kw: ["model.safetensors", "model.bin"])
+    monkeypatch.setattr("huggingface_hub.snapshot_download", lambda *a, **kw: pytest.fail("downloaded"))
+    with pytest.raises(UserError, match=r"carries pickles or code \(model.bin\)"):
+        hub.download("someone/mixed")
+
+
+def test_snapshot_download_is_asked_for_checkpoint_files_only(monkeypatch, tmp_path):
+    from huggingface_hub import HfApi, constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(HfApi, "list_repo_files", lambda self, repo_id, **kw: ["a.safetensors", "a.json"])
+    asked = {}
+
+    def snapshot_download(repo_id, **kw):
+        asked.update(kw, repo_id=repo_id)
+        return str(tmp_path)
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", snapshot_download)
+    assert hub.download("someone/ok", "v2") == tmp_path
+    assert asked["allow_patterns"] == ["*.safetensors", "*.json", "README.md"] and asked["revision"] == "v2"
+
+
+def doctor_card(files: dict[str, bytes], name: str, change) -> dict[str, bytes]:
+    card = json.loads(files[f"{name}.json"])
+    change(card)
+    return {**files, f"{name}.json": json.dumps(card).encode()}
+
+
+@pytest.mark.parametrize(("change", "slot", "message"), [
+    (lambda c: c.update(format=9), None, "format 9; this studio reads formats 1 to 2"),
+    (lambda c: c.pop("studio"), None, "needs a 'studio' and a 'metadata' object"),
+    (lambda c: c["studio"].update(method="vgan"), "s3pool/resnet-max", "is a vgan checkpoint"),
+    (lambda c: None, "s3pool/policy", "s3pool has no checkpoint slot 'policy'"),
+    (lambda c: c["metadata"]["net"].update(width=16), None, "cannot promote resnet-max.safetensors of someone/m as "
+                                                            "s3pool/resnet-max: not an S3Pool-plugin network"),
+])
+def test_the_card_and_the_slot_check_refuse_what_cannot_fill_the_slot(studio, uploads, offline, change, slot, message):
+    files = doctor_card(pushed_files(studio, "s3pool/resnet-max", "someone/m", uploads), "resnet-max", change)
+    lay_out_as_hub_cache(offline, "someone/m", files)
+    with pytest.raises(UserError, match=re.escape(message)):
+        hub.pull("someone/m", studio.store, studio.registry, studio.settings.runs_dir, slot=slot)
+    assert studio.store.list_runs() == [] and not any(studio.settings.runs_dir.iterdir())
+
+
+def test_a_checkpoint_without_its_card_or_not_safetensors_is_refused(studio, uploads, offline):
+    files = pushed_files(studio, "s3pool/resnet-max", "someone/nocard", uploads)
+    lay_out_as_hub_cache(offline, "someone/nocard", {"resnet-max.safetensors": files["resnet-max.safetensors"]})
+    with pytest.raises(UserError, match="has no studio card"):
+        hub.pull("someone/nocard", studio.store, studio.registry, studio.settings.runs_dir, slot="s3pool/resnet-max")
+    lay_out_as_hub_cache(offline, "someone/fake", {**files, "resnet-max.safetensors": b"\x80\x04not tensors"})
+    with pytest.raises(UserError, match="not a safetensors checkpoint"):
+        hub.pull("someone/fake", studio.store, studio.registry, studio.settings.runs_dir)
+
+
+def test_several_checkpoints_need_a_slot_naming_one(studio, uploads, offline):
+    files = {**pushed_files(studio, "s3pool/resnet-max", "someone/two", uploads),
+             **pushed_files(studio, "s3pool/resnet-s3pool", "someone/two", uploads)}
+    lay_out_as_hub_cache(offline, "someone/two", files)
+    with pytest.raises(UserError, match="holds several checkpoints"):
+        hub.pull("someone/two", studio.store, studio.registry, studio.settings.runs_dir)
+    done = hub.pull("someone/two", studio.store, studio.registry, studio.settings.runs_dir, slot="s3pool/resnet-s3pool")
+    assert done.artifact_name == "resnet-s3pool"
+
+
+def test_models_named_in_avstudio_hub_models_are_pulled_at_start_up(studio, uploads, offline):
+    lay_out_as_hub_cache(offline, "someone/max", pushed_files(studio, "s3pool/resnet-max", "someone/max", uploads))
+    lay_out_as_hub_cache(offline, "someone/s3", pushed_files(studio, "s3pool/resnet-s3pool", "someone/s3", uploads))
+    env = {"AVSTUDIO_HUB_MODELS": "someone/max=s3pool/resnet-max, someone/s3@main ,someone/missing"}
+    assert hub.hub_models(env) == ["someone/max", "someone/s3", "someone/missing"]
+    lines = hub.pull_at_startup(studio.settings, studio.registry, env)
+    assert lines[0].startswith("promoted run") and lines[1].startswith("promoted run")
+    assert lines[2].startswith("someone/missing: cannot download someone/missing")  # logged, not fatal
+    assert set(studio.store.promotions("s3pool")) == {("s3pool", "resnet-max"), ("s3pool", "resnet-s3pool")}
+    assert hub.pull_at_startup(studio.settings, studio.registry, env)[:2] == lines[:2]  # a restart: nothing new
+    assert len(studio.store.list_runs()) == 2
+    assert hub.pull_at_startup(studio.settings, studio.registry, {"AVSTUDIO_HUB_MODELS": "not a repo"})[0] \
+        .startswith("AVSTUDIO_HUB_MODELS: expected a Hub model repository")
