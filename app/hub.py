@@ -300,15 +300,17 @@ def build_upload_folder(source: HubSource, folder: Path | str, repo_id: str, reg
 
 
 def upload_folder(folder: Path | str, repo_id: str, *, private: bool, token: str | None,
-                  repo_type: str = "model", commit_message: str = "Upload from Adaptive Vision Studio") -> str:
-    """Create the repository if needed and upload ``folder`` to it in one commit; returns the commit's URL."""
+                  repo_type: str = "model", commit_message: str = "Upload from Adaptive Vision Studio",
+                  delete_patterns: list[str] | None = None) -> str:
+    """Create the repository if needed and upload ``folder`` to it in one commit (deleting the repository's
+    files that match ``delete_patterns`` and are not in ``folder``); returns the commit's URL."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token, library_name=LIBRARY_NAME)
     try:
         api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
         info = api.upload_folder(repo_id=repo_id, repo_type=repo_type, folder_path=str(folder),
-                                 commit_message=commit_message)
+                                 commit_message=commit_message, delete_patterns=delete_patterns)
     except Exception as exc:  # HTTP, auth, network: one line, token blanked
         raise _hub_error(f"upload to {repo_id} failed", exc, token) from None
     return str(getattr(info, "commit_url", None) or info)

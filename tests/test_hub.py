@@ -59,7 +59,7 @@ def uploads(monkeypatch):
     """Replace the upload call (only it): each call's folder contents and arguments are recorded."""
     calls: list[dict] = []
 
-    def fake_upload(folder, repo_id, *, private, token, repo_type="model", commit_message=""):
+    def fake_upload(folder, repo_id, *, private, token, repo_type="model", commit_message="", delete_patterns=None):
         files = {p.name: p.read_bytes() for p in Path(folder).iterdir()}
         calls.append({"files": files, "repo_id": repo_id, "private": private, "token": token,
                       "repo_type": repo_type})
