@@ -36,7 +36,8 @@ from app.settings import ASSETS_DIR, Settings
 from trainer.config import config_to_dict, make_config
 from trainer.context import RunContext
 from trainer.gitinfo import current_commit
-from trainer.store import RunInfo, RunStatus
+from trainer.records import RunInfo
+from trainer.store import RunStatus
 from trainer.worker import execute_run
 
 

@@ -35,7 +35,8 @@ import pytest
 from sqlalchemy import update
 
 from trainer.db_models import Run
-from trainer.store import MetricPoint, RunStatus, RunStore
+from trainer.records import MetricPoint
+from trainer.store import RunStatus, RunStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COUNTER = "tests.plugins_for_tests.counter_plugin"

@@ -6,16 +6,16 @@ import multiprocessing as mp
 
 from sqlalchemy import create_engine, inspect, text
 
-from trainer.store import (
+from trainer.database import (
     SCHEMA_REVISION,
-    MetricPoint,
-    RunStore,
     current_revision,
     downgrade,
     head_revision,
     make_engine,
     upgrade_to_head,
 )
+from trainer.records import MetricPoint
+from trainer.store import RunStore
 
 
 def test_schema_revision_constant_is_alembics_head():
@@ -113,7 +113,7 @@ def _spy_on_alembic_upgrade(monkeypatch) -> list[str]:
 def test_reopening_at_head_is_a_no_op(store_url, monkeypatch):
     from alembic.script import ScriptDirectory
 
-    from trainer.store import MIGRATIONS_DIR, alembic_config
+    from trainer.database import MIGRATIONS_DIR, alembic_config
 
     # the constant RunStore compares with is the head of the migration scripts themselves
     scripts = ScriptDirectory.from_config(alembic_config())

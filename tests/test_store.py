@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import update
 
 from trainer.db_models import Run
-from trainer.store import MetricPoint, RunStore
+from trainer.records import MetricPoint
+from trainer.store import RunStore
 
 
 def test_enqueue_stores_config_and_params(store):
@@ -317,9 +318,9 @@ def test_shared_home_mounted_elsewhere_finds_artifacts_and_promotions(store_url,
 def test_calls_retry_while_the_database_is_unreachable(store, monkeypatch):
     from sqlalchemy.exc import IntegrityError, OperationalError
 
-    import trainer.store as store_module
+    import trainer.database as database_module
 
-    monkeypatch.setattr(store_module, "RETRY_FIRST_DELAY_S", 0.01)
+    monkeypatch.setattr(database_module, "RETRY_FIRST_DELAY_S", 0.01)
     run_id = store.enqueue("m", "r", {})
     real = RunStore._update
     failures = []
@@ -354,9 +355,9 @@ def test_a_metric_batch_whose_commit_answer_was_lost_is_not_written_twice(store,
     from sqlalchemy import event
     from sqlalchemy.exc import OperationalError
 
-    import trainer.store as store_module
+    import trainer.database as database_module
 
-    monkeypatch.setattr(store_module, "RETRY_FIRST_DELAY_S", 0.01)
+    monkeypatch.setattr(database_module, "RETRY_FIRST_DELAY_S", 0.01)
     store.retry_s = 30
     run_id = store.enqueue("m", "r", {})
     store.log_metrics(run_id, [MetricPoint(0, "loss", 1.0, 100.0)])
@@ -382,7 +383,7 @@ def test_a_metric_batch_whose_commit_answer_was_lost_is_not_written_twice(store,
 def test_a_postgres_url_without_its_driver_says_what_to_install(monkeypatch):
     import sys
 
-    from trainer.store import make_engine
+    from trainer.database import make_engine
 
     monkeypatch.setitem(sys.modules, "psycopg", None)  # as if it were not installed
     with pytest.raises(ModuleNotFoundError, match=r"pip install \"adaptive-vision-studio\[postgres\]\""):

@@ -21,7 +21,7 @@ from app.ui.plugins_tab import plugins_table
 from app.ui.runs_tab import RunsActions
 from tests.test_curves import _pixels as _curve_pixels
 from trainer.checkpoints import save_checkpoint
-from trainer.store import MetricPoint
+from trainer.records import MetricPoint
 
 COUNTER_PLUGIN = "tests.plugins_for_tests.counter_plugin"
 

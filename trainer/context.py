@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from trainer import checkpoints
 from trainer.checkpoints import Checkpoint
-from trainer.store import MetricPoint, RunInfo, RunStore
+from trainer.records import MetricPoint, RunInfo
+from trainer.store import RunStore
 
 FLUSH_EVERY_POINTS = 50
 FLUSH_EVERY_S = 2.0

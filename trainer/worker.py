@@ -43,8 +43,9 @@ from typing import Any
 
 from trainer.config import make_config
 from trainer.context import RunContext
+from trainer.database import is_transient
 from trainer.devices import apply_threads, resolve_device
-from trainer.store import DB_RETRY_S, RunStatus, RunStore, is_transient
+from trainer.store import DB_RETRY_S, RunStatus, RunStore
 
 log = logging.getLogger("avstudio.worker")
 
