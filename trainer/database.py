@@ -9,14 +9,11 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, NoSuchModuleError, OperationalError
-
-if TYPE_CHECKING:
-    from trainer.store import RunStore
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 MIGRATION_LOCK_KEY = 0x61767374  # "avst": the PostgreSQL advisory lock held while migrating
@@ -45,7 +42,7 @@ def retrying(method: Callable) -> Callable:
     """
 
     @functools.wraps(method)
-    def wrapper(self: RunStore, *args: Any, **kwargs: Any) -> Any:
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:  # self: a RunStore
         if self.retry_s <= 0 or getattr(self._local, "retrying", False):
             return method(self, *args, **kwargs)
         self._local.retrying = True
