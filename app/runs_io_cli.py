@@ -52,3 +52,31 @@ def runs_restore(src: Path) -> None:
     except ValueError as exc:
         raise CliError(str(exc), exit_code=2) from None
     click.echo(f"restored {manifest.get('runs', '?')} run(s) from {src} (made {manifest.get('created', '?')})")
+
+
+@_command
+@click.command("export")
+@click.argument("run_ids", type=int, nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True,
+              help="csv: one row per step (Trackio's import_csv reads it); jsonl: one metric point per line "
+                   "(as mlflow.log_metric takes them).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("avstudio-export"),
+              show_default=True, help="The folder that gets one run-ID/ folder per run.")
+@click.option("--no-artifacts", is_flag=True, help="Leave the run's files (checkpoints, images) out.")
+def runs_export(run_ids: tuple[int, ...], fmt: str, out: Path, no_artifacts: bool) -> None:
+    """Export runs for other trackers: OUT/run-ID/ with the metrics (metrics.csv or metrics.jsonl),
+    params.json, tags.json, run.json and artifacts/ (see docs/hosting.md#runs-leave-the-studio)."""
+    from app.cli import CliError, _settings
+    from trainer.export import export_run
+
+    store = _settings().open_store()
+    try:
+        for run_id in run_ids:  # every id is checked before anything is written
+            try:
+                store.get_run(run_id)
+            except KeyError:
+                raise CliError(f"no run {run_id}; `avstudio runs list` shows the runs") from None
+        for run_id in run_ids:
+            click.echo(str(export_run(store, run_id, out, fmt, artifacts=not no_artifacts)))
+    finally:
+        store.close()
