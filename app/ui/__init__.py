@@ -176,8 +176,10 @@ def _asset_paths(settings: Settings, registry: Any) -> list[str]:
 
 
 def launch(settings: Settings, registry: Any, *, host: str = "127.0.0.1", port: int = 7860,
-           start_worker: bool = True, share: bool = False, prevent_thread_lock: bool = False) -> gr.Blocks:
-    """Open the run store, start the background worker (if ``start_worker``), build and serve the app.
+           start_worker: bool = True, share: bool = False, prevent_thread_lock: bool = False,
+           mcp: bool = False) -> gr.Blocks:
+    """Open the run store, start the background worker (if ``start_worker``), build and serve the app
+    (with ``mcp``, also as an MCP server whose tools are its public API endpoints: app/mcp.py).
 
     Blocks until the server stops unless ``prevent_thread_lock``; then the caller closes the returned
     Blocks (``demo.close()``). The worker and the store are shut down when the server stops or the
@@ -220,9 +222,18 @@ def launch(settings: Settings, registry: Any, *, host: str = "127.0.0.1", port: 
         # models' small layers) under one GIL: under 32 concurrent users (benchmarks/load.py) 8 at a time
         # cost more CPU per request (S3Pool 53 ms against 41 ms) and answered fewer, not more.
         demo.queue(default_concurrency_limit=2)
+        if mcp:
+            from app.mcp import check_mcp_installed, prepare_tools
+
+            check_mcp_installed()
+            prepare_tools(demo, settings)
+        # Gradio's run history (/gradio_api/runs) would keep visitors' calls in their browsers beside the studio's
+        # own runs, a second "Runs" that is not them: off unless the operator sets GRADIO_RUN_HISTORY=true.
+        run_history = os.environ.get("GRADIO_RUN_HISTORY", "false").strip().lower() == "true"
         demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=prevent_thread_lock,
                     css=CSS, allowed_paths=_asset_paths(settings, registry), footer_links=["api", "gradio", "settings"],
-                    ssr_mode=False, show_error=True, max_file_size=upload_limits().max_bytes)
+                    ssr_mode=False, show_error=True, max_file_size=upload_limits().max_bytes,
+                    run_history=run_history, mcp_server=mcp)
     except BaseException:
         shutdown()
         atexit.unregister(shutdown)

@@ -296,6 +296,14 @@ def build_demo(ctx: Any) -> None:
         return
 
     def run(image: Any, policy_name: str):
+        """Classify an image with the full ResNet-32 and with BlockDrop, whose policy network picks which
+        residual blocks to run for this image. Returns the top-3 classes of both, the block map (which of the
+        15 blocks ran), the blocks used, FLOPs and latency of both, and the 32×32 picture the networks saw.
+
+        Args:
+            image: the image to classify (any size; it is resized to 32×32).
+            policy_name: the BlockDrop policy to use (a γ choice of the selector, e.g. policy-g1).
+        """
         try:
             r = demo.predict(image, policy_name)
         except UserError as exc:
@@ -308,6 +316,13 @@ def build_demo(ctx: Any) -> None:
         return run(image, policy_name)
 
     def panel(policy_name: str):
+        """BlockDrop on the whole shapes test split for one policy: blocks-used histograms, accuracy against
+        blocks next to FirstK and RandomK, blocks per class, the correlation with difficulty, and the images
+        that used the fewest and the most blocks (computed once, then cached).
+
+        Args:
+            policy_name: the BlockDrop policy to analyse (a γ choice of the selector, e.g. policy-g1).
+        """
         try:
             p = demo.dataset_panel(policy_name)
             test = ctx.dataset(DATASET, "test")

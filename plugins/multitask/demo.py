@@ -325,6 +325,13 @@ def build_demo(ctx: Any) -> None:
         return o["tree"]["image"], o["tree_text"], heat, o["affinity_text"]
 
     def run(image: Any, model: str | None):
+        """Predict the 14 person attributes of an image with one multi-task network: the probability of each
+        attribute, grouped by the branch of the network's tree that predicts it.
+
+        Args:
+            image: a picture of a person (any size; it is resized to the network's input).
+            model: the network to use: wide, thin, thin-random or a branched one (branched-l10, -l20, -l30).
+        """
         return (*prediction_outputs(_user(lambda: demo.predict(image, model))), image)
 
     def multitask_predict_example(image: Any, model: str | None):
@@ -359,6 +366,8 @@ def build_demo(ctx: Any) -> None:
         return selector, table_frame(demo.comparison(cards=cards)["rows"])
 
     def measure():
+        """Measure the CPU latency (batch 1, median of several runs) of every available network and return
+        the comparison table: mean validation accuracy, parameters, FLOPs and latency per network."""
         table = _user(lambda: demo.comparison(measure=True))
         return table_frame(table["rows"]), demo.status_markdown()
 

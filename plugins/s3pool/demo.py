@@ -345,6 +345,15 @@ def build_demo(ctx: Any) -> None:
         return seen, r["strip"], augment_markdown(r)
 
     def run(image: Any, grid_size: int, layers: int):
+        """Show what S3Pool does to an image: random S3Pool draws in pixel space next to the deterministic path
+        and a max pool, the first pooled feature maps of the S3Pool network, and the top-3 classes of the
+        max-pool and S3Pool ResNets.
+
+        Args:
+            image: the image to analyse (any size; it is resized to 32×32).
+            grid_size: S3Pool's grid size g in pixel space (2 to 32, even; larger distorts more).
+            layers: S3Pool layers applied in pixel space (1, or 2: grid g, then g/2).
+        """
         r = _user(lambda: demo.analyse(image, grid_size, layers))
         f, p = r["features"], r["predict"]
         return (*pixel_outputs(r["augment"]), f["picture"], features_markdown(f),
@@ -355,6 +364,13 @@ def build_demo(ctx: Any) -> None:
         return run(image, grid_size, layers)
 
     def redraw(image: Any, grid_size: int, layers: int):
+        """New random S3Pool draws in pixel space for an image, with another grid size or number of layers.
+
+        Args:
+            image: the image to draw from (nothing is drawn without one).
+            grid_size: S3Pool's grid size g in pixel space (2 to 32, even; larger distorts more).
+            layers: S3Pool layers applied in pixel space (1, or 2: grid g, then g/2).
+        """
         if image is None:  # nothing analysed yet: the controls just keep their values
             return gr.update(), gr.update(), gr.update()
         return pixel_outputs(_user(lambda: demo.augment(image, grid_size, layers)))
