@@ -26,7 +26,8 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import update
 
-from app.cli import _interrupt_on_stop_signals, cli
+from app.cli import cli
+from app.cli_train import _interrupt_on_stop_signals
 from app.settings import REPO_ROOT
 from tests.test_worker_signals import _wait_for
 from trainer.db_models import Run
