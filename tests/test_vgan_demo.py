@@ -19,17 +19,15 @@ from plugins.vgan.demo import (
     GENERATED,
     MARKER,
     MAX_COUNT,
-    PIXELATED_CSS,
-    READABLE_PX,
     REAL,
     RECOMMENDED_MODEL,
     VganDemo,
-    build_demo,
     histogram,
     slerp,
 )
 from plugins.vgan.model import GanConfig, build_models
 from plugins.vgan.recipes import energies
+from plugins.vgan.tab import PIXELATED_CSS, READABLE_PX, build_demo
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELS = ("circle", "square")

@@ -30,7 +30,7 @@ SLOTS = [
 
 
 def _build_demo(ctx) -> None:
-    from plugins.vgan.demo import build_demo  # gradio is imported only when the UI is built
+    from plugins.vgan.tab import build_demo  # gradio is imported only when the UI is built
 
     build_demo(ctx)
 

@@ -4,7 +4,8 @@ where an image's energy falls among the energies of real and generated images.
 
 The handlers (:meth:`VganDemo.samples`, :meth:`VganDemo.interpolate`, :meth:`VganDemo.transitions`,
 :meth:`VganDemo.energy`, :meth:`VganDemo.analyse`) are plain functions returning dicts (images as
-H×W×3 uint8 arrays), so tests and scripts use them directly; :func:`build_demo` wraps them for Gradio.
+H×W×3 uint8 arrays), so tests and scripts use them directly; :func:`plugins.vgan.tab.build_demo` wraps
+them for Gradio.
 Checkpoints are loaded inside the handlers, never at start-up, and the rebuilt networks are kept (a
 ``ModelCache``) until the checkpoint file changes.
 """
@@ -14,13 +15,12 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from app.api import ModelCache, UserError, image_to_tensor, lenient_upload, load_rgb_image
+from app.api import ModelCache, UserError, image_to_tensor, load_rgb_image
 from plugins.vgan.model import EnergyNet, GanConfig, Generator, models_from_checkpoint
 from plugins.vgan.recipes import energies, generate
 from plugins.vgan.visuals import image_grid, to_uint8
@@ -39,13 +39,7 @@ DEFAULT_CHAIN, MAX_CHAIN = 9, 20  # VCD transition steps (Fig. 5 of the paper ch
 MAX_SEED = 2**31 - 1
 PATHS = ("linear", "spherical")
 HIST_BINS = 30
-READABLE_PX = 256  # the model input is shown enlarged (nearest neighbour) to about this many pixels
-# Grids and strips are sent at their real size (a PNG of 274×274 pixels for 64 samples encodes in
-# ~15 ms, ×2 enlarged ~4× that) and drawn enlarged by the browser, with crisp pixels, at these heights.
-GRID_PX = 560
-STRIP_PX = 150
 REAL, GENERATED, MARKER = "real images (held-out)", "generated images", "this image"
-COLORS = {REAL: "#2563eb", GENERATED: "#f97316", MARKER: "#dc2626"}
 
 
 def how_to_train(name: str) -> str:
@@ -80,14 +74,6 @@ def check_int(value: Any, what: str, lo: int, hi: int) -> int:
 
 def check_seed(value: Any, what: str = "seed") -> int:
     return check_int(value, what, 0, MAX_SEED)
-
-
-def enlarge(image: Any, target: int = READABLE_PX) -> np.ndarray:
-    """An H×W×3 uint8 array scaled by an integer factor (nearest neighbour: crisp pixels) so that its
-    longer side is about ``target`` pixels; large images are left as they are."""
-    array = np.asarray(image)
-    factor = max(1, target // max(array.shape[0], array.shape[1], 1))
-    return array.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else array
 
 
 def picture(images: torch.Tensor, nrow: int) -> np.ndarray:
@@ -356,179 +342,3 @@ def histogram(real: np.ndarray, generated: np.ndarray, value: float, bins: int =
              {"energy": float(value), "share of images": top, "images": MARKER}]
     return {"edges": edges.tolist(), "real": shares.get(REAL, np.zeros(0)).tolist(),
             "generated": shares.get(GENERATED, np.zeros(0)).tolist(), "marker": float(value), "rows": rows}
-
-
-# --------------------------------------------------------------------------------------------
-# Gradio wiring
-# --------------------------------------------------------------------------------------------
-
-INTRO = (
-    "**VGAN** trains a generator from noise against a *bounded energy* of K binary experts (low energy = "
-    "data-like), and also maximises an entropy proxy so that its samples spread over the energy's many "
-    "minima. The **GAN** is the same networks trained as a plain GAN (its energy is −log D). **VCD** "
-    "learns a *transition* instead: encode a real image, replace half of its code by noise, decode.\n\n"
-    "What to look at: toggle **VGAN ↔ GAN** and compare the sample grids (a collapsed generator repeats a "
-    "few images); interpolate between two codes to see how smoothly the generator maps codes to images; "
-    "chain VCD transitions of an image (the paper's Fig. 5) to see how far the chain wanders while staying "
-    "image-like; and see where an image's energy falls among the energies of real and generated images.")
-
-# Small images (32×32 samples) are drawn enlarged with crisp pixels, not as a blurred speck.
-PIXELATED_CSS = """<style>
-#vgan-input img, #vgan-model-input img, #vgan-samples img, #vgan-interpolation img, #vgan-chain img,
-#vgan-examples img { image-rendering: pixelated; }
-#vgan-input img, #vgan-model-input img, #vgan-samples img, #vgan-interpolation img, #vgan-chain img {
-  object-fit: contain; }
-</style>"""
-
-
-def energy_frame(rows: list[dict[str, Any]]) -> Any:
-    import pandas as pd
-
-    return pd.DataFrame(rows, columns=["energy", "share of images", "images"])
-
-
-def build_demo(ctx: Any) -> None:
-    """Add the VGAN components and events (inside the caller's gr.Tab). Loads no model."""
-    import gradio as gr
-
-    demo = VganDemo(ctx)
-
-    def _user(fn):
-        try:
-            return fn()
-        except UserError as exc:
-            raise gr.Error(str(exc)) from None
-
-    def vgan_checkpoints() -> str:
-        """Which models there are (re-read on every page load: a promoted one shows up)."""
-        return demo.checkpoints_markdown()
-
-    def samples(model: str, seed: Any, count: Any):
-        r = _user(lambda: demo.samples(model, seed, count))
-        return r["grid"], r["text"]
-
-    def interpolate(model: str, seed_a: Any, seed_b: Any, steps: Any, path: str):
-        r = _user(lambda: demo.interpolate(model, seed_a, seed_b, steps, path))
-        return r["strip"], r["text"]
-
-    def analysis_outputs(r: dict[str, Any]) -> tuple:
-        t, e = r["transitions"], r["energy"]
-        shown = t if t["message"] is None else e
-        h, w = shown["input_resolution"]
-        seen = gr.update(value=enlarge(shown["model_input"]), label=f"what the model sees: {w}×{h}")
-        if t["message"] is None:
-            chain, chain_text = t["strip"], t["text"]
-        else:
-            chain, chain_text = None, t["message"]
-        if e["message"] is None:
-            plot, energy_text = energy_frame(e["rows"]), e["text"]
-        else:
-            plot, energy_text = energy_frame([]), e["message"]
-        return seen, chain, chain_text, plot, energy_text
-
-    def analyse(image: Any, model: str, steps: Any, seed: Any):
-        return (*analysis_outputs(_user(lambda: demo.analyse(image, model, steps, seed))), image)
-
-    def vgan_analyse_example(image: Any, model: str, steps: Any, seed: Any):
-        """Clicking an example runs the analysis (its event's api_name comes from this name)."""
-        return analyse(image, model, steps, seed)
-
-    def switch(model: str, seed: Any, count: Any, seed_a: Any, seed_b: Any, steps: Any, path: str,
-               last_image: Any):
-        """The toggle redraws what depends on the model: samples, interpolation, the last image's energy.
-        A missing model's panels say how to train it."""
-        out: list[Any] = []
-        for run in (lambda: samples(model, seed, count), lambda: interpolate(model, seed_a, seed_b, steps, path)):
-            try:
-                out += list(run())
-            except gr.Error as exc:
-                out += [None, str(exc.message)]
-        if last_image is None:
-            out += [gr.update(), gr.update()]
-        else:
-            try:
-                e = demo.energy(last_image, model)
-                out += [energy_frame(e["rows"]), e["text"]]
-            except UserError as exc:
-                out += [energy_frame([]), str(exc)]
-        return (*out, demo.checkpoints_markdown())
-
-    gr.HTML(head=PIXELATED_CSS, container=False, padding=False)
-    gr.Markdown(INTRO, elem_id="vgan-intro")
-    with gr.Row(equal_height=True):
-        model = gr.Radio([(TITLES[m], m) for m in MODELS], value=RECOMMENDED_MODEL, scale=1,
-                         label="model (samples, interpolation, energy)", elem_id="vgan-model")
-        status = gr.Markdown(vgan_checkpoints, elem_id="vgan-checkpoints")
-
-    gr.Markdown("### Samples")
-    with gr.Row():
-        with gr.Column(scale=1):
-            seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="seed", elem_id="vgan-seed")
-            count = gr.Slider(1, MAX_COUNT, value=DEFAULT_COUNT, step=1, label="samples", elem_id="vgan-count")
-            sample_button = gr.Button("Generate samples", variant="primary", elem_id="vgan-sample")
-        with gr.Column(scale=2):
-            grid = gr.Image(label="samples", type="numpy", format="png", interactive=False, height=GRID_PX,
-                            elem_id="vgan-samples")
-            grid_text = gr.Markdown(elem_id="vgan-samples-text")
-
-    gr.Markdown("### Interpolation between two codes")
-    with gr.Row():
-        with gr.Column(scale=1):
-            with gr.Row():
-                seed_a = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="from seed",
-                                   elem_id="vgan-seed-a")
-                seed_b = gr.Number(1, precision=0, minimum=0, maximum=MAX_SEED, label="to seed",
-                                   elem_id="vgan-seed-b")
-            steps = gr.Slider(MIN_STEPS, MAX_STEPS, value=DEFAULT_STEPS, step=1, label="images (both ends included)",
-                              elem_id="vgan-steps")
-            path = gr.Radio(list(PATHS), value="linear", label="path", elem_id="vgan-path")
-            interp_button = gr.Button("Interpolate", variant="primary", elem_id="vgan-interpolate")
-        with gr.Column(scale=2):
-            strip = gr.Image(label="interpolation", type="numpy", format="png", interactive=False,
-                             height=STRIP_PX, elem_id="vgan-interpolation")
-            strip_text = gr.Markdown(elem_id="vgan-interpolation-text")
-
-    gr.Markdown("### An image: its VCD transitions and its energy")
-    last_image = gr.State(None)
-    with gr.Row():
-        with gr.Column(scale=1):
-            upload = lenient_upload(gr.Image(type="filepath", label="Image", height=READABLE_PX,
-                                             elem_id="vgan-input"))
-            chain_steps = gr.Slider(1, MAX_CHAIN, value=DEFAULT_CHAIN, step=1,
-                                    label="VCD transition steps (the paper's Fig. 5: 9)", elem_id="vgan-chain-steps")
-            chain_seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="noise seed",
-                                   elem_id="vgan-chain-seed")
-            run_button = gr.Button("Run", variant="primary", elem_id="vgan-run")
-            # the outputs exist before the examples that fill them; they are drawn in the right column
-            seen = gr.Image(label="what the model sees", type="numpy", format="png", interactive=False,
-                            height=READABLE_PX, elem_id="vgan-model-input", render=False)
-            chain = gr.Image(label="VCD transitions (left: the image)", type="numpy", format="png",
-                             interactive=False, height=STRIP_PX, elem_id="vgan-chain", render=False)
-            chain_text = gr.Markdown(elem_id="vgan-chain-text", render=False)
-            plot = gr.LinePlot(energy_frame([]), x="energy", y="share of images", color="images",
-                               color_map=COLORS, title="energy: this image among real and generated images",
-                               elem_id="vgan-energy-plot", render=False)
-            energy_text = gr.Markdown(elem_id="vgan-energy-text", render=False)
-            outputs = [seen, chain, chain_text, plot, energy_text, last_image]
-            examples = sorted(str(p) for p in (Path(ctx.assets_dir) / "examples").glob("*.png"))
-            if examples:
-                # A click fills the upload and runs the analysis with the chosen model, steps and seed (None
-                # columns: left as the user set them). Never cached: start-up must not run models.
-                gr.Examples(examples=[[p, None, None, None] for p in examples],
-                            inputs=[upload, model, chain_steps, chain_seed], outputs=outputs,
-                            fn=vgan_analyse_example, run_on_click=True, cache_examples=False,
-                            label="Examples (click one to run it)", elem_id="vgan-examples",
-                            api_name="vgan_load_example")
-        with gr.Column(scale=2):
-            seen.render()
-            chain.render()
-            chain_text.render()
-            plot.render()
-            energy_text.render()
-
-    sample_button.click(samples, [model, seed, count], [grid, grid_text], api_name="vgan_samples")
-    interp_button.click(interpolate, [model, seed_a, seed_b, steps, path], [strip, strip_text],
-                        api_name="vgan_interpolate")
-    run_button.click(analyse, [upload, model, chain_steps, chain_seed], outputs, api_name="vgan_analyse")
-    model.change(switch, [model, seed, count, seed_a, seed_b, steps, path, last_image],
-                 [grid, grid_text, strip, strip_text, plot, energy_text, status], api_name="vgan_switch_model")
