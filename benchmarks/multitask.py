@@ -35,15 +35,15 @@ way, into a separate report (``multitask-quick.json``).
 
     python benchmarks/multitask.py [--quick | --train] [--out PATH] [--threads 1] [--rounds 5] [--calls N]
                                    [--workers 1] [--lams λ ...] [--assets DIR] [--data-dir DIR]
+
+The checkpoints' names, cards and budget check are in ``benchmarks/multitask_cards.py``, the training in
+``benchmarks/multitask_training.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing as mp
 import os
-import shlex
 import statistics
 import sys
 import tempfile
@@ -53,15 +53,17 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.multitask_cards import (  # noqa: E402
+    BudgetMismatch,
+    check_budgets,
+    load_cards,
+    model_key,
+    shipped_paths,
+)
+from benchmarks.multitask_training import commands, shipped_runs, train_models, tree_runs  # noqa: E402
 from benchmarks.report import REPO_ROOT, cpu_model, write_report  # noqa: E402
 
 ASSETS = REPO_ROOT / "assets" / "multitask"
-TREE_NAMES = ("thin", "thin-random")  # plus every branched-l<λ>
-# What every tree run must share (from the card's recipe config), and the network widths it was thinned to.
-BUDGET_KEYS = ("dataset", "dataset_options", "train_size", "val_size", "epochs", "batch_size", "lr",
-               "weight_decay", "augment", "seed", "wide", "divisor")
-WIDE_KEYS = ("dataset", "dataset_options", "train_size", "val_size", "epochs", "batch_size", "lr",
-             "weight_decay", "augment", "seed", "widths")
 PURITY_TARGET = 0.8
 ACCURACY_MARGIN = 0.01  # "within 1 point of wide"
 COST_FRACTION = 0.2  # "at most 1/5 of its parameters and FLOPs"
@@ -75,107 +77,6 @@ QUICK_WIDE = {"dataset": "persons", "dataset_options": QUICK_DATA, "train_size":
 QUICK_TREE = {"dataset": "persons", "dataset_options": QUICK_DATA, "train_size": 0, "val_size": 0, "epochs": 4,
               "batch_size": 32, "seed": 0, "widen_after": 1}
 QUICK_LAMS = (10.0, 100.0)  # when no branched model is shipped
-
-
-class BudgetMismatch(ValueError):
-    """The checkpoints were not trained at the same budget (or are not what their names say)."""
-
-
-# -- names and cards -------------------------------------------------------------------------------------
-
-
-def model_key(name: str) -> str:
-    """The report's key of checkpoint ``name``: wide, thin, thin_random, branched_<λ> (``branched-l10`` →
-    ``branched_10``)."""
-    if name.startswith("branched-l"):
-        return "branched_" + name.removeprefix("branched-l").replace("-", "_")
-    return name.replace("-", "_")
-
-
-def _lam_of(name: str) -> float:
-    try:
-        return float(name.removeprefix("branched-l").split("-")[0])
-    except ValueError:
-        return float("inf")
-
-
-def shipped_paths(assets: Path) -> dict[str, Path]:
-    """wide, thin, thin-random and every branched-l*.safetensors in ``assets`` (SystemExit if one is missing)."""
-    paths = {name: assets / f"{name}.safetensors" for name in ("wide", *TREE_NAMES)}
-    missing = [str(p) for p in paths.values() if not p.is_file()]
-    branched = sorted(assets.glob("branched-l*.safetensors"), key=lambda p: (_lam_of(p.stem), p.stem))
-    if not branched:
-        missing.append(str(assets / "branched-l<λ>.safetensors"))
-    if missing:
-        raise SystemExit(f"missing {', '.join(missing)}: train and ship them, or run with --train/--quick")
-    return {**paths, **{p.stem: p for p in branched}}
-
-
-def load_cards(paths: Mapping[str, Path], part: str = "metadata") -> dict[str, dict[str, Any]]:
-    """Each checkpoint's card: what the recipe stored (``metadata``) or the studio's record (``studio``)."""
-    from app.api import load_checkpoint
-
-    return {name: dict(getattr(load_checkpoint(path), part)) for name, path in paths.items()}
-
-
-def _differences(what: str, values: Mapping[str, Any]) -> str | None:
-    if len({json.dumps(v, sort_keys=True) for v in values.values()}) > 1:
-        return f"{what} differ: " + "; ".join(f"{name} {value!r}" for name, value in values.items())
-    return None
-
-
-def check_budgets(cards: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """The budget the tree checkpoints (thin, thin-random, branched-*) share, and the wide network's.
-
-    Raises BudgetMismatch, naming what differs, when a card is missing or is not what its name says
-    (thin: SOMP start, λ = 0; thin-random: random start, λ = 0; branched: λ > 0), when the tree runs'
-    :data:`BUDGET_KEYS`, images, network widths or tasks differ, or when they were not thinned from the
-    wide network's widths, or the wide network saw another dataset (another test split) or other tasks.
-    """
-    problems = []
-    trees = [name for name in cards if name != "wide"]
-    for name in ("wide", *TREE_NAMES):
-        if name not in cards:
-            problems.append(f"no {name} checkpoint")
-    if not any(name.startswith("branched-") for name in trees):
-        problems.append("no branched-l<λ> checkpoint")
-    for name, card in cards.items():
-        config = card.get("config") or {}
-        if "net" not in card or "tasks" not in card:
-            problems.append(f"{name} is not a multitask-plugin checkpoint (its card has no net/tasks)")
-            continue
-        expected = {"wide": ("widths" in config, "a wide network (recipe 'wide')"),
-                    "thin": (config.get("init") == "somp" and config.get("lam") == 0, "init=somp, lam=0"),
-                    "thin-random": (config.get("init") == "random" and config.get("lam") == 0, "init=random, lam=0")
-                    }.get(name, ((config.get("lam") or 0) > 0, "lam > 0"))
-        if not expected[0]:
-            problems.append(f"{name} is not what its name says ({expected[1]}); its config: "
-                            f"init={config.get('init')!r} lam={config.get('lam')!r}")
-    if problems:
-        raise BudgetMismatch("; ".join(problems))
-    wide = cards["wide"]
-    views = {
-        "budgets": {n: {k: cards[n]["config"].get(k) for k in BUDGET_KEYS} for n in trees},
-        "training images": {n: cards[n].get("train_size") for n in trees},
-        "network widths": {n: list(cards[n]["net"]["widths"]) for n in trees},
-        "tasks": {n: list(cards[n]["tasks"]) for n in cards},
-        "datasets (the test split)": {n: [cards[n]["config"].get("dataset"), cards[n]["config"].get("dataset_options")]
-                                      for n in cards},
-    }
-    problems = [p for what, values in views.items() if (p := _differences(what, values))]
-    if not problems:
-        divisor = cards["thin"]["config"]["divisor"]
-        thinned = [max(1, w // divisor) for w in wide["net"]["widths"]]
-        if thinned != views["network widths"]["thin"]:
-            problems.append(f"the tree networks' widths {views['network widths']['thin']} are not the wide network's "
-                            f"{list(wide['net']['widths'])} / {divisor}: they were not thinned from this wide network")
-    if problems:
-        raise BudgetMismatch("the tree checkpoints must be trained at the same budget, from the same wide network "
-                             "and on the wide network's dataset, to be compared, but " + " | ".join(problems))
-    thin = cards["thin"]
-    return {**views["budgets"]["thin"], "train_images": thin.get("train_size"), "widths": list(thin["net"]["widths"]),
-            "tasks": list(thin["tasks"]), "lams": {n: cards[n]["config"].get("lam") for n in trees},
-            "wide_network": {**{k: wide["config"].get(k) for k in WIDE_KEYS}, "train_images": wide.get("train_size")}}
 
 
 # -- the tree ------------------------------------------------------------------------------------------------
@@ -375,117 +276,6 @@ def targets_met(figures: Mapping[str, Any]) -> dict[str, Any]:
               for key, s in splits.items() if s["trivial"]]
     targets["notes"] = "; ".join(notes) or "all targets met"
     return targets
-
-
-# -- training (--train, --quick) ------------------------------------------------------------------------------
-
-
-def _train_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Run one recipe through the studio's worker path in its own scratch home; the checkpoint's path."""
-    import torch
-
-    import plugins.multitask as plugin
-    from app.testing import open_test_studio
-
-    torch.set_num_threads(job["threads"])
-    previous = os.environ.get("AVSTUDIO_DATA")
-    os.environ["AVSTUDIO_DATA"] = job["data_dir"]
-    started = time.time()
-    try:
-        with open_test_studio(job["home"], [plugin]) as studio:
-            result = studio.train("multitask", job["recipe"], job["config"])
-    finally:  # inline jobs leave this process's environment as it was
-        if previous is None:
-            os.environ.pop("AVSTUDIO_DATA", None)
-        else:
-            os.environ["AVSTUDIO_DATA"] = previous
-    if result.status != "succeeded":
-        raise RuntimeError(f"training {job['name']} failed: {result.status}: {result.error}")
-    (path,) = result.checkpoints.values()
-    return {"name": job["name"], "path": str(path), "seconds": time.time() - started}
-
-
-def _run(jobs: list[dict[str, Any]], workers: int) -> dict[str, Path]:
-    started, paths = time.time(), {}
-    if workers <= 1 or len(jobs) == 1:
-        results = map(_train_job, jobs)
-        pool = None
-    else:
-        pool = mp.get_context("spawn").Pool(min(workers, len(jobs)))
-        results = pool.imap_unordered(_train_job, jobs)
-    try:
-        for result in results:
-            paths[result["name"]] = Path(result["path"])
-            print(f"[{time.time() - started:6.0f}s] trained {result['name']} in {result['seconds']:.0f}s", flush=True)
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
-    return paths
-
-
-def tree_runs(tree_config: Mapping[str, Any], lams: Sequence[float]) -> dict[str, dict[str, Any]]:
-    """The tree recipe's config per checkpoint name: thin (SOMP, λ = 0), thin-random (λ = 0) and branched-l<λ>
-    (SOMP) per λ, all with ``tree_config``'s budget (its wide, init, λ and name are replaced)."""
-    base = {k: v for k, v in tree_config.items() if k not in ("init", "lam", "name", "wide")}
-    runs = {"thin": {**base, "init": "somp", "lam": 0.0}, "thin-random": {**base, "init": "random", "lam": 0.0}}
-    for lam in lams:
-        runs[f"branched-l{lam:g}"] = {**base, "init": "somp", "lam": float(lam)}
-    return runs
-
-
-def train_models(wide_config: Mapping[str, Any], runs: Mapping[str, Mapping[str, Any]], scratch: Path,
-                 data_dir: str, *, threads: int = 1, workers: int = 1) -> dict[str, Path]:
-    """Train the wide network, then each tree run (name → config, e.g. :func:`tree_runs`) from it, ``workers``
-    at a time, each by its recipe in a home under ``scratch``; checkpoint name → file."""
-    common = {"data_dir": data_dir, "threads": threads}
-    wide = _run([{"name": "wide", "recipe": "wide", "config": dict(wide_config), "home": str(scratch / "wide"),
-                  **common}], 1)["wide"]
-    jobs = [{"name": name, "recipe": "tree", "config": {**config, "wide": str(wide)}, "home": str(scratch / name),
-             **common} for name, config in runs.items()]
-    trained = _run(jobs, workers)
-    return {"wide": wide, **{name: trained[name] for name in runs}}
-
-
-def commands(wide_config: Mapping[str, Any], runs: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
-    """The ``avstudio train`` command of each checkpoint (only the settings that differ from the defaults;
-    the tree runs start from the default ``wide=multitask/wide``, the wide network trained first)."""
-    from plugins.multitask.recipes import TreeRecipeConfig, WideConfig
-
-    def command(recipe: str, config: Mapping[str, Any], defaults: Any) -> str:
-        sets = []
-        for key, value in config.items():
-            if key == "wide" or getattr(defaults, key, object()) == value:
-                continue
-            if isinstance(value, (list, tuple)):
-                text = ",".join(map(str, value))
-            else:
-                text = f"{value:g}" if isinstance(value, float) else str(value)
-            sets.append(f"--set {shlex.quote(f'{key}={text}')}")
-        return " ".join(["avstudio train multitask", recipe, *sets])
-
-    return {"wide": command("wide", wide_config, WideConfig()),
-            **{name: command("tree", config, TreeRecipeConfig()) for name, config in runs.items()}}
-
-
-def shipped_runs(assets: Path, lams: Sequence[float] | None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """What --train retrains: the shipped wide card's config (else the recipe's defaults), and the tree runs
-    with the shipped thin card's budget (else the defaults): thin, thin-random, and one branched run per
-    ``lams``, or per shipped branched card with that card's own settings (λ, init, unit_cost, widen_after, widen_every)."""
-    wide, thin = assets / "wide.safetensors", assets / "thin.safetensors"
-    wide_config = load_cards({"wide": wide})["wide"].get("config", {}) if wide.is_file() else {}
-    tree_config = load_cards({"thin": thin})["thin"].get("config", {}) if thin.is_file() else {}
-    if lams:
-        return dict(wide_config), tree_runs(tree_config, lams)
-    runs = tree_runs(tree_config, [])
-    branched = {p.stem: p for p in sorted(assets.glob("branched-l*.safetensors"), key=lambda p: _lam_of(p.stem))}
-    for name, card in load_cards(branched).items():
-        own = card.get("config", {})
-        runs[name] = {**runs["thin"], **{k: own[k] for k in ("init", "lam", "unit_cost", "widen_after", "widen_every", "name")
-                                         if k in own}}
-    if len(runs) == 2:
-        raise SystemExit(f"no branched-l*.safetensors in {assets} to take λ from: pass --lams")
-    return dict(wide_config), runs
 
 
 # -- the report -------------------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ import torch
 
 from app.api import load_checkpoint
 from benchmarks import multitask as B
+from benchmarks import multitask_cards as MC
+from benchmarks import multitask_training as MT
 from plugins.datasets.persons import BODY_ATTRIBUTES, HEAD_ATTRIBUTES
 from plugins.multitask.model import TreeConfig
 
@@ -86,7 +88,7 @@ def test_purity_refuses_tasks_without_ground_truth():
 
 
 def test_model_keys():
-    assert [B.model_key(n) for n in ("wide", "thin", "thin-random", "branched-l10", "branched-l0.5")] == [
+    assert [MC.model_key(n) for n in ("wide", "thin", "thin-random", "branched-l10", "branched-l0.5")] == [
         "wide", "thin", "thin_random", "branched_10", "branched_0.5"]
 
 
@@ -101,7 +103,7 @@ def trained(tmp_path_factory) -> dict:
     try:
         root = tmp_path_factory.mktemp("multitask-benchmark")
         data_dir = str(root / "data")
-        paths = B.train_models(TINY_WIDE, B.tree_runs(TINY_TREE, LAMS), root / "homes", data_dir)
+        paths = MT.train_models(TINY_WIDE, MT.tree_runs(TINY_TREE, LAMS), root / "homes", data_dir)
     finally:
         torch.set_num_threads(threads)
     return {"paths": paths, "data_dir": data_dir, "root": root}
@@ -182,8 +184,8 @@ def test_shipped_mode_reads_every_branched_checkpoint_and_refuses_other_budgets(
 
 
 def test_check_budgets_names_what_differs(trained):
-    cards = B.load_cards(trained["paths"])
-    budget = B.check_budgets(cards)
+    cards = MC.load_cards(trained["paths"])
+    budget = MC.check_budgets(cards)
     assert budget["lams"] == {"thin": 0.0, "thin-random": 0.0, "branched-l50": 50.0, "branched-l400": 400.0}
 
     def changed(name: str, **config) -> dict:
@@ -191,19 +193,19 @@ def test_check_budgets_names_what_differs(trained):
 
     for name, change in (("branched-l50", {"lr": 0.1}), ("thin", {"seed": 1}), ("branched-l400", {"train_size": 64}),
                          ("thin-random", {"batch_size": 16}), ("thin", {"wide": "multitask/wide"})):
-        with pytest.raises(B.BudgetMismatch, match=f"budgets differ.*{name} .*'{next(iter(change))}'"):
-            B.check_budgets(changed(name, **change))
-    with pytest.raises(B.BudgetMismatch, match=r"datasets \(the test split\) differ: wide \['persons', \['num_test=64'\]\]"):
-        B.check_budgets(changed("wide", dataset_options=["num_test=64"]))
-    with pytest.raises(B.BudgetMismatch, match="thin-random is not what its name says"):
-        B.check_budgets(changed("thin-random", init="somp"))
-    with pytest.raises(B.BudgetMismatch, match="no thin checkpoint"):
-        B.check_budgets({k: v for k, v in cards.items() if k != "thin"})
-    with pytest.raises(B.BudgetMismatch, match="no branched"):
-        B.check_budgets({k: v for k, v in cards.items() if not k.startswith("branched")})
+        with pytest.raises(MC.BudgetMismatch, match=f"budgets differ.*{name} .*'{next(iter(change))}'"):
+            MC.check_budgets(changed(name, **change))
+    with pytest.raises(MC.BudgetMismatch, match=r"datasets \(the test split\) differ: wide \['persons', \['num_test=64'\]\]"):
+        MC.check_budgets(changed("wide", dataset_options=["num_test=64"]))
+    with pytest.raises(MC.BudgetMismatch, match="thin-random is not what its name says"):
+        MC.check_budgets(changed("thin-random", init="somp"))
+    with pytest.raises(MC.BudgetMismatch, match="no thin checkpoint"):
+        MC.check_budgets({k: v for k, v in cards.items() if k != "thin"})
+    with pytest.raises(MC.BudgetMismatch, match="no branched"):
+        MC.check_budgets({k: v for k, v in cards.items() if not k.startswith("branched")})
     other_wide = {**cards, "wide": {**cards["wide"], "net": {**cards["wide"]["net"], "widths": [8] * 7}}}
-    with pytest.raises(B.BudgetMismatch, match="not thinned from this wide network"):
-        B.check_budgets(other_wide)
+    with pytest.raises(MC.BudgetMismatch, match="not thinned from this wide network"):
+        MC.check_budgets(other_wide)
 
 
 def test_missing_assets_are_refused(tmp_path):
@@ -212,13 +214,13 @@ def test_missing_assets_are_refused(tmp_path):
 
 
 def test_train_commands_are_the_model_cards():
-    commands = B.commands({}, B.tree_runs({"epochs": 20, "wide": "/scratch/wide.safetensors"}, [10.0]))
+    commands = MT.commands({}, MT.tree_runs({"epochs": 20, "wide": "/scratch/wide.safetensors"}, [10.0]))
     assert commands == {
         "wide": "avstudio train multitask wide",
         "thin": "avstudio train multitask tree --set epochs=20",
         "thin-random": "avstudio train multitask tree --set epochs=20 --set init=random",
         "branched-l10": "avstudio train multitask tree --set epochs=20 --set lam=10"}
-    listed = B.commands({"dataset_options": ["num_test=10", "seed=1"], "widths": [8] * 7}, {})["wide"]
+    listed = MT.commands({"dataset_options": ["num_test=10", "seed=1"], "widths": [8] * 7}, {})["wide"]
     assert listed == "avstudio train multitask wide --set dataset_options=num_test=10,seed=1 --set widths=8,8,8,8,8,8,8"
 
 
@@ -228,18 +230,18 @@ def test_train_retrains_what_the_shipped_cards_say(trained, tmp_path):
     card = json.loads(card_path.read_text())
     card["metadata"]["config"]["unit_cost"] = 2.0
     card_path.write_text(json.dumps(card))
-    wide_config, runs = B.shipped_runs(assets, None)
+    wide_config, runs = MT.shipped_runs(assets, None)
     assert wide_config["widths"] == TINY_WIDE["widths"] and wide_config["epochs"] == 2
     assert list(runs) == ["thin", "thin-random", "branched-l50", "branched-l400"]
     assert all(runs[n]["epochs"] == 3 and runs[n]["divisor"] == 2 and "wide" not in runs[n] for n in runs)
     assert [(runs[n]["init"], runs[n]["lam"]) for n in runs] == [("somp", 0.0), ("random", 0.0), ("somp", 50.0),
                                                                  ("somp", 400.0)]
     assert runs["branched-l400"]["unit_cost"] == 2.0 and runs["branched-l50"]["unit_cost"] == 1.0
-    assert list(B.shipped_runs(assets, [7.0])[1]) == ["thin", "thin-random", "branched-l7"]
+    assert list(MT.shipped_runs(assets, [7.0])[1]) == ["thin", "thin-random", "branched-l7"]
     for path in assets.glob("branched-*"):
         path.unlink()
     with pytest.raises(SystemExit, match="pass --lams"):
-        B.shipped_runs(assets, None)
+        MT.shipped_runs(assets, None)
 
 
 def test_quick_trains_every_model_and_writes_its_own_report(tmp_path, monkeypatch):
