@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import text
 
 from app.settings import Settings, env_flag
-from app.ui.runs_tab import RunsActions
+from app.ui.runs_actions import RunsActions
 from plugins.datasets import persons, shapes
 from plugins.datasets.procedural import SPLITS
 from tests.plugins_for_tests.registry import make_registry

@@ -215,7 +215,7 @@ def test_four_workers_drain_forty_jobs_each_run_exactly_once(pg_url, tmp_path):
             assert [p.value for p in store.metrics(run_id, ["tick"])] == [0.0, 1.0, 2.0]
         assert len({worker_pid for _, worker_pid, _, _ in executions}) >= 2, "the jobs were not shared out"
         # the Runs tab and `avstudio runs list` show them, with the host of the worker that ran each
-        from app.ui.runs_tab import RunsActions
+        from app.ui.runs_actions import RunsActions
 
         actions = RunsActions(store, None, None)
         table = actions.runs_list()

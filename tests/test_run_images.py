@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from app.testing import open_test_studio
-from app.ui.runs_tab import RunsActions
+from app.ui.runs_actions import RunsActions
 
 
 def test_saved_images_are_run_artifacts_the_runs_tab_shows_newest_first(tmp_path):

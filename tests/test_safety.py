@@ -30,7 +30,7 @@ from app.promotion import promote_artifact
 from app.testing import free_port as _free_port
 from app.testing import open_test_studio
 from app.ui import build_app, launch
-from app.ui.runs_tab import RunsActions
+from app.ui.runs_actions import RunsActions
 from trainer.checkpoints import load_checkpoint, save_checkpoint
 from trainer.context import resolve_checkpoint
 

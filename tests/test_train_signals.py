@@ -155,7 +155,7 @@ def test_sigterm_stops_a_run_that_never_checks_should_stop_after_a_grace(started
 def test_sigkill_leaves_the_run_running_until_its_heartbeat_is_stale(started, monkeypatch):
     """Nothing runs in a killed process: its heartbeat thread kept the run `running` while it lived,
     and once that heartbeat is older than the store's limit every listing shows it interrupted."""
-    from app.ui.runs_tab import RunsActions
+    from app.ui.runs_actions import RunsActions
 
     one = started["sigkill"]
     _counting(one)

@@ -18,7 +18,7 @@ from app.ui import _asset_paths, build_app, launch
 from app.ui.curves import PANEL_H, PANEL_W, TOP
 from app.ui.datasets_tab import DatasetActions
 from app.ui.plugins_tab import plugins_table
-from app.ui.runs_tab import RunsActions
+from app.ui.runs_actions import RunsActions
 from tests.test_curves import _pixels as _curve_pixels
 from trainer.checkpoints import save_checkpoint
 from trainer.records import MetricPoint

@@ -28,7 +28,8 @@ from app.settings import Settings, upload_limits
 from app.ui.about_tab import build_about_tab
 from app.ui.datasets_tab import build_datasets_tab
 from app.ui.plugins_tab import build_plugins_tab
-from app.ui.runs_tab import RunsActions, build_runs_tab
+from app.ui.runs_actions import RunsActions
+from app.ui.runs_tab import build_runs_tab
 
 log = logging.getLogger("avstudio.ui")
 
