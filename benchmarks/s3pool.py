@@ -257,6 +257,8 @@ def main(argv: list[str] | None = None) -> Path:
                         help="train only these poolings now (the report uses every finished training)")
     parser.add_argument("--augment", action="store_true", help="also max pooling and S3Pool with crops and flips")
     parser.add_argument("--max-jobs", type=int, default=0, help="train at most N missing jobs now (0 = all)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: write the report from the finished trainings in --jobs-dir")
     parser.add_argument("--keep-checkpoints", default=None, metavar="DIR",
                         help="copy each trained network and its card to DIR/<job>/ (to ship one as demo weights)")
     args = parser.parse_args(argv)
@@ -276,6 +278,8 @@ def main(argv: list[str] | None = None) -> Path:
     todo = [c for c in missing if c["downsample"] in args.poolings.split(",")]
     if args.max_jobs:
         todo = todo[: args.max_jobs]
+    if args.report_only:
+        todo = []
     if todo:
         for split in ("train", "val", "test"):  # generate the cache once, before the workers share it
             load_shapes(split, Path(args.data_dir))

@@ -77,3 +77,15 @@ def test_a_quick_run_trains_only_what_is_missing_and_reports(tmp_path, monkeypat
     assert len(report["figures"]["missing_jobs"]) == len(B.planned_jobs(B.QUICK, False)) - 1
     B.main(args)  # nothing missing among max-pool jobs of this budget but the next one: it trains that one
     assert len(list(jobs.glob("*.json"))) == 2
+
+
+def test_report_only_trains_nothing(tmp_path, monkeypatch):
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    result = _result("max", 200, 0, 0.8, 0.5)
+    (jobs / "max-n200-seed0-g16x8-40steps-w4.json").write_text(json.dumps(result))
+    monkeypatch.setattr(B, "layer_times", lambda repeats, device="cpu": {"s3pool": 1.0, "max": 2.0})
+    monkeypatch.setattr(B, "run_job", lambda job: pytest.fail("--report-only trained something"))
+    B.main(["--quick", "--report-only", "--jobs-dir", str(jobs), "--out", str(tmp_path / "r.json")])
+    figures = json.loads((tmp_path / "r.json").read_text())["figures"]
+    assert figures["test_error"] == {"max": {"200": 0.8}} and figures["layer_overhead"] == 0.5
