@@ -515,3 +515,21 @@ def test_the_shipped_examples_are_small_shapes_images():
         assert path.stat().st_size < 8_000
         with Image.open(path) as image:
             assert image.size == (32, 32) and image.mode == "RGB"
+
+
+def test_the_tab_opens_with_samples_and_an_interpolation(assets):
+    """On page load (not at start-up) the samples grid and the interpolation strip are drawn."""
+    blocks, by_elem = _built(assets)
+    load = next(d for d in blocks.config["dependencies"] if d["api_name"] == "vgan_panels_on_load")
+    assert [t[1] for t in load["targets"]] == ["load"]
+    assert load["outputs"] == [by_elem[k]["id"] for k in ("vgan-samples", "vgan-samples-text", "vgan-interpolation",
+                                                          "vgan-interpolation-text")]
+    assert load["inputs"][0] == by_elem["vgan-model"]["id"]
+    grid, grid_text, strip, strip_text = _fn(blocks, "vgan_panels_on_load").fn(RECOMMENDED_MODEL, 0, 16, 0, 1, 4,
+                                                                              "linear")
+    assert grid.shape == (4 * 34 + 2, 4 * 34 + 2, 3) and strip.shape[1] > 3 * strip.shape[0]
+    assert f"`{RECOMMENDED_MODEL}`" in grid_text
+    (assets / f"{RECOMMENDED_MODEL}.safetensors").unlink()  # a missing model: the panels say how to train it
+    grid, grid_text, strip, strip_text = _fn(blocks, "vgan_panels_on_load").fn(RECOMMENDED_MODEL, 0, 16, 0, 1, 4,
+                                                                              "linear")
+    assert grid is None and strip is None and "avstudio train vgan" in grid_text

@@ -116,16 +116,25 @@ def build_demo(ctx: Any) -> None:
         """Clicking an example runs the analysis (its event's api_name comes from this name)."""
         return analyse(image, model, steps, seed)
 
-    def switch(model: str, seed: Any, count: Any, seed_a: Any, seed_b: Any, steps: Any, path: str,
-               last_image: Any):
-        """The toggle redraws what depends on the model: samples, interpolation, the last image's energy.
-        A missing model's panels say how to train it."""
+    def model_panels(model: str, seed: Any, count: Any, seed_a: Any, seed_b: Any, steps: Any, path: str) -> list:
+        """Samples and interpolation of ``model``; a missing model's panels say how to train it."""
         out: list[Any] = []
         for run in (lambda: samples(model, seed, count), lambda: interpolate(model, seed_a, seed_b, steps, path)):
             try:
                 out += list(run())
             except gr.Error as exc:
                 out += [None, str(exc.message)]
+        return out
+
+    def vgan_panels_on_load(model: str, seed: Any, count: Any, seed_a: Any, seed_b: Any, steps: Any, path: str):
+        """The samples and the interpolation drawn when the page opens, so the tab never opens empty."""
+        return tuple(model_panels(model, seed, count, seed_a, seed_b, steps, path))
+
+    def switch(model: str, seed: Any, count: Any, seed_a: Any, seed_b: Any, steps: Any, path: str,
+               last_image: Any):
+        """The toggle redraws what depends on the model: samples, interpolation, the last image's energy.
+        A missing model's panels say how to train it."""
+        out = model_panels(model, seed, count, seed_a, seed_b, steps, path)
         if last_image is None:
             out += [gr.update(), gr.update()]
         else:
@@ -215,3 +224,9 @@ def build_demo(ctx: Any) -> None:
     run_button.click(analyse, [upload, model, chain_steps, chain_seed], outputs, api_name="vgan_analyse")
     model.change(switch, [model, seed, count, seed_a, seed_b, steps, path, last_image],
                  [grid, grid_text, strip, strip_text, plot, energy_text, status], api_name="vgan_switch_model")
+    # Samples and interpolation are drawn when the page loads (a small generator pass), not while the app
+    # is built: start-up loads no model.
+    root = gr.context.Context.root_block
+    if root is not None:
+        root.load(vgan_panels_on_load, [model, seed, count, seed_a, seed_b, steps, path],
+                  [grid, grid_text, strip, strip_text], api_name="vgan_panels_on_load", api_visibility="undocumented")
