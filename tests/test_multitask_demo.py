@@ -169,8 +169,30 @@ def test_a_single_trunk_is_one_group_and_no_model_argument_opens_on_the_best_bra
     assert len(r["groups"]) == 1 and r["groups"][0]["own_layers"] is None
     assert set(r["groups"][0]["tasks"]) == set(r["tasks"]) and "baseline" in r["text"]
     accuracy = {n: _card(ctx, n)["metrics"]["val_mean_accuracy"] for n in BRANCHED}
-    best = max(BRANCHED, key=lambda n: (accuracy[n], -BRANCHED.index(n)))
+    wide = _card(ctx, "wide")["metrics"]["val_mean_accuracy"]
+    close = [n for n in BRANCHED if accuracy[n] >= wide - 0.01]
+    best = (min(close, key=lambda n: (_card(ctx, n)["params"], BRANCHED.index(n))) if close
+            else max(BRANCHED, key=lambda n: (accuracy[n], -BRANCHED.index(n))))
     assert demo.default_model() == best and demo.predict(_example())["model"] == best
+
+
+def test_the_tab_opens_on_the_cheapest_branched_model_within_a_point_of_wide():
+    def card(accuracy, params, flops=1000):
+        return {"metrics": {"val_mean_accuracy": accuracy}, "params": params, "flops": flops}
+
+    demo = MultitaskDemo.__new__(MultitaskDemo)  # default_model reads only the cards it is given
+    cards = {"wide": card(0.90, 800_000), "thin": card(0.87, 50_000), "branched-l10": card(0.895, 300_000),
+             "branched-l20": card(0.892, 120_000), "branched-l30": card(0.88, 60_000)}
+    assert demo.default_model(cards) == "branched-l20"  # within 1 point, fewest parameters
+    cards["branched-l30"] = card(0.8905, 60_000)
+    assert demo.default_model(cards) == "branched-l30"
+    far = {**cards, "branched-l10": card(0.85, 300_000), "branched-l20": card(0.86, 120_000),
+           "branched-l30": card(0.84, 60_000)}
+    assert demo.default_model(far) == "branched-l20"  # none within a point: the most accurate
+    del far["wide"]
+    assert demo.default_model(far) == "branched-l20"
+    assert demo.default_model({"wide": card(0.9, 1), "thin": card(0.8, 1)}) == "wide"
+    assert demo.default_model({}) is None
 
 
 def test_networks_load_lazily_and_once(ctx, monkeypatch):

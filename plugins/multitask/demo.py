@@ -86,6 +86,9 @@ class Loaded:
         return self.net.config
 
 
+TRADE_OFF_POINTS = 1.0  # a branched model this close to wide (points of mean accuracy) is a trade-off
+
+
 class MultitaskDemo:
     """Answers the tab's requests; networks are loaded in the handlers and kept until their file changes."""
 
@@ -112,18 +115,31 @@ class MultitaskDemo:
         return [(model_label(n, cards[n]), n) for n in self.branched_names(cards)]
 
     def default_model(self, cards: dict[str, dict[str, Any]] | None = None) -> str | None:
-        """The model the tab opens on: the branched model with the best validation mean accuracy (its card;
-        ties and unknown accuracies go to the smaller λ); without branched models the wide, then the thin
-        one; None when there is no model at all."""
+        """The model the tab opens on: the best trade-off, the cheapest branched model (fewest parameters,
+        then FLOPs) whose validation mean accuracy is within ``TRADE_OFF_POINTS`` of the wide network's (the
+        cards'); when none is that close, or there is no wide card, the branched model with the best
+        validation accuracy (ties and unknown accuracies go to the smaller λ); without branched models the
+        wide, then the thin one; None when there is no model at all."""
         cards = self.cards() if cards is None else cards
         branched = self.branched_names(cards)
-        if branched:
-            def score(n: str) -> tuple[float, int]:
-                accuracy = mean_accuracy(cards[n])
-                return (-1.0 if accuracy is None else accuracy, -branched.index(n))
+        if not branched:
+            return next((n for n in BASELINES if n in cards), None)
+        wide = mean_accuracy(cards["wide"]) if "wide" in cards else None
+        if wide is not None:
+            close = [n for n in branched
+                     if (mean_accuracy(cards[n]) or -1.0) >= wide - TRADE_OFF_POINTS / 100 - 1e-9]
+            if close:
+                def cost(n: str) -> tuple[float, float, int]:
+                    return (float(cards[n].get("params") or float("inf")),
+                            float(cards[n].get("flops") or float("inf")), branched.index(n))
 
-            return max(branched, key=score)
-        return next((n for n in BASELINES if n in cards), None)
+                return min(close, key=cost)
+
+        def score(n: str) -> tuple[float, int]:
+            accuracy = mean_accuracy(cards[n])
+            return (-1.0 if accuracy is None else accuracy, -branched.index(n))
+
+        return max(branched, key=score)
 
     def resolve(self, model: str | None, cards: dict[str, dict[str, Any]] | None = None) -> str:
         """``model`` when it is present (any slot's name), the default model when it is empty; a UserError
