@@ -102,6 +102,19 @@ def test_every_built_in_method_has_the_arxiv_id_of_the_readme_table(studio):
         assert hub.arxiv_id(studio.registry.method(slug)) == arxiv
 
 
+def test_the_readme_links_each_paper_on_arxiv_and_its_front_matter_tags_the_space():
+    import yaml
+
+    text = (REPO_ROOT / "README.md").read_text()
+    for slug, arxiv in readme_arxiv_ids().items():
+        row = next(line for line in text.splitlines() if line.startswith(f"| `{slug}` |"))
+        assert f"[arXiv:{arxiv}](https://arxiv.org/abs/{arxiv})" in row
+    front = yaml.safe_load(re.match(r"---\n(.*?)\n---\n", text, re.DOTALL).group(1))
+    assert front["tags"] and all(isinstance(t, str) for t in front["tags"])
+    # `models` lists what AVSTUDIO_HUB_MODELS pulls at start-up; this repository pulls none by default
+    assert front.get("models", []) == hub.hub_models({})
+
+
 @pytest.mark.parametrize("ref", ["s3pool/resnet-max", "blockdrop/backbone", "vgan/vgan", "multitask/thin"])
 def test_upload_folder_of_a_shipped_checkpoint_file_by_file(studio, tmp_path, ref):
     method, name = ref.split("/")
