@@ -27,11 +27,27 @@ rank, as DistributedSampler), gradients are averaged over the ranks just before 
 ``resume`` gives every rank rank 0's weights, tracked means are over all ranks, ``evaluate`` runs on rank 0
 and its values reach every rank, a stop on any rank stops all (see :mod:`trainer.distributed`).
 
+On an accelerator the same loop trains in mixed precision with the data on the device when the recipe's
+step goes through it (see :mod:`trainer.amp` for the settings, ``AVSTUDIO_AMP`` and friends)::
+
+    images, targets = loop.to_device(images, targets)      # once, when they fit in the device's memory
+    fwd = loop.compiled(net)                                # torch.compile'd with AVSTUDIO_COMPILE=on
+    for idx in loop.batches(len(images), config.batch_size):
+        x, y = loop.take(images, idx), loop.take(targets, idx)  # a batch, on loop.device
+        with loop.autocast():                               # bf16 / fp16 autocast, or nothing (off)
+            logits = fwd(x)
+        loss = F.cross_entropy(logits.float(), y)
+        loop.minimize(loss, opt)                            # zero_grad, backward, step (fp16: scaled)
+
+With AMP off (the default on a CPU) each of these does exactly what the plain code did.
+
 Duck-typed on the TrainContext protocol (``app.api``): the trainer never imports ``app``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -41,7 +57,10 @@ import torch
 from torch import nn
 
 from trainer import distributed
+from trainer.amp import Precision, fits_on_device, resolve_amp, use_channels_last, use_compile
 from trainer.checkpoints import load_module_tensors, module_tensors
+
+log = logging.getLogger(__name__)
 
 
 def num_batches(n: int, batch_size: int) -> int:
@@ -70,15 +89,29 @@ class TrainLoop:
     """Epochs, steps, stopping, progress, metrics, checkpoints and exact resume for one recipe.
 
     ``checkpoint`` names the checkpoint saved at the end of every epoch: the tensors of ``modules``
-    under their name (``backbone.conv1.weight``) plus the recipe's metadata, ``epoch`` and ``metrics``.
+    under their name (``backbone.conv1.weight``) plus the recipe's metadata, ``epoch`` and ``metrics``
+    (and ``amp``, the precision, when it is not float32).
+
+    ``amp`` (auto, off, bf16, fp16), ``compile`` and ``channels_last`` (on, off, auto) choose how the step
+    uses an accelerator; None takes ``AVSTUDIO_AMP``, ``AVSTUDIO_COMPILE`` and ``AVSTUDIO_CHANNELS_LAST``
+    (:mod:`trainer.amp`). ``data_on_device=False`` keeps :meth:`to_device`'s tensors in host memory.
     """
 
-    def __init__(self, ctx: Any, *, epochs: int, seed: int, checkpoint: str, name: str | None = None) -> None:
+    def __init__(self, ctx: Any, *, epochs: int, seed: int, checkpoint: str, name: str | None = None,
+                 amp: str | None = None, compile: bool | str | None = None, channels_last: bool | str | None = None,
+                 data_on_device: bool = True) -> None:
         self.ctx = ctx
         self.num_epochs = int(epochs)
         self.checkpoint = checkpoint
         self.name = name or checkpoint
         self.device = torch.device(ctx.device)
+        self.precision = Precision(resolve_amp(amp, self.device), self.device)
+        self._channels_last_setting = channels_last
+        self.channels_last = use_channels_last(channels_last, self.device, self.amp)
+        self.compile = use_compile(compile)
+        self._data_allowed = bool(data_on_device)
+        self.data_on_device: bool | None = None  # after to_device(): whether the data went to the device
+        self._averaged: set[int] = set()  # optimisers whose gradients minimize() already averaged (fp16)
         self.seed = int(seed)
         self.generator = seed_everything(seed)  # the same on every rank: they shuffle alike
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
@@ -112,6 +145,9 @@ class TrainLoop:
         try:
             state = self.ctx.resume_state()
             if state is not None:
+                self._restore_precision(state.metadata.get("amp"))
+            self._apply_layout()
+            if state is not None:
                 self._load_state(state.tensors, state.metadata)
             else:
                 checkpoint = self.ctx.resume_checkpoint(self.checkpoint)
@@ -133,8 +169,12 @@ class TrainLoop:
         distributed.broadcast_modules(self.modules)
         for optimizer in self.optimizers:
             if id(optimizer) not in self._hooked:
-                optimizer.register_step_pre_hook(distributed.average_gradients)
+                optimizer.register_step_pre_hook(self._average_gradients)
                 self._hooked.add(id(optimizer))
+
+    def _average_gradients(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
+        if id(optimizer) not in self._averaged:  # minimize() averaged them already, before unscaling (fp16)
+            distributed.average_gradients(optimizer)
 
     def rebind(self, modules: Mapping[str, nn.Module], optimizers: Sequence[torch.optim.Optimizer] = (),
                schedulers: Sequence[Any] = ()) -> None:
@@ -144,6 +184,7 @@ class TrainLoop:
         if not self._ready:
             raise RuntimeError("call loop.resume(modules=..., optimizers=...) before loop.rebind()")
         self.modules, self.optimizers, self.schedulers = dict(modules), list(optimizers), list(schedulers)
+        self._apply_layout()
         self._join_ranks(f"after epoch {self.epoch}")
 
     @staticmethod
@@ -156,6 +197,95 @@ class TrainLoop:
             return None
         return dict(state.metadata.get("card") or {})
 
+    # -- the accelerator: precision, layout, data, compilation ------------------------------------
+    @property
+    def amp(self) -> str:
+        """The precision of the training step: ``off`` (float32), ``bf16`` or ``fp16``."""
+        return self.precision.mode
+
+    def _restore_precision(self, saved: Mapping[str, Any] | None) -> None:
+        """A resumed run trains on in the precision it was saved with (float32 for a state saved before AMP)."""
+        mode = str((saved or {}).get("mode", "off"))
+        if mode != self.amp:
+            log.warning("%s: resumed in the precision it was saved with, %s (not %s)", self.name, mode, self.amp)
+            self.precision = Precision(mode, self.device)
+            self.channels_last = use_channels_last(self._channels_last_setting, self.device, self.amp)
+
+    def _apply_layout(self) -> None:
+        if self.channels_last:  # in place: the optimisers keep the same parameters
+            for module in self.modules.values():
+                module.to(memory_format=torch.channels_last)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """A context for the forward pass (and loss) of a training step: ``torch.autocast`` in the run's
+        precision, or nothing with AMP off. Cast what you compute further by hand to ``.float()``."""
+        return self.precision.autocast()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """``loss.backward()``, scaled by the gradient scaler under fp16."""
+        self.precision.scale(loss).backward()
+
+    def optimizer_step(self, *optimizers: torch.optim.Optimizer, max_grad_norm: float | None = None) -> None:
+        """Step ``optimizers`` after :meth:`backward`: under fp16 the gradients are unscaled first (a step
+        with an inf or NaN gradient is skipped and the scale lowered, the same on every rank); with
+        ``max_grad_norm`` the gradients of all their parameters are clipped to that norm first."""
+        scaler = self.precision.scaler
+        if scaler is None:
+            if max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(_parameters(optimizers), max_grad_norm)
+            for optimizer in optimizers:
+                optimizer.step()
+            return
+        try:
+            for optimizer in optimizers:
+                if self.world_size > 1:  # every rank then sees the same inf/NaN and skips alike
+                    distributed.average_gradients(optimizer)
+                    self._averaged.add(id(optimizer))
+                if max_grad_norm is not None:
+                    scaler.unscale_(optimizer)
+            if max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(_parameters(optimizers), max_grad_norm)
+            for optimizer in optimizers:
+                scaler.step(optimizer)
+            scaler.update()
+        finally:
+            self._averaged.clear()
+
+    def minimize(self, loss: torch.Tensor, *optimizers: torch.optim.Optimizer,
+                 max_grad_norm: float | None = None) -> None:
+        """One update: zero the gradients of ``optimizers``, :meth:`backward` ``loss``, :meth:`optimizer_step`.
+        With AMP off it is ``zero_grad(set_to_none=True); loss.backward(); step()``, to the bit."""
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        self.backward(loss)
+        self.optimizer_step(*optimizers, max_grad_norm=max_grad_norm)
+
+    def to_device(self, *tensors: torch.Tensor, free_bytes: int | None = None) -> Any:
+        """A dataset's tensors (uint8 images, targets) on ``loop.device`` once, when together they take at
+        most half of the device's free memory (``free_bytes``: measured when None; a CPU or MPS always
+        fits); otherwise, or with ``data_on_device=False``, they stay in host memory and :meth:`take`
+        copies each batch over. One tensor in, one out; several in, a tuple out."""
+        nbytes = sum(t.numel() * t.element_size() for t in tensors)
+        self.data_on_device = self._data_allowed and fits_on_device(nbytes, self.device, free_bytes)
+        if not self.data_on_device and self.device.type != "cpu":
+            log.info("%s: %.1f MB of data stay in host memory (batches are copied to %s)",
+                     self.name, nbytes / 1e6, self.device)
+        moved = tuple(t.to(self.device) if self.data_on_device else t.cpu() for t in tensors)
+        return moved[0] if len(moved) == 1 else moved
+
+    def take(self, tensor: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """``tensor[idx]`` on ``loop.device``: indexed where the tensor lives (the device, or host memory
+        for data that did not fit), then copied to the device if it is not there."""
+        if tensor.device != idx.device:
+            idx = idx.to(tensor.device)
+        return tensor[idx].to(self.device, non_blocking=True)
+
+    def compiled(self, fn: Any) -> Any:
+        """``torch.compile(fn)`` (a module or a method, e.g. ``backbone.forward_masked``) with compilation on
+        (``AVSTUDIO_COMPILE=on``); ``fn`` itself otherwise. Call the result in the training step; the loop
+        keeps saving the modules themselves, so checkpoints are the same either way."""
+        return torch.compile(fn) if self.compile else fn
+
     # -- the loop -------------------------------------------------------------------------------
     @staticmethod
     def num_batches(n: int, batch_size: int) -> int:
@@ -166,6 +296,8 @@ class TrainLoop:
         """The 0-based indices of the epochs still to run; ends early once the run was stopped."""
         if not self._ready:
             raise RuntimeError("call loop.resume(modules=..., optimizers=...) before loop.epochs()")
+        log.info("%s on %s: amp %s, channels-last %s, compile %s, data on the device %s", self.name, self.device,
+                 self.amp, self.channels_last, self.compile, self.data_on_device)
         while self.epoch < self.num_epochs and not self.stopped:
             current = self.epoch
             if self.rank > 0:  # its own augmentation and dropout draws, the same whether resumed or not
@@ -253,8 +385,9 @@ class TrainLoop:
         self.final_metrics = values
         self.card = dict(metadata or {})
         self.ctx.log_metrics(self.epoch, **values)
+        precision = {"amp": self.amp} if self.amp != "off" else {}
         self.ctx.save_checkpoint(self.checkpoint, self.model_tensors(),
-                                 {**dict(metadata or {}), "epoch": self.epoch, "metrics": values})
+                                 {**dict(metadata or {}), "epoch": self.epoch, "metrics": values, **precision})
         self.ctx.save_state(*self.state())
         return values
 
@@ -270,6 +403,7 @@ class TrainLoop:
                                 "card": self.card}
         for kind, objects in (("optimizer", self.optimizers), ("scheduler", self.schedulers)):
             meta[kind] = [flatten(obj.state_dict(), f"{kind}.{i}", tensors) for i, obj in enumerate(objects)]
+        meta["amp"] = flatten(self.precision.state_dict(), "amp", tensors)
         tensors["rng.torch"] = torch.get_rng_state()
         tensors["rng.generator"] = self.generator.get_state()
         if torch.cuda.is_available():
@@ -295,6 +429,8 @@ class TrainLoop:
         self.epoch, self.step = int(meta.get("epoch", 0)), int(meta.get("step", 0))
         self.final_metrics = dict(meta.get("metrics") or {})
         self.card = dict(meta.get("card") or {})
+        if meta.get("amp"):
+            self.precision.load_state_dict(unflatten(meta["amp"], tensors))
         torch.set_rng_state(tensors["rng.torch"].cpu())
         self.generator.set_state(tensors["rng.generator"].cpu())
         if torch.cuda.is_available():  # a state saved on another machine restores the devices both have
@@ -312,6 +448,10 @@ class TrainLoop:
     def _load_modules(self, tensors: Mapping[str, torch.Tensor], prefix: str) -> None:
         for name, module in self.modules.items():
             load_module_tensors(module, tensors, f"{prefix}{name}")
+
+
+def _parameters(optimizers: Sequence[torch.optim.Optimizer]) -> list[torch.Tensor]:
+    return [p for optimizer in optimizers for group in optimizer.param_groups for p in group["params"]]
 
 
 # -- nested state (optimiser and scheduler state dicts, RNG states) as tensors + JSON ----------------
