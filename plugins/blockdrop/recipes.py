@@ -2,9 +2,11 @@
 
 Each recipe is a plain function ``train(config, ctx)``: data and models are set up, then the
 training step runs inside an :class:`app.api.TrainLoop`, which owns seeding, stopping, progress,
-per-epoch evaluation on ``val``, metrics, checkpoints and exact resume (optimisers and RNG included).
-Recipes train from whole-split tensors (the built-in datasets expose uint8 ``images``) and augment
-on the device (random crop + flip).
+per-epoch evaluation on ``val``, metrics, checkpoints and exact resume (optimisers and RNG included),
+and the accelerator: mixed precision (``loop.autocast``, ``loop.minimize``), the data on the device
+(``loop.to_device``, ``loop.take``) and ``torch.compile`` (``loop.compiled``). Recipes train from
+whole-split tensors (the built-in datasets expose uint8 ``images``) and augment on the device
+(random crop + flip); evaluation runs in float32.
 
 Checkpoints hold prefixed tensors: ``backbone.*`` (the ResNet) and, for policies, ``policy.*`` (the
 ResNet-8), so one policy file is self-contained. Their metadata records the architectures as
@@ -86,7 +88,7 @@ def train_backbone(config: BackboneConfig, ctx: Any) -> dict[str, float]:
         net = BlockDropResNet(ResNetConfig(depth=config.depth, num_classes=num_classes,
                                            input_size=tuple(images.shape[2:])))
     net = _with_labels(net, labels).to(loop.device)
-    images, targets = images.to(loop.device), targets.to(loop.device)
+    images, targets = loop.to_device(images, targets)
     optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=True)
     loop.resume(modules={"backbone": net}, optimizers=[optimizer])
@@ -97,16 +99,17 @@ def train_backbone(config: BackboneConfig, ctx: Any) -> dict[str, float]:
     card = {"kind": "backbone", "config": asdict(config), "dataset": config.dataset, "eval_split": val_split,
             "backbone": asdict(net.config)}
     net.train()
+    forward = loop.compiled(net)
     for _ in loop.epochs():
         for idx in loop.batches(len(images), config.batch_size):
             set_lr(optimizer, cosine_lr(config.lr, loop.step, total, warmup))
-            x, y = augment(images[idx], config.flip), targets[idx]
+            x, y = augment(loop.take(images, idx), config.flip), loop.take(targets, idx)
             drops = torch.rand(len(y), net.num_blocks, device=loop.device) < config.drop_prob  # stochastic depth
-            logits = net(x, (~drops).float()) if config.drop_prob > 0 else net(x)
+            with loop.autocast():
+                logits = forward(x, (~drops).float()) if config.drop_prob > 0 else forward(x)
+            logits = logits.float()
             loss = F.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loop.minimize(loss, optimizer)
             loop.track(len(y), train_loss=loss, train_accuracy=(logits.argmax(1) == y).float().mean())
         loop.end_epoch(evaluate=lambda: evaluate(net, None, val_images, val_targets), metadata=card)
     return loop.final_metrics
@@ -126,7 +129,7 @@ def train_policy(config: PolicyConfig, ctx: Any) -> dict[str, float]:
     images, targets = load_split(ctx, config.dataset, "train", config.num_train)
     val_split = eval_split(ctx, config.dataset)
     val_images, val_targets = load_split(ctx, config.dataset, val_split)
-    images, targets = images.to(loop.device), targets.to(loop.device)
+    images, targets = loop.to_device(images, targets)
     policy_net = make_policy(PolicyNetConfig(num_blocks=k, input_size=config.policy_input_size,
                                              mean=backbone.config.mean, std=backbone.config.std,
                                              arch=config.policy_arch)).to(loop.device)
@@ -140,19 +143,20 @@ def train_policy(config: PolicyConfig, ctx: Any) -> dict[str, float]:
         return min(k, 1 + step // config.cl_step_iters)
 
     policy_net.train()
+    policy, frozen = loop.compiled(policy_net), loop.compiled(backbone)
     for _ in loop.epochs():
         for idx in loop.batches(len(images), config.batch_size):
             mask = curriculum_mask(k, free_blocks(loop.step), loop.device)
-            x, y = augment(images[idx], config.flip), targets[idx]
-            probs = policy_net(x)
+            x, y = augment(loop.take(images, idx), config.flip), loop.take(targets, idx)
+            with loop.autocast():
+                probs = policy(x)
+            probs = probs.float()
             sampled, greedy = sample_policies(probs, config.alpha, mask)
-            with torch.no_grad():
-                r_sampled = reward(backbone(x, sampled).argmax(1) == y, sampled, config.gamma)
-                r_greedy = reward(backbone(x, greedy).argmax(1) == y, greedy, config.gamma)
+            with torch.no_grad(), loop.autocast():
+                r_sampled = reward(frozen(x, sampled).argmax(1) == y, sampled, config.gamma)
+                r_greedy = reward(frozen(x, greedy).argmax(1) == y, greedy, config.gamma)
             loss = policy_gradient_loss(probs, sampled, r_sampled - r_greedy, config.alpha, mask, config.beta)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loop.minimize(loss, optimizer)
             loop.track(len(y), train_reward=r_sampled.mean(), train_blocks=sampled.sum(1).mean())
         free = free_blocks(loop.step - 1)  # where the curriculum stood at the epoch's last step
         loop.end_epoch(evaluate=partial(evaluate, backbone, policy_net, val_images, val_targets, config.gamma, free),
@@ -190,12 +194,13 @@ def train_finetune(config: FinetuneConfig, ctx: Any) -> dict[str, float]:
     images, targets = load_split(ctx, config.dataset, "train", config.num_train)
     val_split = eval_split(ctx, config.dataset)
     val_images, val_targets = load_split(ctx, config.dataset, val_split)
-    images, targets = images.to(loop.device), targets.to(loop.device)
+    images, targets = loop.to_device(images, targets)
     optimizers = [torch.optim.Adam(policy_net.parameters(), lr=config.lr), finetune_backbone_optimizer(config, backbone)]
     loop.resume(modules={"backbone": backbone, "policy": policy_net}, optimizers=optimizers)
     total = config.epochs * loop.num_batches(len(images), config.batch_size)
     mask = torch.ones(k, device=loop.device)
-    forward = backbone.forward if config.train_forward == "skip" else backbone.forward_masked
+    forward = loop.compiled(backbone.forward if config.train_forward == "skip" else backbone.forward_masked)
+    policy = loop.compiled(policy_net)
     card = {"kind": "finetune", "config": asdict(config), "dataset": config.dataset, "eval_split": val_split,
             "backbone": asdict(backbone.config), "policy": asdict(policy_net.config), "gamma": config.gamma,
             "free_blocks": k, "policy_ref": config.policy}
@@ -205,21 +210,21 @@ def train_finetune(config: FinetuneConfig, ctx: Any) -> dict[str, float]:
         for idx in loop.batches(len(images), config.batch_size):
             for optimizer, base in zip(optimizers, (config.lr, config.backbone_lr), strict=True):
                 set_lr(optimizer, cosine_lr(base, loop.step, total))
-            x, y = augment(images[idx], config.flip), targets[idx]
-            probs = policy_net(x)
+            x, y = augment(loop.take(images, idx), config.flip), loop.take(targets, idx)
+            with loop.autocast():
+                probs = policy(x)
+            probs = probs.float()
             sampled, greedy = sample_policies(probs, config.alpha, mask)
-            logits = forward(x, sampled)
+            with loop.autocast():
+                logits = forward(x, sampled)
+            logits = logits.float()
             correct = logits.argmax(1) == y
-            with torch.no_grad():
+            with torch.no_grad(), loop.autocast():
                 r_sampled = reward(correct, sampled, config.gamma)
                 r_greedy = reward(forward(x, greedy).argmax(1) == y, greedy, config.gamma)
             loss = F.cross_entropy(logits, y) + policy_gradient_loss(
                 probs, sampled, r_sampled - r_greedy, config.alpha, mask)
-            for optimizer in optimizers:
-                optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            for optimizer in optimizers:
-                optimizer.step()
+            loop.minimize(loss, *optimizers)
             loop.track(len(y), train_reward=r_sampled.mean(), train_blocks=sampled.sum(1).mean(),
                        train_accuracy=correct.float().mean())
         loop.end_epoch(evaluate=lambda: evaluate(backbone, policy_net, val_images, val_targets, config.gamma),

@@ -284,7 +284,7 @@ def _train(config: TrainConfig, ctx: Any, name: str, lam: float, unit_cost: floa
     if saved and saved.get("tracker"):
         # float64 as saved: float32 would round the margin sums, and with them the next hard/easy calls
         tracker.load_state({k: torch.tensor(v, dtype=torch.float64) for k, v in saved["tracker"].items()})
-    images, targets = images.to(loop.device), targets.to(loop.device)
+    images, targets = loop.to_device(images, targets)
     steps = config.epochs * TrainLoop.num_batches(len(images), config.batch_size)
     widening = lam > 0
     if not widening:
@@ -322,18 +322,20 @@ def _train(config: TrainConfig, ctx: Any, name: str, lam: float, unit_cost: floa
                 loop.rebind(modules={"net": net}, optimizers=[optimizer])
             growth.finished = decision.d == 1 or net.config.active_layer() is None
             tracker.reset()
+        forward = loop.compiled(net)  # after a widening: the new network
         for idx in loop.batches(len(images), config.batch_size):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, loop.step, steps)
-            x = random_crop_flip(images[idx]) if config.augment else images[idx].float() / 255
-            logits = net(x)
-            loss = F.binary_cross_entropy_with_logits(logits, targets[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            tracker.update(logits.detach(), targets[idx])
+            batch, y = loop.take(images, idx), loop.take(targets, idx)
+            x = random_crop_flip(batch) if config.augment else batch.float() / 255
+            with loop.autocast():
+                logits = forward(x)
+            logits = logits.float()
+            loss = F.binary_cross_entropy_with_logits(logits, y)
+            loop.minimize(loss, optimizer)
+            tracker.update(logits.detach(), y)
             loop.track(len(idx), train_loss=loss,
-                       train_batch_accuracy=((logits.detach() > 0).float() == targets[idx]).float().mean())
+                       train_batch_accuracy=((logits.detach() > 0).float() == y).float().mean())
 
         if loop.stopped:
             break

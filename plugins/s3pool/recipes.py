@@ -93,7 +93,7 @@ def train_classifier(config: ClassifierConfig, ctx: Any) -> dict[str, float]:
     steps_per_epoch = TrainLoop.num_batches(len(images), config.batch_size)
     loop = TrainLoop(ctx, epochs=math.ceil(config.steps / steps_per_epoch), seed=config.seed, checkpoint=arch.name)
     net = build_net(arch).to(loop.device)
-    images, targets = images.to(loop.device), targets.to(loop.device)
+    images, targets = loop.to_device(images, targets)
     optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=0.9, nesterov=True,
                                 weight_decay=config.weight_decay)
     loop.resume(modules={"net": net}, optimizers=[optimizer])
@@ -112,6 +112,7 @@ def train_classifier(config: ClassifierConfig, ctx: Any) -> dict[str, float]:
             return True
         return loop.step // config.eval_every > first_step // config.eval_every
 
+    forward = loop.compiled(net)
     for _ in loop.epochs():
         first_step = loop.step
         for idx in loop.batches(len(images), config.batch_size):
@@ -120,13 +121,14 @@ def train_classifier(config: ClassifierConfig, ctx: Any) -> dict[str, float]:
             lr = 0.5 * config.lr * (1 + math.cos(math.pi * loop.step / config.steps))
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x = random_crop_flip(images[idx]) if config.augment else images[idx].float() / 255
-            logits = net(x)
-            loss = F.cross_entropy(logits, targets[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loop.track(len(idx), train_loss=loss, train_batch_error=(logits.argmax(1) != targets[idx]).float().mean())
+            batch, y = loop.take(images, idx), loop.take(targets, idx)
+            x = random_crop_flip(batch) if config.augment else batch.float() / 255
+            with loop.autocast():
+                logits = forward(x)
+            logits = logits.float()
+            loss = F.cross_entropy(logits, y)
+            loop.minimize(loss, optimizer)
+            loop.track(len(idx), train_loss=loss, train_batch_error=(logits.argmax(1) != y).float().mean())
         loop.end_epoch(evaluate=evaluate if due(first_step) else None, metadata=card)
     return loop.final_metrics
 

@@ -134,7 +134,7 @@ def train_gan(config: GanTrainConfig, ctx: Any, kind: str) -> dict[str, float]:
     energy_net, generator = (m.to(loop.device) for m in build_models(cfg))
     opt_e, opt_g = _optimizer(config, energy_net.parameters()), _optimizer(config, generator.parameters())
     loop.resume(modules={"energy": energy_net, "generator": generator}, optimizers=[opt_e, opt_g])
-    images = images.to(loop.device)
+    images = loop.to_device(images)
     fixed_source = val_images[:GRID]
     card = {"config": asdict(config), "dataset": config.dataset, "net": asdict(cfg), "kind": kind,
             "budget": {"steps": config.steps, "batch_size": bs, "k": config.k}}
@@ -159,33 +159,39 @@ def train_gan(config: GanTrainConfig, ctx: Any, kind: str) -> dict[str, float]:
 
     energy_net.train()
     generator.train()
+    critic, generate_fn = loop.compiled(energy_net), loop.compiled(generator)
     for _ in loop.epochs():
         for idx in loop.batches(n, bs):
             if loop.step >= config.steps:
                 break
-            x = images[idx].float() / 255
+            x = loop.take(images, idx).float() / 255
             energy_net.requires_grad_(False)
             for _ in range(config.k):  # (a) k generator steps for the current energy
                 if kind == "vcd":
-                    source = images[torch.randint(n, (bs,), device=loop.device)].float() / 255
-                    fake = generator.transition(source)
-                    logits = energy_net(fake)
-                    recon = _recon(config, generator.reconstruct(source), source)
+                    source = loop.take(images, torch.randint(n, (bs,), device=loop.device)).float() / 255
+                    with loop.autocast():
+                        fake = generator.transition(source)
+                        logits = critic(fake)
+                        reconstruction = generator.reconstruct(source)
+                    fake, logits = fake.float(), logits.float()
+                    recon = _recon(config, reconstruction.float(), source)
                     loss_g = (config.rho * (energy(cfg, logits).mean() - entropy_proxy(logits))
                               + (1 - config.rho) * recon)
                 else:
-                    fake = generator(generator.latent(bs, device=loop.device))
-                    logits = energy_net(fake)
+                    with loop.autocast():
+                        fake = generate_fn(generator.latent(bs, device=loop.device))
+                        logits = critic(fake)
+                    fake, logits = fake.float(), logits.float()
                     if kind == "vgan":  # ascent on −E(G(z)) + H̃(p_g)
                         loss_g = energy(cfg, logits).mean() - entropy_proxy(logits)
                     else:  # the non-saturating GAN generator loss, −log D(G(z))
                         loss_g = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
-                opt_g.zero_grad(set_to_none=True)
-                loss_g.backward()
-                opt_g.step()
+                loop.minimize(loss_g, opt_g)
             energy_net.requires_grad_(True)
             fake = fake.detach()  # (b) one energy step on the last samples
-            logits_real, logits_fake = energy_net(x), energy_net(fake)
+            with loop.autocast():
+                logits_real, logits_fake = critic(x), critic(fake)
+            logits_real, logits_fake = logits_real.float(), logits_fake.float()
             e_real, e_fake = energy(cfg, logits_real).mean(), energy(cfg, logits_fake).mean()
             if kind == "gan":
                 loss_e = (F.binary_cross_entropy_with_logits(logits_real, torch.ones_like(logits_real))
@@ -195,9 +201,7 @@ def train_gan(config: GanTrainConfig, ctx: Any, kind: str) -> dict[str, float]:
                 proxy = entropy_proxy(logits_real)
                 loss_e = e_real - e_fake - proxy
                 extra = {"entropy_proxy_real": proxy, **({"reconstruction": recon} if kind == "vcd" else {})}
-            opt_e.zero_grad(set_to_none=True)
-            loss_e.backward()
-            opt_e.step()
+            loop.minimize(loss_e, opt_e)
             loop.track(bs, loss_energy=loss_e, loss_generator=loss_g, energy_real=e_real, energy_generated=e_fake,
                        **extra)
             if (loop.step + 1) % config.sample_every == 0:
