@@ -11,6 +11,7 @@ load): a promotion made through this studio's store is seen at once, one made by
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from trainer.checkpoints import Checkpoint, CheckpointInfo, load_checkpoint, rea
 from trainer.context import method_assets_dir, resolve_checkpoint
 
 PROMOTION_TTL_S = 1.0
+log = logging.getLogger(__name__)
 
 
 class _RecentPromotions:
@@ -92,12 +94,31 @@ class CheckpointLookup:
         return [found[name] for name in sorted(found)]
 
 
+def demo_device(settings: Settings) -> torch.device:
+    """The device demos run on: ``AVSTUDIO_DEMO_DEVICE``, whose default ``auto`` follows the studio's
+    ``AVSTUDIO_DEVICE``; ``auto`` there too is a CUDA GPU when the server has one, else the CPU (not
+    Apple's MPS: demos keep the CPU's answers there). A device this machine lacks falls back to the CPU,
+    with a warning, so that a misconfigured server still serves its demos."""
+    name = (settings.demo_device or "auto").strip().lower()
+    if name == "auto":
+        name = (settings.device or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from trainer.devices import resolve_device
+
+    try:
+        return resolve_device(name)
+    except ValueError as exc:
+        log.warning("demos run on the CPU: %s", exc)
+        return torch.device("cpu")
+
+
 class StudioDemoContext:
     """Implements :class:`app.api.DemoContext` for one method."""
 
     def __init__(self, method: str, settings: Settings, registry: Any, store: Any = None) -> None:
         self.method = method
-        self.device = torch.device(settings.demo_device or "cpu")
+        self.device = demo_device(settings)
         self.data_dir = Path(settings.data_dir)
         self.training_enabled = bool(settings.enable_training)
         self._registry = registry

@@ -84,7 +84,8 @@ class Settings:
     home: Path = field(default_factory=lambda: Path(os.environ.get("AVSTUDIO_HOME", "~/.avstudio")).expanduser())
     db_url: str = ""
     device: str = field(default_factory=lambda: os.environ.get("AVSTUDIO_DEVICE", "auto"))
-    demo_device: str = field(default_factory=lambda: os.environ.get("AVSTUDIO_DEMO_DEVICE", "cpu"))
+    demo_device: str = field(default_factory=lambda: os.environ.get("AVSTUDIO_DEMO_DEVICE", "auto"))
+    """Where demos run: ``auto`` follows ``device`` (a CUDA GPU when the server has one, else the CPU)."""
     enable_training: bool = field(default_factory=lambda: env_flag("AVSTUDIO_ENABLE_TRAINING"))
     admin_token: str = field(default_factory=lambda: os.environ.get("AVSTUDIO_ADMIN_TOKEN", ""), repr=False)
     """When set, the web UI's training and run-management actions also need this token (the CLI does not)."""
