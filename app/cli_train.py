@@ -49,8 +49,9 @@ def _interrupt_on_stop_signals(store, run_id: int):
     interrupted and stopped at once. Yields the StopRequest; a signal set to be ignored (nohup) stays so."""
     import _thread
 
+    from trainer.execution import StopRequest
     from trainer.store import RunStatus
-    from trainer.worker import CHILD_STOP_WAIT_S, StopRequest
+    from trainer.worker import CHILD_STOP_WAIT_S
 
     interrupt = StopRequest()
     interrupt.signum = None  # the signal that asked for the stop
@@ -101,8 +102,8 @@ def _run_inline(store, settings: Settings, registry, run_id: int, device: str) -
 
     Ctrl-C cancels it (see ``_cancel_on_ctrl_c``); SIGTERM or SIGHUP interrupt it, resumable.
     """
+    from trainer.execution import execute_run
     from trainer.store import RunStatus
-    from trainer.worker import execute_run
 
     host, pid = socket.gethostname(), os.getpid()
     with _interrupt_on_stop_signals(store, run_id) as interrupt:

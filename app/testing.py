@@ -35,10 +35,10 @@ from app.promotion import Promoted, choose_artifact, promote_artifact
 from app.settings import ASSETS_DIR, Settings
 from trainer.config import config_to_dict, make_config
 from trainer.context import RunContext
+from trainer.execution import execute_run
 from trainer.gitinfo import current_commit
 from trainer.records import RunInfo
 from trainer.store import RunStatus
-from trainer.worker import execute_run
 
 
 @dataclass

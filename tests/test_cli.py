@@ -68,7 +68,7 @@ def test_foreground_train_retries_a_lost_database_for_the_configured_time(env, m
     """AVSTUDIO_DB_RETRY_S reaches `avstudio train`'s run, not only `avstudio worker`'s."""
     from click.testing import CliRunner
 
-    import trainer.worker
+    import trainer.execution
     from app import cli
 
     seen = {}
@@ -77,7 +77,7 @@ def test_foreground_train_retries_a_lost_database_for_the_configured_time(env, m
         seen.update(kwargs)
         return "succeeded"
 
-    monkeypatch.setattr(trainer.worker, "execute_run", fake_execute_run)
+    monkeypatch.setattr(trainer.execution, "execute_run", fake_execute_run)
     for key, value in {**env, "AVSTUDIO_HOME": str(tmp_path), "AVSTUDIO_DB_RETRY_S": "7"}.items():
         if key.startswith("AVSTUDIO_"):
             monkeypatch.setenv(key, value)

@@ -21,9 +21,9 @@ from safetensors.torch import load_file
 
 from app.plugin_manager import load_registry
 from trainer.checkpoints import load_checkpoint
+from trainer.execution import execute_run
 from trainer.loop import TrainLoop
 from trainer.store import RunStatus, RunStore
-from trainer.worker import execute_run
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = "tests.plugins_for_tests.ddp_plugin"

@@ -19,9 +19,9 @@ from plugins.datasets.procedural import SPLITS
 from tests.plugins_for_tests.registry import make_registry
 from trainer.config import make_config
 from trainer.errors import ConfigError
+from trainer.execution import execute_run
 from trainer.gitinfo import current_commit
 from trainer.store import RunStatus
-from trainer.worker import execute_run
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

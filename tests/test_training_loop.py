@@ -29,8 +29,8 @@ from app.plugin_manager import load_registry
 from tests.blockdrop_fakes import FakeTrainContext, random_dataset
 from trainer.checkpoints import load_checkpoint
 from trainer.context import RunContext
+from trainer.execution import execute_run
 from trainer.loop import flatten, unflatten
-from trainer.worker import execute_run
 
 # -- the plugin ---------------------------------------------------------------------------------------
 

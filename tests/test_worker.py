@@ -18,9 +18,10 @@ from tests.plugins_for_tests.registry import make_registry
 from trainer.checkpoints import load_checkpoint, save_checkpoint
 from trainer.context import RunContext, resolve_checkpoint
 from trainer.devices import resolve_device
+from trainer.execution import execute_run
 from trainer.gitinfo import current_commit
 from trainer.store import RunStore
-from trainer.worker import execute_run, run_worker
+from trainer.worker import run_worker
 
 
 @pytest.fixture

@@ -232,8 +232,8 @@ def rank_main() -> int:
 
     from trainer.config import make_config
     from trainer.devices import apply_threads
+    from trainer.execution import StopRequest, execute_run
     from trainer.store import RunStore
-    from trainer.worker import StopRequest, execute_run
 
     spec = json.loads(os.environ[SPEC_ENV])
     interrupt = StopRequest()
