@@ -13,6 +13,7 @@ import torch
 
 from app.api import load_checkpoint, module_tensors, save_checkpoint
 from benchmarks import vgan as B
+from benchmarks import vgan_jobs
 from plugins.blockdrop.model import build_resnet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -128,7 +129,7 @@ def test_missing_assets_are_refused(tmp_path):
 
 
 def test_fd_features_are_what_the_classifier_head_reads(trained):
-    net, pooled, num_classes = B._classifier(str(trained["classifier"]))
+    net, pooled, num_classes = vgan_jobs._classifier(str(trained["classifier"]))
     x = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
         features = pooled(x)
