@@ -287,7 +287,7 @@ class DemoContext(Protocol):
     method: str
     """The method's slug."""
     device: Any
-    """The ``torch.device`` demos run on (CPU unless ``AVSTUDIO_DEMO_DEVICE`` says otherwise)."""
+    """The ``torch.device`` demos run on (``AVSTUDIO_DEMO_DEVICE``; auto: CUDA when the server has one, else the CPU)."""
     data_dir: Path
     """Where datasets are cached and looked for."""
     assets_dir: Path

@@ -19,7 +19,7 @@ from trainer.store import RunStore
 
 @pytest.fixture
 def settings(avstudio_home, tmp_path) -> Settings:
-    return Settings(home=avstudio_home, assets_dir=tmp_path / "assets", enable_training=True)
+    return Settings(home=avstudio_home, assets_dir=tmp_path / "assets", enable_training=True, demo_device="cpu")
 
 
 @pytest.fixture
