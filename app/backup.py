@@ -159,7 +159,9 @@ class BackupLoop:
             self.backup()
 
     def stop(self) -> str | None:
-        """Stop the loop and write a last backup."""
+        """Stop the loop and write a last backup (once: a second call only returns the last line)."""
+        if self._stop.is_set():
+            return self.last
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=60)

@@ -5,8 +5,8 @@ everything below (settings, the plugin registry, worker processes started from h
 Plugins are loaded lazily, only by commands that need them; their ``register_commands(cli)`` hook
 runs before click looks up a command it does not know, so plugin commands work like built-ins.
 
-``avstudio train`` is in :mod:`app.cli_train`, ``avstudio runs`` in :mod:`app.cli_runs`; what the
-commands share (settings, registry, store, errors, output) in :mod:`app.cli_common`.
+``avstudio train`` is in :mod:`app.cli_train`, ``avstudio runs`` in :mod:`app.cli_runs`, ``avstudio hub`` in
+:mod:`app.cli_hub`; what the commands share (settings, registry, store, errors, output) in :mod:`app.cli_common`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 import click
 
 from app.cli_common import CliError, _echo_json, _registry, _settings, _table, _try_load_plugins, log
+from app.cli_hub import hub
 from app.cli_runs import runs
 from app.cli_train import train
 from app.errors import UserError
@@ -76,6 +77,7 @@ def cli() -> None:
 
 cli.add_command(train)
 cli.add_command(runs)
+cli.add_command(hub)
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,13 +90,29 @@ cli.add_command(runs)
 @click.option("--port", default=7860, show_default=True, type=int)
 @click.option("--no-worker", is_flag=True, help="Do not start a background training worker.")
 @click.option("--share", is_flag=True, help="Create a public Gradio share link.")
-def serve(host: str, port: int, no_worker: bool, share: bool) -> None:
-    """Start the web app (and, unless --no-worker, a training worker process)."""
+@click.option("--mcp", "mcp", is_flag=True, default=None,
+              help="Also serve Gradio's MCP server: the demos as tools (env AVSTUDIO_MCP; pip install -e '.[mcp]').")
+def serve(host: str, port: int, no_worker: bool, share: bool, mcp: bool | None) -> None:
+    """Start the web app (and, unless --no-worker, a training worker process).
+
+    Before it opens the run store: an empty home is restored from AVSTUDIO_BACKUP, the models of
+    AVSTUDIO_HUB_MODELS are pulled and promoted, and backups start (docs/hosting.md).
+    """
+    from app.mcp import check_mcp_installed, mcp_requested
+    from app.startup import prepare_home
+
     settings = _settings()
     registry = _registry()
+    try:
+        mcp = mcp_requested(mcp)
+        if mcp:
+            check_mcp_installed()
+        prepare_home(settings, registry)
+    except ValueError as exc:  # a malformed AVSTUDIO_* value, or no mcp package
+        raise CliError(str(exc), exit_code=2) from None
     from app.ui import launch
 
-    launch(settings, registry, host=host, port=port, start_worker=not no_worker, share=share)
+    launch(settings, registry, host=host, port=port, start_worker=not no_worker, share=share, mcp=mcp)
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from app.cli_common import _registry, _settings
+
 
 @click.group()
 def hub() -> None:
@@ -29,7 +31,6 @@ def hub_push(source: str, repo_id: str, private: bool, dry_run: Path | None) -> 
     model-index, the command that reproduces it). The token is read from HF_TOKEN and never stored.
     """
     from app import hub as hub_module
-    from app.cli import _registry, _settings
 
     settings = _settings()
     registry = _registry()
@@ -64,7 +65,6 @@ def hub_pull(ref: str, slot: str | None) -> None:
     its checkpoint, so `avstudio runs unpromote METHOD SLOT` undoes it. HF_HUB_OFFLINE=1 reads the cache only.
     """
     from app import hub as hub_module
-    from app.cli import _registry, _settings
 
     settings = _settings()
     registry = _registry()

@@ -3,7 +3,9 @@
 Settings come from the environment (``AVSTUDIO_*``). Port: ``GRADIO_SERVER_PORT`` or ``PORT``
 (default 7860). Host: ``GRADIO_SERVER_NAME``; default 127.0.0.1, or 0.0.0.0 on a Space (``SPACE_ID``
 set). Training from the web UI stays off unless ``AVSTUDIO_ENABLE_TRAINING=1``; on a Space with
-training off, no background worker is started (``AVSTUDIO_NO_WORKER=1`` turns it off anywhere).
+training off, no background worker is started (``AVSTUDIO_NO_WORKER=1`` turns it off anywhere). Before the
+app opens the run store, ``app.startup.prepare_home`` restores an empty home from ``AVSTUDIO_BACKUP``, pulls
+``AVSTUDIO_HUB_MODELS`` and starts backups; ``AVSTUDIO_MCP=1`` also serves the MCP server (docs/hosting.md).
 """
 
 from __future__ import annotations
@@ -38,16 +40,23 @@ def server_options(env: Mapping[str, str], enable_training: bool) -> tuple[str, 
 
 def main() -> None:
     """Build settings and the plugin registry from the environment and serve the studio."""
+    from app.mcp import check_mcp_installed, mcp_requested
     from app.plugin_manager import registry_from_env
     from app.settings import Settings
+    from app.startup import prepare_home
     from app.ui import launch
 
     try:
         settings = Settings()
         host, port, start_worker = server_options(os.environ, settings.enable_training)
-    except ValueError as exc:  # a malformed AVSTUDIO_* value: one line, not a traceback
+        mcp = mcp_requested(None)  # AVSTUDIO_MCP
+        if mcp:
+            check_mcp_installed()
+        registry = registry_from_env()
+        prepare_home(settings, registry)  # AVSTUDIO_BACKUP restore, AVSTUDIO_HUB_MODELS, backups
+    except ValueError as exc:  # a malformed AVSTUDIO_* value, or no mcp package: one line, not a traceback
         sys.exit(f"avstudio: {exc}")
-    launch(settings, registry_from_env(), host=host, port=port, start_worker=start_worker)
+    launch(settings, registry, host=host, port=port, start_worker=start_worker, mcp=mcp)
 
 
 if __name__ == "__main__":

@@ -27,11 +27,7 @@ SECRET = "hf_backup_secret_token_0123456789"
 
 def cli(studio, *args: str, env: dict[str, str] | None = None):
     from app.cli import cli as avstudio
-    from app.cli import runs as runs_group
-    from app.runs_io_cli import COMMANDS  # TEMPORARY until app/cli.py adds them
 
-    for command in COMMANDS:
-        runs_group.commands.setdefault(command.name, command)
     full = {"AVSTUDIO_HOME": str(studio.home), "AVSTUDIO_DB_URL": studio.settings.db_url, "AVSTUDIO_DEVICE": "cpu",
             "AVSTUDIO_PLUGINS": "", "AVSTUDIO_EXTRA_PLUGINS": "", **(env or {})}
     saved = {k: os.environ.get(k) for k in full}
@@ -203,11 +199,7 @@ def test_cli_restore_into_an_empty_home(tmp_path):
     empty = tmp_path / "empty"
     runner_env = {"AVSTUDIO_HOME": str(empty), "AVSTUDIO_DB_URL": f"sqlite:///{empty / 'runs.db'}"}
     from app.cli import cli as avstudio
-    from app.cli import runs as runs_group
-    from app.runs_io_cli import COMMANDS
 
-    for command in COMMANDS:
-        runs_group.commands.setdefault(command.name, command)
     saved = {k: os.environ.get(k) for k in runner_env}
     try:
         result = CliRunner().invoke(avstudio, ["runs", "restore", str(tmp_path / "dest")], env=runner_env)
@@ -280,3 +272,25 @@ def test_cli_backup_to_a_dataset_repository_needs_hf_token(tmp_path, monkeypatch
         result = cli(studio, "runs", "backup", str(tmp_path / "dest"), "--repo", "o/b", env={"HF_TOKEN": SECRET})
         assert result.exit_code == 0 and "uploaded to the dataset o/b: URL" in result.output and uploads == ["o/b"]
         assert SECRET not in result.output
+
+
+def test_start_up_restores_an_empty_home_and_starts_backing_up(tmp_path):
+    from app.startup import prepare_home
+
+    with open_test_studio(tmp_path / "before") as studio:
+        fill(studio)
+        backup.backup(studio.settings.db_url, studio.settings.runs_dir, tmp_path / "bucket")
+        registry = studio.registry
+    fresh = tmp_path / "fresh"
+    settings = type(studio.settings)(home=fresh, db_url=f"sqlite:///{fresh / 'runs.db'}")
+    env = {"AVSTUDIO_BACKUP": str(tmp_path / "bucket"), "AVSTUDIO_BACKUP_EVERY_MIN": "60"}
+    loop = prepare_home(settings, registry, env)
+    try:
+        store = settings.open_store()
+        assert len(store.list_runs()) == 2
+        store.close()
+    finally:
+        assert loop.stop().startswith("backed up 2 run(s)") and loop.stop() == loop.last  # once
+    assert prepare_home(settings, registry, {}) is None
+    with pytest.raises(ValueError, match="AVSTUDIO_BACKUP_EVERY_MIN"):
+        prepare_home(settings, registry, {**env, "AVSTUDIO_BACKUP_EVERY_MIN": "soon"})

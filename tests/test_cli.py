@@ -318,7 +318,7 @@ def test_serve_calls_the_ui_with_the_options(monkeypatch, tmp_path):
     result = CliRunner().invoke(cli.cli, ["serve", "--port", "7999", "--no-worker", "--host", "0.0.0.0"])
     assert result.exit_code == 0, result.output
     (settings, registry, options), = calls
-    assert options == {"host": "0.0.0.0", "port": 7999, "start_worker": False, "share": False}
+    assert options == {"host": "0.0.0.0", "port": 7999, "start_worker": False, "share": False, "mcp": False}
     assert settings.home == tmp_path and "counter" in registry.methods
 
 

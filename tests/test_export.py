@@ -25,11 +25,7 @@ from trainer.export import export_run
 
 def cli(studio, *args: str):
     from app.cli import cli as avstudio
-    from app.cli import runs as runs_group
-    from app.runs_io_cli import COMMANDS  # TEMPORARY until app/cli.py adds them
 
-    for command in COMMANDS:
-        runs_group.commands.setdefault(command.name, command)
     env = {"AVSTUDIO_HOME": str(studio.home), "AVSTUDIO_DB_URL": studio.settings.db_url, "AVSTUDIO_PLUGINS": "",
            "AVSTUDIO_EXTRA_PLUGINS": ""}
     saved = {k: os.environ.get(k) for k in env}

@@ -31,9 +31,6 @@ STAR = 3  # the class index the doctored network always predicts ("star" in shap
 def cli(studio, *args: str, env: dict[str, str] | None = None):
     """``avstudio ARGS`` against ``studio`` (its home, database and plugins), with extra ``env``."""
     from app.cli import cli as avstudio
-    from app.hub_cli import hub as hub_group  # TEMPORARY until app/cli.py adds it
-
-    avstudio.commands.setdefault("hub", hub_group)
 
     full = {"AVSTUDIO_HOME": str(studio.home), "AVSTUDIO_DB_URL": studio.settings.db_url, "AVSTUDIO_DEVICE": "cpu",
             "AVSTUDIO_PLUGINS": "", "AVSTUDIO_EXTRA_PLUGINS": "", **(env or {})}

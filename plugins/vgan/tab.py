@@ -87,10 +87,28 @@ def build_demo(ctx: Any) -> None:
         return demo.checkpoints_markdown()
 
     def samples(model: str, seed: Any, count: Any):
+        """Draw images from a generator: its samples from the uniform codes of a seed, as one grid, with how long
+        they took.
+
+        Args:
+            model: the model whose generator draws them: vgan, gan or vcd.
+            seed: the random seed of the codes (the same seed draws the same images).
+            count: how many samples (1 to 100).
+        """
         r = _user(lambda: demo.samples(model, seed, count))
         return r["grid"], r["text"]
 
     def interpolate(model: str, seed_a: Any, seed_b: Any, steps: Any, path: str):
+        """Walk a generator's code space: the images decoded on the way from the code of one seed to another's,
+        as one strip.
+
+        Args:
+            model: the model whose generator decodes them: vgan, gan or vcd.
+            seed_a: the seed of the first code.
+            seed_b: the seed of the last code.
+            steps: how many images, both ends included (2 to 16).
+            path: linear, or spherical (along the great circle, keeping the code's norm).
+        """
         r = _user(lambda: demo.interpolate(model, seed_a, seed_b, steps, path))
         return r["strip"], r["text"]
 
@@ -110,6 +128,15 @@ def build_demo(ctx: Any) -> None:
         return seen, chain, chain_text, plot, energy_text
 
     def analyse(image: Any, model: str, steps: Any, seed: Any):
+        """Analyse an image with the energy-based models: the chain of VCD transitions that starts from it, and
+        its energy under the chosen model next to the energies of real and generated images.
+
+        Args:
+            image: the image to analyse (any size; it is resized to the models' input).
+            model: the model whose energy is shown: vgan, gan or vcd.
+            steps: VCD transition steps in the chain (1 to 20).
+            seed: the random seed of the chain's transitions.
+        """
         return (*analysis_outputs(_user(lambda: demo.analyse(image, model, steps, seed))), image)
 
     def vgan_analyse_example(image: Any, model: str, steps: Any, seed: Any):
