@@ -10,7 +10,7 @@ import torch
 
 from app.errors import UserError
 from app.plugin_manager import load_registry
-from plugins.datasets import persons, shapes
+from plugins.datasets import persons, persons_figure, shapes
 from plugins.datasets.persons import BODY_ATTRIBUTES, HEAD_ATTRIBUTES, PERSON_ATTRIBUTES, load_persons
 from plugins.datasets.shapes import SHAPE_CLASSES, load_shapes
 from trainer.datasets import ImageTensorDataset, preview_grid_image, save_preview_grid
@@ -152,7 +152,7 @@ def _quiet_persons(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     p["blur"][:] = 0
     p["lean"][:] = 0
     p["unit"][:] = np.linspace(0.72, 0.92, n)
-    p["cy"][:] = np.clip(p["cy"], -0.99 + persons.SOLES * p["unit"], 0.99 - persons.HAT_TOP * p["unit"])
+    p["cy"][:] = np.clip(p["cy"], -0.99 + persons_figure.SOLES * p["unit"], 0.99 - persons_figure.HAT_TOP * p["unit"])
     return p
 
 
@@ -166,7 +166,7 @@ def _local_y(p: dict[str, np.ndarray], size: int = 64) -> np.ndarray:
 
 def _changed(p: dict[str, np.ndarray], q: dict[str, np.ndarray]) -> np.ndarray:
     """N×H×W: which pixels differ between the renders of ``p`` and ``q``."""
-    return (persons.render(p, 64)["images"] != persons.render(q, 64)["images"]).any(1)
+    return (persons_figure.render(p, 64)["images"] != persons_figure.render(q, 64)["images"]).any(1)
 
 
 def test_persons_head_attributes_live_in_the_head_region():
@@ -174,18 +174,18 @@ def test_persons_head_attributes_live_in_the_head_region():
     p = _quiet_persons(4)
     p["attributes"][:] = 0
     p["noise"][:] = 0
-    base = persons.render(p, 64)["images"].astype(int)
+    base = persons_figure.render(p, 64)["images"].astype(int)
     for name, region in (("hat", "head"), ("glasses", "head"), ("smiling", "head"), ("striped_shirt", "body"),
                          ("dark_shoes", "body"), ("long_sleeves", "body")):
         q = {k: v.copy() for k, v in p.items()}
         q["attributes"][:, PERSON_ATTRIBUTES.index(name)] = 1
         if name == "dark_shoes":  # the shoe colour is drawn at sampling time; use a dark one
             q["shoes"][:] = 0.05
-        changed = np.abs(persons.render(q, 64)["images"].astype(int) - base).sum(1) > 0  # N×H×W
+        changed = np.abs(persons_figure.render(q, 64)["images"].astype(int) - base).sum(1) > 0  # N×H×W
         for i in range(4):
             rows = np.flatnonzero(changed[i].any(1))
             assert len(rows), name
-            head_y = p["cy"][i] + persons.HEAD_Y * p["unit"][i]  # head centre, image units (y up)
+            head_y = p["cy"][i] + persons_figure.HEAD_Y * p["unit"][i]  # head centre, image units (y up)
             head_row = (1 - head_y) * 32
             if region == "head":
                 assert rows.max() < head_row + 0.3 * p["unit"][i] * 32, name
@@ -212,7 +212,7 @@ def test_persons_region_nuisances_change_only_their_region(region, nuisances):
     """With everything else the same, a head nuisance leaves the body's pixels byte-identical, and a body
     nuisance the head's; each of them does change its own region."""
     p = _quiet_persons(8, seed=2)
-    p["face_occ_xy"][:] = [0.0, persons.FACE_Y - 0.16]  # in front of the chin, lower than it is ever drawn
+    p["face_occ_xy"][:] = [0.0, persons_figure.FACE_Y - 0.16]  # in front of the chin, lower than it is ever drawn
     p["face_occ_aspect"][:] = 1.3
     p["body_occ_xy"][:] = [0.0, -0.1]  # in front of the hips
     y = _local_y(p)
@@ -231,14 +231,14 @@ def test_persons_region_nuisances_change_only_their_region(region, nuisances):
 def test_persons_frame_nuisances_move_the_figure():
     """'Out of frame' puts part of the head above the image with the feet inside; 'crop' the reverse."""
     p = persons.sample_params(3000, np.random.default_rng(3))
-    crown = p["cy"] + persons.HAT_TOP * p["unit"]  # the top of a hat (hats or not, placement is the same)
-    soles = p["cy"] - persons.SOLES * p["unit"]
+    crown = p["cy"] + persons_figure.HAT_TOP * p["unit"]  # the top of a hat (hats or not, placement is the same)
+    soles = p["cy"] - persons_figure.SOLES * p["unit"]
     head_only, crop_only = (p["head_out"] > 0) & (p["crop"] == 0), (p["crop"] > 0) & (p["head_out"] == 0)
     both, neither = (p["head_out"] > 0) & (p["crop"] > 0), (p["head_out"] == 0) & (p["crop"] == 0)
     assert min(head_only.sum(), crop_only.sum(), both.sum(), neither.sum()) > 100
     assert (crown[head_only] > 1).all() and (soles[head_only] > -1).all()
     assert (soles[crop_only] < -1).all() and (crown[crop_only] < 1).all()
-    assert (crown[both] > 1).all() and (soles[both] < -1).all() and p["unit"].max() <= persons.MAX_UNIT + 1e-6
+    assert (crown[both] > 1).all() and (soles[both] < -1).all() and p["unit"].max() <= persons_figure.MAX_UNIT + 1e-6
     assert (crown[neither] < 1).all() and (soles[neither] > -1).all()
 
 
@@ -273,8 +273,8 @@ def test_persons_region_difficulty_shows_in_the_pixels():
     clean = {k: v.copy() for k, v in p.items()}
     for key in ("face_occ_size", "turn", "head_blur", "body_occ_size", "fade", "body_blur"):
         clean[key][:] = 0
-    a = persons.render(p, 64)
-    b = persons.render(clean, 64)
+    a = persons_figure.render(p, 64)
+    b = persons_figure.render(clean, 64)
     y = _local_y(p)
     diff = np.abs(a["images"].astype(int) - b["images"].astype(int)).sum(1)
     head_terms, body_terms = persons.difficulty_terms(p, a["head_occluded"], a["body_occluded"])
