@@ -16,7 +16,7 @@ import plugins.datasets
 import plugins.multitask
 from app.api import image_to_tensor, load_rgb_image
 from app.testing import open_test_studio
-from plugins.multitask.demo import TABLE_COLUMNS, MultitaskDemo, build_demo, table_frame
+from plugins.multitask.demo import MultitaskDemo
 from plugins.multitask.drawings import (
     HEAT_BAR,
     HEAT_CELL,
@@ -37,6 +37,7 @@ from plugins.multitask.drawings import (
 from plugins.multitask.latency import LATENCY_REPEATS
 from plugins.multitask.model import net_from_checkpoint
 from plugins.multitask.recipes import tree_from_card
+from plugins.multitask.tab import TABLE_COLUMNS, build_demo, table_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "assets" / "multitask" / "examples"

@@ -6,9 +6,10 @@ one by SOMP and widened top-down by task affinity, so that similar tasks share l
 - :mod:`plugins.multitask.affinity`: per-example margins, task and branch affinity;
 - :mod:`plugins.multitask.widening`: the top-down greedy widening decision and step;
 - :mod:`plugins.multitask.recipes`: the ``wide`` and ``tree`` recipes;
-- :mod:`plugins.multitask.demo`: the demo tab; :mod:`plugins.multitask.drawings` its tree figure, affinity
-  heatmap and probability panels; :mod:`plugins.multitask.latency` its CPU latency measurement;
-  :mod:`plugins.multitask.names` its checkpoints by name (λ, labels, how to train a missing one).
+- :mod:`plugins.multitask.demo`: the demo tab's handlers; :mod:`plugins.multitask.tab` its Gradio wiring,
+  :mod:`plugins.multitask.drawings` its tree figure, affinity heatmap and probability panels,
+  :mod:`plugins.multitask.latency` its CPU latency measurement, :mod:`plugins.multitask.names` its
+  checkpoints by name (λ, labels, how to train a missing one).
 
 Section numbers (§) refer to the research brief ``shared/research/multitask_widening.md`` (issue 12); the
 paper's own text was not available to it, so no equation numbers of the paper are quoted. Where the brief
@@ -39,7 +40,7 @@ SLOTS = [
 
 
 def _build_demo(ctx) -> None:
-    from plugins.multitask.demo import build_demo  # gradio is imported only when the UI is built
+    from plugins.multitask.tab import build_demo  # gradio is imported only when the UI is built
 
     build_demo(ctx)
 
