@@ -182,6 +182,7 @@ def summarise(results: list[dict[str, Any]], cfg: dict) -> dict[str, Any]:
     train_error: dict[str, dict[str, float]] = {}
     seeds: dict[str, dict[str, list[int]]] = {}
     plateau: dict[str, dict[str, float]] = {}
+    val_plateau: dict[str, dict[str, float]] = {}
     for pooling in POOLINGS:
         for size in cfg["sizes"]:
             runs = [r for r in main if r["downsample"] == pooling and r["train_size"] == size]
@@ -195,8 +196,18 @@ def summarise(results: list[dict[str, Any]], cfg: dict) -> dict[str, Any]:
             steps = [plateau_step(r.get("curves", {}).get("train_error", [])) for r in runs]
             if all(s is not None for s in steps):
                 plateau.setdefault(pooling, {})[key] = max(steps)
-    figures: dict[str, Any] = {"test_error": test_error, "test_error_std": test_std, "train_error": train_error,
-                               "seeds": seeds, "train_error_plateau_step": plateau}
+            held_out = [plateau_step(r.get("curves", {}).get("val_error", [])) for r in runs]
+            if held_out and all(s is not None for s in held_out):
+                val_plateau.setdefault(pooling, {})[key] = max(held_out)
+    paired: dict[str, list[float]] = {}
+    for size in cfg["sizes"]:
+        by_seed = {(r["downsample"], r["seed"]): r["test_error"] for r in main if r["train_size"] == size}
+        common = sorted(seed for pooling, seed in by_seed if pooling == "max" and ("s3pool", seed) in by_seed)
+        if common:
+            paired[str(size)] = [round(100 * (by_seed["max", s] - by_seed["s3pool", s]), 2) for s in common]
+    figures: dict[str, Any] = {"paired_gain_pts": paired, "test_error": test_error, "test_error_std": test_std, "train_error": train_error,
+                               "seeds": seeds, "train_error_plateau_step": plateau,
+                               "val_error_plateau_step": val_plateau}
     augmented = [r for r in results if r.get("augment")]
     if augmented:
         figures["augmented"] = {}
@@ -239,6 +250,12 @@ def targets_met(figures: dict[str, Any], cfg: dict) -> dict[str, Any]:
         })
         if len(sizes) > 1 and sizes[1] in gain:
             targets["s3pool_below_max_at_second_size"] = gain[sizes[1]] > 0
+        # the same seed gives both poolings the same data order and initial weights: a paired comparison
+        paired = figures.get("paired_gain_pts", {}).get(smallest)
+        if paired and len(paired) > 1:
+            targets["paired_gain_at_smallest_larger_than_its_spread"] = (
+                statistics.mean(paired) > statistics.stdev(paired))
+            targets["s3pool_ahead_on_every_seed_at_smallest"] = all(g > 0 for g in paired)
     train_errors = [v["train_error"] for v in figures["grid_sweep"].values()]
     if len(train_errors) > 1:
         targets["train_error_rises_with_grid"] = all(b >= a for a, b in zip(train_errors, train_errors[1:], strict=False))

@@ -17,7 +17,8 @@ def _result(pooling, size, seed, test, train, grid=(16, 8), augment=False, curve
     return {"downsample": pooling, "train_size": size, "seed": seed, "grid_sizes": list(grid), "augment": augment,
             "test_error": test, "train_error": train, "test_error_uniform": test + 0.01,
             "test_error_ensemble": test + 0.02,
-            "curves": {"train_error": curve or [[100, 0.5], [200, 0.1], [300, 0.0]], "val_error": []}, **extra}
+            "curves": {"train_error": curve or [[100, 0.5], [200, 0.1], [300, 0.0]],
+                       "val_error": [[100, 0.6], [200, 0.55], [300, 0.56]]}, **extra}
 
 
 def test_the_plan_pairs_max_pooling_with_s3pool_first_and_every_job_has_its_own_file():
@@ -58,6 +59,9 @@ def test_the_summary_and_targets_use_what_exists():
     assert targets["s3pool_gain_pts"] == {"1000": pytest.approx(8.0), "2000": pytest.approx(2.0)}
     assert targets["gain_at_smallest_at_least_5_pts"] and targets["gain_at_smallest_larger_than_seed_spread"]
     assert targets["s3pool_below_max_at_second_size"] and targets["layer_overhead_at_most_1.3"]
+    assert figures["paired_gain_pts"]["1000"] == [8.0, 8.0, 8.0] and figures["paired_gain_pts"]["2000"] == [2.0]
+    assert targets["s3pool_ahead_on_every_seed_at_smallest"]
+    assert figures["val_error_plateau_step"]["max"]["1000"] == 200
     figures["test_error"]["s3pool"]["1000"] = 0.53
     assert not B.targets_met(figures, cfg)["gain_at_smallest_at_least_5_pts"]
 
