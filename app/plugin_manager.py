@@ -26,6 +26,7 @@ import pluggy
 
 from app import api
 from app.errors import UserError
+from trainer.errors import failure_line
 
 log = logging.getLogger("avstudio.plugins")
 
@@ -43,12 +44,6 @@ def hook_names() -> list[str]:
     pm = pluggy.PluginManager(api.PROJECT_NAME)
     pm.add_hookspecs(api)
     return sorted(name for name in dir(pm.hook) if not name.startswith("_"))
-
-
-def failure_line(where: str, exc: BaseException) -> str:
-    """The one-line form of a plugin failure everywhere it is shown: ``WHERE: ExcType: message``."""
-    text = f"{exc.__class__.__name__}: {exc}".strip().splitlines()[0] if str(exc) else exc.__class__.__name__
-    return f"{where}: {text}"[:300] if where else text[:300]
 
 
 @dataclass
@@ -125,7 +120,7 @@ class Registry:
         false (a demo that failed to build: its recipes still train), withdraw what it registered."""
         status = self.status(plugin)
         tb = "".join(traceback.format_exception(exc))
-        log.error("plugin %s failed in %s:\n%s", plugin, where or "import", tb)
+        log.error("plugin %s failed in %s:\n%s", plugin, where, tb)
         if status is None:
             return
         if status.status == "ok":
@@ -248,7 +243,7 @@ def load_registry(plugins: str | None = None, plugins_dir: Path | str | None = N
         except Exception as exc:  # a broken plugin must not take the studio down
             if status not in registry.plugins:
                 registry.plugins.append(status)
-            registry.fail(name, "", exc)
+            registry.fail(name, "import", exc)
     _collect(registry)
     return registry
 

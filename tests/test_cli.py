@@ -21,9 +21,11 @@ from PIL import Image
 from app.plugin_manager import load_registry
 from app.settings import REPO_ROOT, Settings
 from app.worker_process import start_background_worker, stop_background_worker
+from tests.plugins_for_tests import failing_plugin
 from trainer.store import RunStore
 
 COUNTER = "tests.plugins_for_tests.counter_plugin"
+FAILING = "tests.plugins_for_tests.failing_plugin"
 
 
 @pytest.fixture(scope="module")
@@ -139,9 +141,23 @@ def test_unknown_method_or_recipe_names_the_valid_ones(env):
 def test_a_failing_run_exits_non_zero_with_its_error(env, store):
     result = avstudio("train", "counter", "count", "--set", "fail_at=1", env=env)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].endswith("failed: boom at step 1")
+    assert result.stderr.strip().splitlines()[-1].endswith("failed: train: RuntimeError: boom at step 1")
     run = store.list_runs(limit=1)[0]
-    assert run.status == "failed" and run.error.startswith("boom at step 1")
+    assert run.status == "failed" and run.error.startswith("train: RuntimeError: boom at step 1")
+
+
+@pytest.mark.parametrize("kind, message", [("user", failing_plugin.USER_MESSAGE),
+                                           ("config", failing_plugin.CONFIG_MESSAGE)])
+def test_a_user_error_raised_by_a_recipe_is_one_line(env, store, kind, message):
+    """As the docs promise: the CLI shows a UserError's one-line message, never a traceback."""
+    result = avstudio("train", "failing", "fit", "--set", f"kind={kind}",
+                      env={**env, "AVSTUDIO_EXTRA_PLUGINS": f"{COUNTER},{FAILING}"})
+    assert result.returncode == 1
+    run = store.list_runs(limit=1)[0]
+    assert (run.method, run.status) == ("failing", "failed")
+    started, *rest = result.stderr.strip().splitlines()
+    assert started.startswith(f"run {run.id}: failing/fit")
+    assert rest == [f"Error: run {run.id} failed: {message}"], result.stderr
 
 
 def test_detach_then_a_worker_runs_it_and_compare(env, store):
@@ -258,7 +274,7 @@ def test_plugins_json_lists_failures_and_plugin_commands_work(env, tmp_path):
     assert result.returncode == 1, result.stderr  # a failed plugin is a failure of `avstudio plugins`
     assert result.stderr.strip().splitlines()[-1] == (
         "Error: 2 plugin(s) failed: badcommands (register_commands: ValueError: no commands today); "
-        "broken (RuntimeError: broken on purpose)")
+        "broken (import: RuntimeError: broken on purpose)")
     plugins = {p["name"]: p for p in json.loads(result.stdout)}
     assert set(plugins) == {"broken", "hello", "badcommands", COUNTER}  # built-ins hidden without --all
     assert plugins[COUNTER]["source"] == "extra" and plugins[COUNTER]["methods"] == ["counter"]

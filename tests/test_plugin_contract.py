@@ -101,7 +101,7 @@ def test_the_harness_gives_a_real_train_context(tmp_path):
 def test_the_harness_resumes_a_run(tmp_path):
     with open_test_studio(tmp_path, [COUNTER]) as studio:
         failed = studio.train("counter", "count", {"steps": 5, "fail_at": 3})
-        assert failed.status == "failed" and failed.error == "boom at step 3"
+        assert failed.status == "failed" and failed.error == "train: RuntimeError: boom at step 3"
         run_id = studio.store.enqueue("counter", "count", {"steps": 3})
         studio.store.request_cancel(run_id)  # cancelled while queued
         resumed = studio.resume(run_id)
@@ -342,7 +342,7 @@ def test_an_unknown_method_after_a_plugin_failed_says_why(tmp_path):
                             env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "unknown method 'edges'" in result.stderr
-    assert "edges (ModuleNotFoundError: No module named 'numpyy')" in result.stderr
+    assert "edges (import: ModuleNotFoundError: No module named 'numpyy')" in result.stderr
     selected = subprocess.run([sys.executable, "-m", "app.cli", "plugins", "--no-demos"],
                               env={**env, "AVSTUDIO_PLUGINS": "not-installed"}, cwd=REPO_ROOT,
                               capture_output=True, text=True, timeout=120)

@@ -77,7 +77,7 @@ def test_plugin_failing_at_import_is_reported_and_others_load(tmp_path, caplog):
     assert "good" in registry.methods
     broken = next(p for p in registry.plugins if p.name == "broken_import")
     assert broken.status == "failed"
-    assert "ModuleNotFoundError" in broken.error
+    assert broken.error == "import: ModuleNotFoundError: No module named 'this_module_does_not_exist'"
     assert "this_module_does_not_exist" in broken.traceback
     assert "broken_import" in caplog.text  # the traceback went to the log
 
@@ -182,7 +182,7 @@ def test_an_unknown_method_mentions_the_plugins_that_failed(tmp_path):
         registry.method("edges")
     message = str(info.value)
     assert message.startswith("unknown method 'edges'; valid methods: blockdrop, multitask, s3pool")
-    assert "edges (ModuleNotFoundError: No module named 'this_module_does_not_exist')" in message
+    assert "edges (import: ModuleNotFoundError: No module named 'this_module_does_not_exist')" in message
 
 
 def test_an_unknown_name_in_the_selection_is_a_failed_plugin(monkeypatch):

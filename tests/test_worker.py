@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing as mp
 import os
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from app.testing import wait_for
+from tests.plugins_for_tests import failing_plugin
 from tests.plugins_for_tests.registry import make_registry
 from trainer.checkpoints import load_checkpoint, save_checkpoint
 from trainer.context import RunContext, resolve_checkpoint
@@ -144,9 +146,39 @@ def test_execute_run_failure_records_message_and_traceback(store, store_url, dir
     store.claim_run(run_id, "inline", host="h", pid=os.getpid())
     assert execute_run(store_url, run_id, make_registry, **dirs) == "failed"
     run = store.get_run(run_id)
-    assert run.error.splitlines()[0] == "boom at step 2"
+    assert run.error.splitlines()[0] == "train: RuntimeError: boom at step 2"
     assert "Traceback" in run.error and "counter_plugin.py" in run.error
     assert _steps_logged(store, run_id) == [0, 1]  # metrics before the failure were flushed
+
+
+def _make_failing_registry():
+    from app.plugin_manager import load_registry
+
+    return load_registry(plugins="", extra_plugins=("tests.plugins_for_tests.failing_plugin",))
+
+
+@pytest.mark.parametrize("kind, first_line", [
+    ("user", failing_plugin.USER_MESSAGE),
+    ("config", failing_plugin.CONFIG_MESSAGE),
+    ("key", "train: KeyError: 'b'"),
+    ("import", f"import: ModuleNotFoundError: No module named '{failing_plugin.MISSING_MODULE}'"),
+])
+def test_a_failed_run_reads_like_a_failed_plugin(store, store_url, dirs, caplog, kind, first_line):
+    """A user's error is its message alone, and no traceback reaches the log (the CLI and the UI show the
+    one line); any other exception reads WHERE: Type: message, with the traceback below it and in the log."""
+    run_id = store.enqueue("failing", "fit", {"kind": kind}, device="cpu")
+    store.claim_run(run_id, "inline", host="h", pid=os.getpid())
+    with caplog.at_level(logging.INFO, logger="avstudio.worker"):
+        assert execute_run(store_url, run_id, _make_failing_registry, **dirs) == "failed"
+    error = store.get_run(run_id).error
+    assert error.splitlines()[0] == first_line
+    assert "Traceback" in error and "failing_plugin.py" in error  # `avstudio runs show` has the whole story
+    logged = [r for r in caplog.records if r.getMessage().startswith(f"run {run_id} failed:")]
+    assert [r.getMessage() for r in logged] == [f"run {run_id} failed: {first_line}"]
+    if kind in ("user", "config"):
+        assert logged[0].levelno < logging.WARNING and logged[0].exc_info is None
+    else:
+        assert logged[0].levelno == logging.ERROR and logged[0].exc_info is not None
 
 
 def test_execute_run_with_unknown_recipe_or_config_fails_cleanly(store, store_url, dirs):

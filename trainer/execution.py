@@ -15,6 +15,7 @@ from typing import Any
 from trainer.config import make_config
 from trainer.context import RunContext
 from trainer.devices import apply_threads, resolve_device
+from trainer.errors import UserError, failure_line
 from trainer.store import DB_RETRY_S, RunStatus, RunStore
 
 log = logging.getLogger("avstudio.worker")
@@ -74,10 +75,19 @@ class _Heartbeat:
         self._thread.join(timeout=5)
 
 
-def _error_text(exc: BaseException) -> str:
-    """The exception message as the first line (what the UI shows), then the traceback."""
-    message = str(exc).strip() or type(exc).__name__
-    return f"{message}\n\n{''.join(traceback.format_exception(exc))}"
+def failure_text(where: str, exc: BaseException) -> str:
+    """The first line of a failed run's error (what the UI and the CLI show): a UserError (a ConfigError
+    too) is the user's to fix, so its message alone; any other exception reads ``WHERE: Type: message``,
+    as a plugin's failure does (WHERE: ``import`` for a module that failed to import, else where in the
+    run it happened: ``start`` or ``train``)."""
+    if isinstance(exc, UserError):
+        return str(exc).strip() or type(exc).__name__
+    return failure_line("import" if isinstance(exc, ImportError) else where, exc)
+
+
+def _error_text(first_line: str, exc: BaseException) -> str:
+    """A failed run's error: its first line, then the traceback (``avstudio runs show`` has it all)."""
+    return f"{first_line}\n\n{''.join(traceback.format_exception(exc))}"
 
 
 def _final_metrics(result: Any) -> dict[str, float]:
@@ -101,9 +111,10 @@ def execute_run(store_url: str, run_id: int, registry_factory: Callable[[], Any]
     The run's own device wins unless it is "auto", in which case ``device`` (the worker's) is used.
     Ends as "succeeded", "cancelled" (when a cancel was requested by the time train returned),
     "interrupted" (``interrupt`` was set and the recipe stopped early for it, or raised after it was
-    set: its helper processes may have got the same signal), or "failed" with the error message as
+    set: its helper processes may have got the same signal), or "failed" with :func:`failure_text` as
     the first line of ``error`` and the traceback below it (a stored config that no longer validates
-    fails the run with the :class:`ConfigError`'s one line).
+    fails the run with the :class:`ConfigError`'s one line). The log gets that line too, with the
+    traceback, except for a UserError: the user's to fix, it is logged at INFO, without one.
     A KeyboardInterrupt / SystemExit marks the run "interrupted" and propagates.
     Every store call retries an unreachable database for ``db_retry_s`` seconds.
     """
@@ -115,6 +126,7 @@ def execute_run(store_url: str, run_id: int, registry_factory: Callable[[], Any]
         # only while the worker that holds it (None inline) still does: a run it lost is not its to end
         end = functools.partial(store.finish, run_id, worker_id=run.worker_id)
         with _Heartbeat(store, run_id, worker_id=run.worker_id, interrupt=interrupt) as heartbeat:
+            where = "start"  # loading the plugins, the recipe, its config, the device and the context
             try:
                 registry = registry_factory()
                 recipe = registry.recipe(run.method, run.recipe)
@@ -126,6 +138,7 @@ def execute_run(store_url: str, run_id: int, registry_factory: Callable[[], Any]
                                  interrupt=interrupt)
                 heartbeat.ctx = ctx
                 log.info("run %s: %s/%s on %s", run_id, run.method, run.recipe, torch_device)
+                where = "train"
                 result = recipe.train(config, ctx)
                 # the returned final metrics, except those the recipe already logged at the last step
                 final = {k: v for k, v in _final_metrics(result).items()
@@ -141,12 +154,16 @@ def execute_run(store_url: str, run_id: int, registry_factory: Callable[[], Any]
                     end(RunStatus.SUCCEEDED)
             except Exception as exc:
                 _close_quietly(ctx)
+                first = failure_text(where, exc)
                 if interrupt is not None and interrupt.is_set():
-                    log.warning("run %s ended with an error after it was interrupted: %s", run_id, exc)
-                    end(RunStatus.INTERRUPTED, error=f"{interrupted_text(interrupt)}\n\n{_error_text(exc)}")
+                    log.warning("run %s ended with an error after it was interrupted: %s", run_id, first)
+                    end(RunStatus.INTERRUPTED, error=f"{interrupted_text(interrupt)}\n\n{_error_text(first, exc)}")
+                elif isinstance(exc, UserError):  # `avstudio train` shows its one line; no traceback
+                    log.info("run %s failed: %s", run_id, first)
+                    end(RunStatus.FAILED, error=_error_text(first, exc))
                 else:
-                    log.error("run %s failed: %s", run_id, exc, exc_info=True)
-                    end(RunStatus.FAILED, error=_error_text(exc))
+                    log.error("run %s failed: %s", run_id, first, exc_info=True)
+                    end(RunStatus.FAILED, error=_error_text(first, exc))
             except BaseException as exc:  # Ctrl-C or exit while running inline
                 _close_quietly(ctx)
                 end(RunStatus.INTERRUPTED, error=f"stopped ({type(exc).__name__}) while running")
