@@ -203,18 +203,49 @@ def _all_tables(text: str) -> list[list[list[str]]]:
     return tables
 
 
+def _s3pool_rows(table: list[list[str]], figures: dict, key: str, cell) -> None:
+    """Every row of ``table`` names a pooling of the report, every pooling of the report has a row, and each
+    cell (one per training-set size in the header) equals ``cell(figures, key, pooling, size)``."""
+    header, *rows = table
+    sizes = [h.split()[0].replace(",", "") for h in header[1:]]
+    assert sizes == [str(s) for s in figures["setup"]["sizes"]]
+    by_label = {row[0]: row[1:] for row in rows}
+    labels = {label: pooling for pooling, label in S3POOL_LABELS.items()}
+    assert set(by_label) <= set(labels), f"rows of no reported pooling: {set(by_label) - set(labels)}"
+    assert {labels[label] for label in by_label} == set(figures[key]), "a reported pooling has no row"
+    for label, cells in by_label.items():
+        pooling = labels[label]
+        expected = [cell(figures, key, pooling, s) if s in figures[key][pooling] else "—" for s in sizes]
+        assert cells == expected, f"{label} says {cells}, the report says {expected}"
+
+
 @pytest.mark.skipif(not S3POOL_REPORT.exists(), reason="no committed S3Pool report yet")
 @pytest.mark.parametrize("doc", ["README.md", "docs/s3pool.md"])
 def test_s3pool_table_matches_the_committed_report(doc):
     figures = json.loads(S3POOL_REPORT.read_text())["figures"]
-    header, *rows = _s3pool_table((REPO / doc).read_text())
-    sizes = [h.split()[0].replace(",", "") for h in header[1:]]
-    assert sizes == [str(s) for s in figures["setup"]["sizes"]]
-    by_label = {row[0]: row[1:] for row in rows}
-    for pooling, label in S3POOL_LABELS.items():
-        expected = [f"{figures['test_error'][pooling][s]:.3f} ± {figures['test_error_std'][pooling][s]:.3f}"
-                    for s in sizes]
-        assert by_label[label] == expected, f"{doc}: {label} says {by_label[label]}, the report says {expected}"
+    _s3pool_rows(_s3pool_table((REPO / doc).read_text()), figures, "test_error",
+                 lambda f, k, p, s: f"{f[k][p][s]:.3f} ± {f['test_error_std'][p][s]:.3f}")
+
+
+@pytest.mark.skipif(not S3POOL_REPORT.exists(), reason="no committed S3Pool report yet")
+def test_s3pool_training_errors_and_plateaus_are_quoted_as_reported():
+    figures = json.loads(S3POOL_REPORT.read_text())["figures"]
+    text = (REPO / "docs" / "s3pool.md").read_text()
+    tables = {t[0][0]: t for t in _all_tables(text)}
+    _s3pool_rows(tables["training error"], figures, "train_error", lambda f, k, p, s: f"{f[k][p][s]:.3f}")
+    _s3pool_rows(tables["training error stops falling at step"], figures, "train_error_plateau_step",
+                 lambda f, k, p, s: f"{f[k][p][s]:,}")
+    plateau, held_out = figures["train_error_plateau_step"], figures["val_error_plateau_step"]
+    prose = " ".join(text.split())
+    assert (f"max pooling's training error stops falling at step {plateau['max']['1000']:,}" in prose
+            and f"S3Pool's keeps falling until step {plateau['s3pool']['1000']:,}" in prose)
+    assert (f"held-out error goes on improving until step {held_out['s3pool']['1000']:,}" in prose
+            and f"(max pooling's until step {held_out['max']['1000']:,}," in prose)
+    paired = ", ".join(f"{g:.1f}" for g in figures["paired_gain_pts"]["1000"])
+    assert f"ahead on every one of them ({paired} points at 1,000 images" in prose
+    # converged: every pooling's training error has stopped falling before the schedule's end
+    steps = figures["setup"]["steps"]
+    assert all(step < steps for by_size in figures["train_error_plateau_step"].values() for step in by_size.values())
 
 
 @pytest.mark.skipif(not S3POOL_REPORT.exists(), reason="no committed S3Pool report yet")
@@ -224,13 +255,23 @@ def test_the_s3pool_demo_ships_the_committed_report():
 
 
 @pytest.mark.skipif(not S3POOL_REPORT.exists(), reason="no committed S3Pool report yet")
-def test_s3pool_sweep_and_overhead_are_quoted_as_reported():
-    figures = json.loads(S3POOL_REPORT.read_text())["figures"]
+def test_s3pool_sweep_gain_and_overhead_are_quoted_as_reported():
+    report = json.loads(S3POOL_REPORT.read_text())
+    figures, targets = report["figures"], report["targets"]
     text = (REPO / "docs" / "s3pool.md").read_text()
     for grid, values in figures["grid_sweep"].items():
         row = f"| {grid} | {values['train_error']:.3f} | {values['test_error']:.3f} |"
         assert row in text, f"docs/s3pool.md lacks the sweep row {row!r}"
     assert f"{figures['layer_overhead']:.2f}×" in text
+    low, high = min(figures["layer_overhead_rounds"]), max(figures["layer_overhead_rounds"])
+    assert f"{low:.2f}–{high:.2f}×" in text
+    prose, readme = " ".join(text.split()), " ".join((REPO / "README.md").read_text().split())
+    for size, gain in targets["s3pool_gain_pts"].items():
+        sentence = f"{gain:.1f} points at {int(size):,} images"
+        assert sentence in prose, f"docs/s3pool.md lacks {sentence!r}"
+        assert sentence in readme, f"README.md lacks {sentence!r}"
+    assert f"The layer costs {figures['layer_overhead']:.2f}× a max pool" in readme
+    assert report["commit"][:7] in text
 
 
 # -- VGAN ---------------------------------------------------------------------------------------------
@@ -428,6 +469,22 @@ def test_the_load_table_and_sentence_quote_the_report():
     assert f"{errors} (median of {setup['repeats']} runs)" in readme
     assert ("meeting the 25 requests/s and 2 s targets" in readme) == met
     assert ("short of the 25 requests/s and 2 s targets" in readme) == (not met)
+
+
+S3POOL_LOAD_REPORT = RESULTS / "load-s3pool.json"
+
+
+@pytest.mark.skipif(not S3POOL_LOAD_REPORT.exists(), reason="no committed S3Pool load report yet")
+def test_the_s3pool_demo_load_is_quoted_as_reported():
+    report = json.loads(S3POOL_LOAD_REPORT.read_text())
+    f = report["figures"]["s3pool_run"]
+    assert report["command"].startswith("python benchmarks/load.py --only s3pool_run --repeats 3")
+    lo, hi = f["throughput_rps_range"]
+    sentence = (f"answered {f['throughput_rps']:g} requests/s (median of {report['setup']['repeats']} runs, "
+                f"range {lo:g}–{hi:g}) with p95 {f['p95_ms'] / 1000:.2f} s")
+    text = " ".join((REPO / "docs" / "s3pool.md").read_text().split())
+    assert sentence in text, f"docs/s3pool.md lacks {sentence!r}"
+    assert ("at least 30 requests/s: met" in text) == (f["throughput_rps"] >= 30)
 
 
 # -- Distributed training (issue 15) ------------------------------------------------------------------
