@@ -432,3 +432,33 @@ def test_models_named_in_avstudio_hub_models_are_pulled_at_start_up(studio, uplo
     assert len(studio.store.list_runs()) == 2
     assert hub.pull_at_startup(studio.settings, studio.registry, {"AVSTUDIO_HUB_MODELS": "not a repo"})[0] \
         .startswith("AVSTUDIO_HUB_MODELS: expected a Hub model repository")
+
+
+def test_the_runs_tab_pushes_a_runs_checkpoint_gated_like_promotion(studio, uploads, monkeypatch):
+    """The Runs tab's push button: the chosen checkpoint artifact, HF_TOKEN, the admin gate, clear errors."""
+    import dataclasses
+
+    import gradio as gr
+
+    from app.ui.runs_actions import RunsActions
+
+    run_id = doctored_run(studio)
+    artifact = next(a for a in studio.store.artifacts(run_id) if a.kind == "checkpoint")
+    settings = dataclasses.replace(studio.settings, enable_training=True, admin_token="s3cret")
+    actions = RunsActions(studio.store, studio.registry, settings)
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    with pytest.raises(gr.Error):
+        actions.push_checkpoint(artifact.id, "someone/model", True, "wrong")  # the admin gate
+    assert uploads == []
+    with pytest.raises(gr.Error, match="OWNER/NAME"):
+        actions.push_checkpoint(artifact.id, "no-owner", True, "s3cret")
+    with pytest.raises(gr.Error, match="pick a checkpoint"):
+        actions.push_checkpoint(None, "someone/model", True, "s3cret")
+    message = actions.push_checkpoint(artifact.id, "someone/model", False, "s3cret")
+    assert f"run #{run_id}" in message and "someone/model" in message and SECRET not in message
+    (call,) = uploads
+    assert call["repo_id"] == "someone/model" and call["private"] is False and call["token"] == SECRET
+    assert {f"{artifact.name}.safetensors", "README.md"} <= set(call["files"])
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(gr.Error, match="HF_TOKEN"):
+        actions.push_checkpoint(artifact.id, "someone/model", True, "s3cret")

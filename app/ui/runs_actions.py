@@ -276,6 +276,30 @@ class RunsActions:
         return (f"Promoted {done.artifact_name} of run #{done.run_id}: the {done.method} demo now uses it "
                 f"for {done.slot!r}.")
 
+    @user_errors
+    def push_checkpoint(self, artifact_id: Any, repo_id: str | None, private: bool = True,
+                        admin_token: str = "") -> str:
+        """Push a run's checkpoint (its safetensors, the studio's card and a Hub model card) to a Hugging Face
+        Hub model repository, with the token in ``HF_TOKEN`` (a Space secret); gated like promotion."""
+        import tempfile
+
+        from app import hub
+
+        check_training_allowed(self.settings, admin_token)
+        if artifact_id is None or artifact_id == "":
+            raise UserError("pick a checkpoint artifact first")
+        if not repo_id or "/" not in str(repo_id).strip():
+            raise UserError("give the Hub repository as OWNER/NAME, e.g. my-name/s3pool-resnet")
+        try:
+            artifact = self.store.get_artifact(int(artifact_id))
+        except (KeyError, ValueError):
+            raise UserError(f"no checkpoint artifact {artifact_id!r}") from None
+        source = hub.resolve_source(f"{artifact.run_id}/{artifact.name}", self.store, self.registry,
+                                    self.settings.assets_dir)
+        with tempfile.TemporaryDirectory() as work:
+            url = hub.push(source, str(repo_id).strip(), self.registry, work, private=bool(private))
+        return f"Pushed {artifact.name} of run #{artifact.run_id} to {str(repo_id).strip()}: {url}"
+
     def promotion_choices(self) -> list[tuple[str, str]]:
         """(label, "method/slot") of every current promotion, for the un-promote picker."""
         return [(f"{m}/{s} ← run #{a.run_id} {a.name}", f"{m}/{s}") for (m, s), a in self.store.promotions().items()]

@@ -159,6 +159,11 @@ def build_runs_tab(demo: gr.Blocks, actions: RunsActions, registry: Any, setting
                                      elem_id="promote-slot")
                 promote_btn = gr.Button("Promote", elem_id="promote-button", scale=0)
             with gr.Row():
+                repo_in = gr.Textbox(label="Hub repository", info="OWNER/NAME; the token comes from HF_TOKEN",
+                                     elem_id="push-repo")
+                private_in = gr.Checkbox(True, label="private", elem_id="push-private", scale=0)
+                push_btn = gr.Button("Push checkpoint to the Hub", elem_id="push-button", scale=0)
+            with gr.Row():
                 promotion_select = gr.Dropdown(choices=actions.promotion_choices(), label="Promoted checkpoints",
                                                elem_id="unpromote-select", allow_custom_value=True)
                 unpromote_btn = gr.Button("Un-promote", elem_id="unpromote-button", scale=0)
@@ -169,6 +174,8 @@ def build_runs_tab(demo: gr.Blocks, actions: RunsActions, registry: Any, setting
                               "outputs": promotion_select, "api_visibility": "private"}
         promote_btn.click(actions.promote_checkpoint, [artifact_select, slot_in, token_in], action_msg,
                           api_name="promote_checkpoint").then(**refresh_promotions)
+        push_btn.click(actions.push_checkpoint, [artifact_select, repo_in, private_in, token_in], action_msg,
+                       api_name="push_checkpoint")
         unpromote_btn.click(actions.unpromote_checkpoint, [promotion_select, token_in], action_msg,
                             api_name="unpromote_checkpoint").then(**refresh_promotions)
         # fast reads of the store, without a loading overlay: while a run trains, the polling table re-fires
