@@ -12,16 +12,10 @@ import torch
 from PIL import Image
 
 from app.api import CheckpointInfo, UserError, load_checkpoint, module_tensors, save_checkpoint
-from plugins.s3pool.demo import (
-    MAX_NET,
-    NO_REPORT,
-    S3POOL_NET,
-    S3PoolDemo,
-    benchmark_data,
-    build_demo,
-    load_report,
-)
+from plugins.s3pool.demo import MAX_NET, S3POOL_NET, S3PoolDemo
 from plugins.s3pool.model import NetConfig, build_net
+from plugins.s3pool.report import NO_REPORT, benchmark_data, load_report
+from plugins.s3pool.tab import build_demo
 
 LABELS = tuple(f"shape{i}" for i in range(10))
 REPORT = {

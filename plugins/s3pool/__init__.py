@@ -24,7 +24,7 @@ SLOTS = [
 
 
 def _build_demo(ctx) -> None:
-    from plugins.s3pool.demo import build_demo  # gradio is imported only when the UI is built
+    from plugins.s3pool.tab import build_demo  # gradio is imported only when the UI is built
 
     build_demo(ctx)
 
