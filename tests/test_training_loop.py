@@ -30,7 +30,7 @@ from tests.blockdrop_fakes import FakeTrainContext, random_dataset
 from trainer.checkpoints import load_checkpoint
 from trainer.context import RunContext
 from trainer.execution import execute_run
-from trainer.loop import flatten, unflatten
+from trainer.resume_state import flatten, unflatten
 
 # -- the plugin ---------------------------------------------------------------------------------------
 

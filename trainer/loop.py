@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -59,6 +58,7 @@ from torch import nn
 from trainer import distributed
 from trainer.amp import Precision, fits_on_device, resolve_amp, use_channels_last, use_compile
 from trainer.checkpoints import load_module_tensors, module_tensors
+from trainer.resume_state import flatten, seed_everything, seed_globals, unflatten
 
 log = logging.getLogger(__name__)
 
@@ -66,23 +66,6 @@ log = logging.getLogger(__name__)
 def num_batches(n: int, batch_size: int) -> int:
     """Batches per epoch of :meth:`TrainLoop.batches`: the last partial batch is dropped when n > batch_size."""
     return max(n // min(batch_size, n), 1) if n > 0 else 0
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed torch (CPU and CUDA), Python ``random`` and numpy; return a CPU generator for shuffling."""
-    _seed_globals(seed)
-    return torch.Generator().manual_seed(seed)
-
-
-def _seed_globals(seed: int) -> None:
-    torch.manual_seed(seed)
-    random.seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed % 2**32)
-    except ImportError:  # numpy is optional
-        pass
 
 
 class TrainLoop:
@@ -301,7 +284,7 @@ class TrainLoop:
         while self.epoch < self.num_epochs and not self.stopped:
             current = self.epoch
             if self.rank > 0:  # its own augmentation and dropout draws, the same whether resumed or not
-                _seed_globals(distributed.rank_seed(self.seed, self.rank, current))
+                seed_globals(distributed.rank_seed(self.seed, self.rank, current))
             yield current
             if self.epoch == current and not self.stopped:
                 raise RuntimeError("call loop.end_epoch() at the end of every epoch")
@@ -454,53 +437,4 @@ def _parameters(optimizers: Sequence[torch.optim.Optimizer]) -> list[torch.Tenso
     return [p for optimizer in optimizers for group in optimizer.param_groups for p in group["params"]]
 
 
-# -- nested state (optimiser and scheduler state dicts, RNG states) as tensors + JSON ----------------
-
-
-def flatten(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
-    """A JSON-able copy of ``value`` whose tensors (and numpy arrays) move into ``tensors`` under dotted
-    keys (``optimizer.0.state.3.momentum_buffer``); :func:`unflatten` reverses it exactly (int keys,
-    tuples and non-finite floats included)."""
-    if isinstance(value, torch.Tensor):
-        tensors[key] = value.detach()
-        return {"__tensor__": key}
-    if type(value).__module__ == "numpy" and hasattr(value, "dtype"):
-        if getattr(value, "ndim", 0):
-            tensors[key] = torch.from_numpy(value.astype("int64" if value.dtype.kind in "iub" else "float64"))
-            return {"__ndarray__": key, "dtype": str(value.dtype)}
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return {"__float__": repr(value)}
-    if isinstance(value, tuple):
-        return {"__tuple__": [flatten(v, f"{key}.{i}", tensors) for i, v in enumerate(value)]}
-    if isinstance(value, list):
-        return [flatten(v, f"{key}.{i}", tensors) for i, v in enumerate(value)]
-    if isinstance(value, Mapping):
-        if all(isinstance(k, str) and not k.startswith("__") for k in value):
-            return {k: flatten(v, f"{key}.{k}", tensors) for k, v in value.items()}
-        return {"__items__": [[k, flatten(v, f"{key}.{k}", tensors)] for k, v in value.items()]}
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise TypeError(f"cannot save {key} ({type(value).__name__}) in a resume state")
-
-
-def unflatten(value: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
-    """The value :func:`flatten` took apart, with its tensors taken from ``tensors``."""
-    if isinstance(value, list):
-        return [unflatten(v, tensors) for v in value]
-    if not isinstance(value, dict):
-        return value
-    if "__tensor__" in value:
-        return tensors[value["__tensor__"]]
-    if "__ndarray__" in value:
-        return tensors[value["__ndarray__"]].cpu().numpy().astype(value["dtype"])
-    if "__float__" in value:
-        return float(value["__float__"])
-    if "__tuple__" in value:
-        return tuple(unflatten(v, tensors) for v in value["__tuple__"])
-    if "__items__" in value:
-        return {k: unflatten(v, tensors) for k, v in value["__items__"]}
-    return {k: unflatten(v, tensors) for k, v in value.items()}
-
-
-__all__ = ["TrainLoop", "flatten", "num_batches", "seed_everything", "unflatten"]
+__all__ = ["TrainLoop", "num_batches", "seed_everything"]
