@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
-from app import hub
+from app import hub, hub_card
 from app.errors import UserError
 from app.settings import REPO_ROOT
 from app.testing import open_test_studio
@@ -26,23 +25,6 @@ from trainer.checkpoints import load_checkpoint, read_card
 
 SECRET = "hf_test_secret_token_do_not_log_0123456789"
 STAR = 3  # the class index the doctored network always predicts ("star" in shapes' labels)
-
-
-def cli(studio, *args: str, env: dict[str, str] | None = None):
-    """``avstudio ARGS`` against ``studio`` (its home, database and plugins), with extra ``env``."""
-    from app.cli import cli as avstudio
-
-    full = {"AVSTUDIO_HOME": str(studio.home), "AVSTUDIO_DB_URL": studio.settings.db_url, "AVSTUDIO_DEVICE": "cpu",
-            "AVSTUDIO_PLUGINS": "", "AVSTUDIO_EXTRA_PLUGINS": "", **(env or {})}
-    saved = {k: os.environ.get(k) for k in full}
-    try:
-        return CliRunner().invoke(avstudio, list(args), env=full, catch_exceptions=False)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture
@@ -96,7 +78,7 @@ def test_every_built_in_method_has_the_arxiv_id_of_the_readme_table(studio):
     ids = readme_arxiv_ids()
     assert set(ids) >= {"blockdrop", "multitask", "s3pool", "vgan"}
     for slug, arxiv in ids.items():
-        assert hub.arxiv_id(studio.registry.method(slug)) == arxiv
+        assert hub_card.arxiv_id(studio.registry.method(slug)) == arxiv
 
 
 def test_the_readme_links_each_paper_on_arxiv_and_its_front_matter_tags_the_space():
@@ -125,7 +107,7 @@ def test_upload_folder_of_a_shipped_checkpoint_file_by_file(studio, tmp_path, re
 
     card = ModelCard.load(folder / "README.md")
     data = card.data.to_dict()
-    assert data["library_name"] == hub.LIBRARY_NAME
+    assert data["library_name"] == hub_card.LIBRARY_NAME
     assert f"arxiv:{readme_arxiv_ids()[method]}" in data["tags"]
     assert data["datasets"] == ["shapes" if method != "multitask" else "persons"]
     assert data["pipeline_tag"] == ("unconditional-image-generation" if method == "vgan" else "image-classification")
@@ -137,7 +119,7 @@ def test_upload_folder_of_a_shipped_checkpoint_file_by_file(studio, tmp_path, re
         assert results[key].metric_value == pytest.approx(value, abs=1e-6)
         assert results[key].task_type == data["pipeline_tag"] and results[key].dataset_type == data["datasets"][0]
     assert "model-index" in card.content.split("---")[1]  # the metadata block the Hub reads
-    command = hub.train_command(studio_record)
+    command = hub_card.train_command(studio_record)
     assert command.startswith(f"avstudio train {method} {studio_record['recipe']} --set ")
     assert command in card.text
     assert f"avstudio hub pull someone/studio-model --slot {method}/{name}" in card.text
@@ -146,15 +128,15 @@ def test_upload_folder_of_a_shipped_checkpoint_file_by_file(studio, tmp_path, re
 def test_the_reproduce_command_sets_the_recorded_config_as_train_reads_it():
     studio_record = {"method": "s3pool", "recipe": "classifier",
                      "config": {"grid_sizes": [16, 8], "augment": False, "lr": 0.05, "name": "a b", "none": None}}
-    assert hub.train_command(studio_record) == ("avstudio train s3pool classifier --set grid_sizes=16,8 "
+    assert hub_card.train_command(studio_record) == ("avstudio train s3pool classifier --set grid_sizes=16,8 "
                                                 "--set augment=false --set lr=0.05 --set 'name=a b'")
-    assert hub.train_command({"method": "s3pool"}) is None
+    assert hub_card.train_command({"method": "s3pool"}) is None
 
 
 def test_push_a_promoted_slot_through_the_cli_uses_hf_token_and_never_keeps_it(studio, uploads):
     run_id = doctored_run(studio)
     studio.promote(run_id, "resnet-max")
-    result = cli(studio, "hub", "push", "s3pool/resnet-max", "someone/s3pool-max", "--private",
+    result = studio.cli("hub", "push", "s3pool/resnet-max", "someone/s3pool-max", "--private",
                  env={"HF_TOKEN": SECRET})
     assert result.exit_code == 0, result.output
     assert "pushed s3pool/resnet-max (promoted, run" in result.output
@@ -187,7 +169,7 @@ def test_push_a_run_checkpoint_by_id(studio, uploads, monkeypatch):
 
 def test_push_without_hf_token_is_refused_in_one_line(studio, uploads, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    result = cli(studio, "hub", "push", "s3pool/resnet-max", "someone/x", env={"HF_TOKEN": ""})
+    result = studio.cli("hub", "push", "s3pool/resnet-max", "someone/x", env={"HF_TOKEN": ""})
     assert result.exit_code == 2 and "HF_TOKEN" in result.output and uploads == []
 
 
@@ -280,7 +262,7 @@ def offline(monkeypatch, tmp_path):
 
 
 def pushed_files(studio, source: str, repo_id: str, uploads) -> dict[str, bytes]:
-    result = cli(studio, "hub", "push", source, repo_id, env={"HF_TOKEN": SECRET})
+    result = studio.cli("hub", "push", source, repo_id, env={"HF_TOKEN": SECRET})
     assert result.exit_code == 0, result.output
     return uploads[-1]["files"]
 
@@ -294,7 +276,7 @@ def test_push_then_pull_then_the_demo_uses_the_pulled_checkpoint(tmp_path, uploa
 
     with open_test_studio(tmp_path / "demo-home") as studio:
         shipped = studio.demo_context("s3pool").checkpoint_path("resnet-max")
-        result = cli(studio, "hub", "pull", "someone/s3pool-max", "--slot", "s3pool/resnet-max")
+        result = studio.cli("hub", "pull", "someone/s3pool-max", "--slot", "s3pool/resnet-max")
         assert result.exit_code == 0, result.output
         assert "as s3pool/resnet-max: the s3pool demo now uses" in result.output
         [run] = studio.store.list_runs()
@@ -317,9 +299,9 @@ def test_push_then_pull_then_the_demo_uses_the_pulled_checkpoint(tmp_path, uploa
         assert max(confidences, key=confidences.get) == "star"  # only the doctored network says so
 
         # pulled again (same commit): promoted again, not copied twice; unpromote brings the shipped one back
-        assert cli(studio, "hub", "pull", "someone/s3pool-max").exit_code == 0
+        assert studio.cli("hub", "pull", "someone/s3pool-max").exit_code == 0
         assert len(studio.store.list_runs()) == 1
-        assert cli(studio, "runs", "unpromote", "s3pool", "resnet-max").exit_code == 0
+        assert studio.cli("runs", "unpromote", "s3pool", "resnet-max").exit_code == 0
         assert studio.demo_context("s3pool").checkpoint_path("resnet-max") == shipped
 
 
