@@ -204,25 +204,20 @@ class StudioForTests:
         """Load a registered dataset split from this studio's data directory."""
         return self.registry.load_dataset(name, split, self.settings.data_dir, **options)
 
-    def cli(self, *args: str) -> Any:
-        """Run ``avstudio ARGS`` against this studio (click's CliRunner); returns its Result."""
+    def cli(self, *args: str, env: Mapping[str, str] | None = None) -> Any:
+        """Run ``avstudio ARGS`` against this studio (click's CliRunner), with ``env`` over the studio's own
+        variables (home, database, plugins, CPU); returns its Result."""
         from click.testing import CliRunner
 
         from app.cli import cli
 
-        env = {"AVSTUDIO_HOME": str(self.home), "AVSTUDIO_DB_URL": self.settings.db_url,
-               "AVSTUDIO_EXTRA_PLUGINS": ",".join(self._plugin_modules), "AVSTUDIO_DEVICE": "cpu"}
+        full = {"AVSTUDIO_HOME": str(self.home), "AVSTUDIO_DB_URL": self.settings.db_url,
+                "AVSTUDIO_EXTRA_PLUGINS": ",".join(self._plugin_modules), "AVSTUDIO_DEVICE": "cpu"}
         if self.settings.plugins is not None:
-            env["AVSTUDIO_PLUGINS"] = self.settings.plugins
-        saved = {k: os.environ.get(k) for k in env}
-        try:  # the CLI's global options write os.environ; restore it afterwards
-            return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+            full["AVSTUDIO_PLUGINS"] = self.settings.plugins
+        full.update(env or {})
+        with environment(full):  # the CLI's global options write os.environ; restore it afterwards
+            return CliRunner().invoke(cli, list(args), env=full, catch_exceptions=False)
 
     # -- lifetime ------------------------------------------------------------------------------
     def close(self) -> None:
@@ -233,6 +228,23 @@ class StudioForTests:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextmanager
+def environment(values: Mapping[str, str] | None = None, **more: str) -> Iterator[None]:
+    """Set ``values`` (and ``more``) in ``os.environ`` for the block; afterwards each of those variables is
+    back as it was (unset again when it was unset), whatever the block wrote to it."""
+    values = {**(values or {}), **more}
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def open_test_studio(home: Path | str, plugins: Sequence[Any] = (), *, installed: str | None = "") -> StudioForTests:

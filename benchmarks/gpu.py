@@ -26,14 +26,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -183,21 +182,6 @@ def recipe_plan(dry_run: bool) -> list[tuple[str, str, str, dict[str, Any]]]:
     ]
 
 
-@contextlib.contextmanager
-def environment(**values: str) -> Iterator[None]:
-    """Set environment variables for the block, restoring what was there."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def throughput(store: Any, run_id: int, samples_per_epoch: int) -> dict[str, Any]:
     """Samples/s over the epochs after the first, from the times the epochs' metrics were logged (after
     each epoch's evaluation: the first epoch holds start-up, and compilation when it is on)."""
@@ -227,7 +211,7 @@ def amp_on_mode(device: torch.device) -> str:
 
 def run_recipes(device: torch.device, home: Path, dry_run: bool) -> dict[str, Any]:
     """Every recipe with AMP off and on, through the studio's worker path on ``device``."""
-    from app.testing import open_test_studio
+    from app.testing import environment, open_test_studio
 
     on = amp_on_mode(device)
     results: dict[str, Any] = {"amp_on": on}
@@ -255,7 +239,7 @@ def run_recipes(device: torch.device, home: Path, dry_run: bool) -> dict[str, An
                 print(f"   {label} amp={amp}: {entry}", flush=True)
     failed = [f"{label} amp={amp}" for label, runs in results.items() if isinstance(runs, dict)
               for amp, entry in runs.items() if isinstance(entry, dict) and entry.get("status") != "succeeded"]
-    for label, runs in results.items():
+    for runs in results.values():
         if isinstance(runs, dict) and all(isinstance(runs.get(m), dict) and runs[m].get("samples_per_s")
                                           for m in ("off", on)):
             runs["amp_speedup"] = round(runs[on]["samples_per_s"] / runs["off"]["samples_per_s"], 3)
@@ -333,6 +317,7 @@ def nccl_smoke(device: torch.device, home: Path) -> dict[str, Any]:
     """A tiny S3Pool run with ``--nproc 1`` through torchrun: NCCL on a GPU (gloo on the CPU)."""
     from app.plugin_manager import registry_from_env
     from app.settings import ASSETS_DIR
+    from app.testing import environment
     from trainer.config import config_to_dict, make_config
     from trainer.distributed import launch_run
     from trainer.store import RunStore
@@ -343,7 +328,7 @@ def nccl_smoke(device: torch.device, home: Path) -> dict[str, Any]:
     home.mkdir(parents=True, exist_ok=True)
     store = RunStore(f"sqlite:///{home / 'runs.db'}")
     try:
-        with environment(**env):
+        with environment(env):
             registry = registry_from_env()
             chosen = registry.recipe("s3pool", "classifier")
             config = make_config(chosen.config_cls, {"dataset": IMAGES, "depth": 8, "width": 4, "train_size": 64,

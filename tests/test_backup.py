@@ -25,22 +25,6 @@ from trainer.store import RunStatus, RunStore
 SECRET = "hf_backup_secret_token_0123456789"
 
 
-def cli(studio, *args: str, env: dict[str, str] | None = None):
-    from app.cli import cli as avstudio
-
-    full = {"AVSTUDIO_HOME": str(studio.home), "AVSTUDIO_DB_URL": studio.settings.db_url, "AVSTUDIO_DEVICE": "cpu",
-            "AVSTUDIO_PLUGINS": "", "AVSTUDIO_EXTRA_PLUGINS": "", **(env or {})}
-    saved = {k: os.environ.get(k) for k in full}
-    try:
-        return CliRunner().invoke(avstudio, list(args), env=full, catch_exceptions=False)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def fill(studio) -> dict:
     """Two runs: one finished with a metric history, a promoted checkpoint and an image; one failed."""
     with studio.train_context("s3pool", "classifier", {"steps": 3}) as ctx:
@@ -70,7 +54,7 @@ def test_backup_to_a_fresh_home_restored_at_start_up_brings_runs_metrics_and_che
     with open_test_studio(tmp_path / "before") as studio:
         ids = fill(studio)
         before = snapshot_of(studio.store)
-        result = cli(studio, "runs", "backup", str(dest))
+        result = studio.cli("runs", "backup", str(dest))
         assert result.exit_code == 0, result.output
         assert result.output.startswith(f"backed up 2 run(s) and 3 file(s) to {dest}")
         checkpoint = studio.store.latest_checkpoint(ids["finished"]).path
@@ -186,7 +170,7 @@ def test_restore_never_overwrites_a_home(tmp_path):
         backup.backup(studio.settings.db_url, studio.settings.runs_dir, tmp_path / "dest")
         with pytest.raises(ValueError, match="the home is not empty"):
             backup.restore(tmp_path / "dest", studio.settings.db_url, studio.settings.runs_dir)
-        result = cli(studio, "runs", "restore", str(tmp_path / "dest"))
+        result = studio.cli("runs", "restore", str(tmp_path / "dest"))
         assert result.exit_code == 2 and "the home is not empty" in result.output
     with pytest.raises(ValueError, match="holds no run store backup"):
         backup.restore(tmp_path, f"sqlite:///{tmp_path / 'new' / 'runs.db'}", tmp_path / "new" / "runs")
@@ -265,11 +249,11 @@ def test_cli_backup_to_a_dataset_repository_needs_hf_token(tmp_path, monkeypatch
     with open_test_studio(tmp_path / "home") as studio:
         fill(studio)
         monkeypatch.delenv("HF_TOKEN", raising=False)
-        result = cli(studio, "runs", "backup", str(tmp_path / "dest"), "--repo", "o/b", env={"HF_TOKEN": ""})
+        result = studio.cli("runs", "backup", str(tmp_path / "dest"), "--repo", "o/b", env={"HF_TOKEN": ""})
         assert result.exit_code == 2 and "HF_TOKEN" in result.output and not (tmp_path / "dest").exists()
         uploads = []
         monkeypatch.setattr(hub, "upload_folder", lambda folder, repo, **kw: uploads.append(repo) or "URL")
-        result = cli(studio, "runs", "backup", str(tmp_path / "dest"), "--repo", "o/b", env={"HF_TOKEN": SECRET})
+        result = studio.cli("runs", "backup", str(tmp_path / "dest"), "--repo", "o/b", env={"HF_TOKEN": SECRET})
         assert result.exit_code == 0 and "uploaded to the dataset o/b: URL" in result.output and uploads == ["o/b"]
         assert SECRET not in result.output
 
