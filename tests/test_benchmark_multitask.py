@@ -159,6 +159,40 @@ def test_report_has_every_figure_the_issue_names(trained, tmp_path):
     assert report["mode"] == "quick" and "commit" in report
 
 
+def test_a_second_test_set_drawn_with_another_seed_is_reported_with_its_own_conclusions(trained, tmp_path):
+    out = B.run_benchmark(trained["paths"], TINY_EVAL, tmp_path / "report.json", data_dir=trained["data_dir"],
+                          mode="quick", second_seed=3)
+    report = json.loads(out.read_text())
+    figures, second = report["figures"], report["figures"]["second_test"]
+    assert second["seed"] == 3 and second["test_images"] == figures["test_images"] == 128
+    assert set(second["models"]) == set(figures["models"])
+    for key, m in second["models"].items():
+        assert m["mean_accuracy"] == pytest.approx(sum(m["per_attribute_accuracy"].values()) / T)
+        c = second["comparisons"].get(key)
+        if c:  # costs as on the first test set, accuracies from the second
+            assert c["params_ratio_to_wide"] == figures["comparisons"][key]["params_ratio_to_wide"]
+            assert c["accuracy_minus_wide"] == pytest.approx(m["mean_accuracy"]
+                                                             - second["models"]["wide"]["mean_accuracy"])
+    # other images: the accuracies are not the first test set's
+    assert [m["mean_accuracy"] for m in second["models"].values()] != [
+        m["mean_accuracy"] for m in figures["models"].values()]
+    target = report["targets"]["same_conclusions_on_second_test_set"]
+    first = report["targets"]["branched_within_1pt_of_wide_at_most_fifth_params_flops_above_thin"]
+    assert isinstance(target["met"], bool) and target["reason"] and target["seed"] == 3
+    assert set(target["models_meeting"]) <= set(first["models_meeting"])
+
+
+def test_the_second_test_budget_changes_only_the_seed_and_refuses_the_trained_one():
+    budget = {"dataset": "persons", "dataset_options": ["num_train=256", "num_val=64", "num_test=128", "size=64"]}
+    again = B.second_test_budget(budget, 2)
+    assert again["dataset_options"] == ["num_test=128", "size=64", "seed=2", "num_train=1", "num_val=1"]
+    assert budget["dataset_options"][0] == "num_train=256"  # the budget itself is left alone
+    with pytest.raises(ValueError, match="seed the models were trained"):
+        B.second_test_budget(budget, 0)
+    with pytest.raises(ValueError, match="seed the models were trained"):
+        B.second_test_budget({**budget, "dataset_options": ["seed=5"]}, 5)
+
+
 def _copy_assets(paths: dict, folder: Path) -> Path:
     folder.mkdir()
     for name, path in paths.items():
