@@ -1,6 +1,6 @@
-"""The plugin-facing contract of Adaptive Vision Studio: the whole of it, in one module.
+"""The core of the plugin contract of Adaptive Vision Studio: what every plugin must know.
 
-A plugin (built in or third party) imports only from here::
+A plugin (built in or third party) imports from here::
 
     from app.api import hookimpl, Method, Recipe, config_field
 
@@ -10,22 +10,39 @@ A plugin (built in or third party) imports only from here::
 
 Hooks are bare functions with one docstring each (the docs test reads them); the objects a plugin
 fills in are dataclasses; the contexts the studio hands to plugins are Protocols, so the trainer
-and the app can implement them without importing each other. Everything else a plugin may use
-(checkpoint files, dataset building blocks, image helpers, the training loop) is re-exported here:
-a plugin imports ``app.api`` and nothing else of the studio (a test holds it). Its tests may also
-import the test harness, :func:`app.testing.open_test_studio` (a whole studio, CLI included, so
-the contract does not import it).
+and the app can implement them without importing each other. Beside the core, two kits hold what
+plugins share: :mod:`app.training_kit` (the training loop, checkpoint files, dataset building blocks)
+and :mod:`app.demo_kit` (uploads, the image panel, model cache, small-image display, latency timing,
+slot checks). A plugin imports these three and nothing else of the studio (a test holds it); its tests
+may also import the test harness, :mod:`app.testing`. The core imports neither the kits nor anything
+above them (no harness, no CLI, no UI).
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import pluggy
+
+from trainer.checkpoints import Checkpoint, CheckpointInfo
+from trainer.config import (  # recipe configs, validated one way everywhere
+    config_field,
+    config_fields,
+    config_to_dict,
+    describe_constraints,
+    make_config,
+    parse_assignments,
+)
+from trainer.errors import ConfigError, UserError  # errors a user can cause: shown as their message
+
+if TYPE_CHECKING:
+    import click
+    import torch
+    from PIL import Image
 
 PROJECT_NAME = "avstudio"
 """pluggy project name and the entry-point group external plugins register under."""
@@ -50,7 +67,7 @@ def register_datasets(register: Callable[[DatasetSpec], None]) -> None:
 
 
 @hookspec
-def register_commands(cli: Any, ctx: CommandContext) -> None:
+def register_commands(cli: click.Group, ctx: CommandContext) -> None:
     """Add commands to the ``avstudio`` CLI: ``cli`` is its click group (``@cli.command()``); ``ctx`` a CommandContext."""
 
 
@@ -67,54 +84,9 @@ def iter_hooks() -> Iterator[tuple[str, Callable]]:
 
 
 # --------------------------------------------------------------------------------------------
-# Errors a user can cause; the UI shows their message, never a traceback.
-# --------------------------------------------------------------------------------------------
-
-
-from trainer.errors import ConfigError, UserError  # noqa: E402  (re-exported)
-
-# --------------------------------------------------------------------------------------------
-# Checkpoint files (safetensors + a JSON card; loading never executes code from the file)
-# --------------------------------------------------------------------------------------------
-
-from trainer.checkpoints import (  # noqa: E402  (re-exported)
-    Checkpoint,
-    CheckpointInfo,
-    dataclass_from_dict,
-    load_checkpoint,
-    load_module_tensors,
-    module_tensors,
-    save_checkpoint,
-)
-
-# --------------------------------------------------------------------------------------------
-# Dataset building blocks: whole-split tensors in memory, generated splits cached as .npz
-# --------------------------------------------------------------------------------------------
-
-from trainer.datasets import (  # noqa: E402  (re-exported)
-    Arrays,
-    ImageTensorDataset,
-    cached_splits,
-    random_crop_flip,
-    split_tensors,
-)
-
-# The training loop: seeding, epochs and steps, stopping, progress, metrics, checkpoints, exact resume
-from trainer.loop import TrainLoop  # noqa: E402  (re-exported)
-
-# --------------------------------------------------------------------------------------------
 # What a plugin registers
 # --------------------------------------------------------------------------------------------
 
-
-from trainer.config import (  # noqa: E402  (re-exported: recipe configs, validated one way everywhere)
-    config_field,
-    config_fields,
-    config_to_dict,
-    describe_constraints,
-    make_config,
-    parse_assignments,
-)
 
 @dataclass
 class Recipe:
@@ -195,6 +167,11 @@ class DatasetSpec:
     ``difficulty`` (float N in [0, 1]) as tensors, for fast whole-split training and analysis.
     ``root`` is the studio's data directory (the dataset caches or finds its files below it).
     ``labels`` are the class names or the attribute names, in target order.
+
+    A dataset built on another registered one (a grayscale ``shapes``) declares a keyword parameter
+    ``datasets``: ``load(split, root, download=False, *, datasets, **options)`` then gets a callable
+    ``datasets(name, split, **options)`` that loads that other dataset as ``ctx.dataset`` would (the same
+    data directory; a dataset that ends up loading itself is a UserError).
     """
 
     name: str
@@ -207,7 +184,6 @@ class DatasetSpec:
     channels: int = 3
     splits: tuple[str, ...] = ("train", "val", "test")
     builtin: bool = False
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,7 +209,7 @@ class TrainContext(Protocol):
 
     run_id: int
     """The run being executed (its row in the run store)."""
-    device: Any
+    device: torch.device
     """The ``torch.device`` to train on (``auto`` resolved to CUDA, then MPS, then CPU)."""
     data_dir: Path
     """Where datasets are cached and looked for."""
@@ -247,7 +223,7 @@ class TrainContext(Protocol):
         """Record metric values at ``step``; written to the run store in batches."""
 
     def save_checkpoint(
-        self, name: str, tensors: Mapping[str, Any], metadata: Mapping[str, Any] | None = None
+        self, name: str, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None
     ) -> Path:
         """Save tensors (safetensors) plus a JSON model card; registered as the run's artifact ``name``.
 
@@ -258,14 +234,14 @@ class TrainContext(Protocol):
     def load_checkpoint(self, ref: str) -> Checkpoint:
         """Load a checkpoint: a file path, ``run:ID[/NAME]``, or ``METHOD/NAME`` (promoted, else shipped)."""
 
-    def save_image(self, name: str, image: Any, step: int | None = None) -> Path:
+    def save_image(self, name: str, image: Image.Image, step: int | None = None) -> Path:
         """Save a PIL image (e.g. a grid of samples) as a PNG artifact of kind ``image``, named ``NAME-STEP``
         when ``step`` is given (saving the same name again replaces it); the Runs tab shows them."""
 
     def resume_checkpoint(self, name: str | None = None) -> Checkpoint | None:
         """When this run is being resumed: its last saved checkpoint (of ``name``), else None."""
 
-    def save_state(self, tensors: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> Path:
+    def save_state(self, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None) -> Path:
         """Save what resuming needs to continue the same trajectory (weights, optimiser, schedule, RNG
         states) in one file of the run directory, replaced on every call; not a promotable checkpoint."""
 
@@ -286,7 +262,7 @@ class DemoContext(Protocol):
 
     method: str
     """The method's slug."""
-    device: Any
+    device: torch.device
     """The ``torch.device`` demos run on (``AVSTUDIO_DEMO_DEVICE``; auto: CUDA when the server has one, else the CPU)."""
     data_dir: Path
     """Where datasets are cached and looked for."""
@@ -317,7 +293,7 @@ class CommandContext(Protocol):
     """The studio's home (``AVSTUDIO_HOME``): run store, runs, data."""
     data_dir: Path
     """Where datasets are cached and looked for."""
-    device: Any
+    device: torch.device
     """The ``torch.device`` the studio's settings ask for (``AVSTUDIO_DEVICE``)."""
 
     def load_checkpoint(self, ref: str) -> Checkpoint:
@@ -330,36 +306,15 @@ class CommandContext(Protocol):
         """Load a registered dataset split."""
 
 
-# Image input helpers for demos (any mode, any size, EXIF rotation; a UserError otherwise).
-from app.images import figure_font, image_to_tensor, lenient_upload, load_rgb_image  # noqa: E402
-
-# What a demo rebuilds from its checkpoints, kept until a checkpoint file changes (path, mtime, size).
-from app.model_cache import ModelCache  # noqa: E402
-
-
-
-def refreshed_choices(choices: Sequence[Any], held: Any, fallback: Any) -> Any:
-    """A selector's update when it is opened (its focus event) and re-lists what is available now.
-
-    ``held`` is the value it held when it was opened: the update leaves the value alone while that is still
-    a choice, since a user may have picked another one before the answer arrived (putting ``held`` back
-    would undo that pick); only when ``held`` is gone does it switch to ``fallback``.
-    Choices are values or (label, value) pairs, as ``gr.Dropdown`` takes them.
-    """
-    import gradio as gr
-
-    values = [c[1] if isinstance(c, (tuple, list)) else c for c in choices]
-    if held in values:
-        return gr.update(choices=list(choices))
-    return gr.update(choices=list(choices), value=fallback)
-
-
 __all__ = [
-    "Arrays", "Checkpoint", "CheckpointInfo", "CheckpointSlot", "CommandContext", "ConfigError", "DatasetSpec",
-    "DemoContext", "ImageTensorDataset", "Method", "ModelCache", "Progress", "Recipe", "TrainContext", "TrainLoop",
-    "UserError",
-    "cached_splits", "config_field", "config_fields", "config_to_dict", "dataclass_from_dict",
-    "describe_constraints", "figure_font", "hook_names", "hookimpl", "hookspec", "image_to_tensor", "iter_hooks", "lenient_upload",
-    "load_checkpoint", "load_module_tensors", "load_rgb_image", "make_config", "module_tensors",
-    "parse_assignments", "random_crop_flip", "refreshed_choices", "save_checkpoint", "split_tensors",
+    # hooks
+    "hookimpl", "hookspec", "hook_names", "iter_hooks",
+    # what a plugin registers
+    "Method", "Recipe", "CheckpointSlot", "DatasetSpec",
+    # what the studio hands to a plugin
+    "TrainContext", "DemoContext", "CommandContext", "Progress", "Checkpoint", "CheckpointInfo",
+    # errors a user can fix
+    "UserError", "ConfigError",
+    # recipe configs
+    "config_field", "config_fields", "config_to_dict", "describe_constraints", "make_config", "parse_assignments",
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import logging
 import os
 import traceback
@@ -65,6 +66,15 @@ class PluginStatus:
                 "status": self.status, "error": self.error, "methods": self.methods, "datasets": self.datasets}
 
 
+def _declares(fn: Callable[..., Any], parameter: str) -> bool:
+    """Whether ``fn`` names ``parameter`` in its signature (not merely ``**kwargs``)."""
+    try:
+        found = inspect.signature(fn).parameters.get(parameter)
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+    return found is not None and found.kind not in (found.VAR_POSITIONAL, found.VAR_KEYWORD)
+
+
 @dataclass
 class Registry:
     """Everything the plugins registered: methods, datasets, and how each plugin fared."""
@@ -91,11 +101,26 @@ class Registry:
         return self.datasets[name]
 
     def load_dataset(self, name: str, split: str, root: Path | str, **options: Any) -> Any:
-        """Load split ``split`` of dataset ``name`` with its ``options`` (a UserError names the valid splits)."""
+        """Load split ``split`` of dataset ``name`` with its ``options`` (a UserError names the valid splits).
+        A ``load`` that declares a ``datasets`` parameter gets a loader of the other registered datasets."""
+        return self._load_dataset(name, split, Path(root), options, ())
+
+    def _load_dataset(self, name: str, split: str, root: Path, options: dict[str, Any],
+                      loading: tuple[str, ...]) -> Any:
         spec = self.dataset_spec(name)
         if split not in spec.splits:
             raise UserError(f"dataset {name!r} has no split {split!r}; valid splits: {', '.join(spec.splits)}")
-        return spec.load(split, Path(root), **options)
+        if name in loading:
+            raise UserError(f"dataset {name!r} loads itself: {' -> '.join((*loading, name))}")
+        if not _declares(spec.load, "datasets"):
+            return spec.load(split, root, **options)
+        if "datasets" in options:
+            raise UserError(f"dataset {name!r} has no option 'datasets' (the studio passes it)")
+
+        def datasets(other: str, other_split: str, **other_options: Any) -> Any:
+            return self._load_dataset(other, other_split, root, other_options, (*loading, name))
+
+        return spec.load(split, root, datasets=datasets, **options)
 
     def status(self, name: str) -> PluginStatus | None:
         return next((p for p in self.plugins if p.name == name), None)

@@ -53,7 +53,7 @@ def shipped_paths(assets: Path) -> dict[str, Path]:
 
 def load_cards(paths: Mapping[str, Path], part: str = "metadata") -> dict[str, dict[str, Any]]:
     """Each checkpoint's card: what the recipe stored (``metadata``) or the studio's record (``studio``)."""
-    from app.api import load_checkpoint
+    from app.training_kit import load_checkpoint
 
     return {name: dict(getattr(load_checkpoint(path), part)) for name, path in paths.items()}
 

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.api import ModelCache, UserError, load_checkpoint, save_checkpoint
+from app.api import UserError
+from app.demo_kit import ModelCache
+from app.training_kit import load_checkpoint, save_checkpoint
 
 
 class DirectoryContext:

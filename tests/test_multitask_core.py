@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.api import Checkpoint, module_tensors
+from app.api import Checkpoint
+from app.training_kit import module_tensors
 from plugins.multitask.affinity import (
     AffinityTracker,
     branch_affinity,

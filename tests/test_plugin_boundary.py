@@ -1,6 +1,7 @@
 """The contract is the only door: a plugin (built in, scaffolded or third party) imports nothing of the
-studio except ``app.api`` (and its own package's modules); its tests may also import the test harness,
-``app.testing``. The contract itself reaches no higher than what it re-exports (no harness, no CLI)."""
+studio except the core, ``app.api``, and the two kits beside it, ``app.training_kit`` and ``app.demo_kit``
+(and its own package's modules); its tests may also import the test harness, ``app.testing``. The contract
+itself reaches no higher than what it hands on (no harness, no CLI, no UI), and the core no kit."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from app.scaffold import render
 from app.settings import REPO_ROOT
 
 STUDIO_PACKAGES = ("app", "trainer", "plugins")
-CONTRACT = "app.api"
+CONTRACT = ("app.api", "app.training_kit", "app.demo_kit")  # the core, then the kits
 HARNESS = "app.testing"
 
 
@@ -41,7 +42,7 @@ def studio_imports(source: str, own_package: str | None, *, test_module: bool = 
             top = name.split(".")[0]
             if top not in STUDIO_PACKAGES:
                 continue
-            if name == CONTRACT or name.startswith(CONTRACT + "."):
+            if any(name == module or name.startswith(module + ".") for module in CONTRACT):
                 continue
             if test_module and (name == HARNESS or name.startswith(HARNESS + ".")):
                 continue
@@ -66,7 +67,7 @@ def plugin_sources() -> list[tuple[str, str, str]]:
 @pytest.mark.parametrize("label, package, source", plugin_sources(), ids=[s[0] for s in plugin_sources()])
 def test_plugins_import_only_the_contract(label, package, source):
     assert studio_imports(source, package, test_module=is_test_module(label)) == [], (
-        f"{label} imports studio modules outside the contract; expose what it needs through app.api")
+        f"{label} imports studio modules outside the contract; expose what it needs through app.api or a kit")
 
 
 def test_the_scaffolded_tests_are_checked_as_tests():
@@ -74,12 +75,44 @@ def test_the_scaffolded_tests_are_checked_as_tests():
     assert tests and all(label.startswith("scaffold:") for label in tests)
 
 
-def test_the_contract_does_not_reach_up_to_the_harness_or_the_cli():
-    source = (REPO_ROOT / "app" / "api.py").read_text()
-    reached = {name for name in studio_imports(source, None)
-               if name.split(".")[:2] in (["app", "testing"], ["app", "cli"], ["app", "ui"],
-                                          ["app", "plugin_manager"], ["app", "main"])}
-    assert reached == set(), f"app/api.py imports {sorted(reached)}: the contract must not import the studio above it"
+ABOVE_THE_CONTRACT = ("app.testing", "app.cli", "app.ui", "app.plugin_manager", "app.main", "app.demo_context",
+                      "app.startup", "app.mcp", "plugins")
+
+
+def _all_imports(source: str) -> set[str]:
+    """Every module ``source`` imports (absolute imports; ``from app import x`` as ``app.x``)."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            base = node.module or ""
+            found |= {f"{base}.{alias.name}" if base in STUDIO_PACKAGES else base for alias in node.names}
+    return found
+
+
+@pytest.mark.parametrize("module", CONTRACT)
+def test_the_contract_does_not_reach_up_to_the_harness_or_the_cli(module):
+    source = (REPO_ROOT / (module.replace(".", "/") + ".py")).read_text()
+    reached = {name for name in _all_imports(source)
+               if any(name == above or name.startswith(above + ".") for above in ABOVE_THE_CONTRACT)}
+    assert reached == set(), f"{module} imports {sorted(reached)}: the contract must not import the studio above it"
+
+
+def test_the_core_imports_no_kit():
+    imported = _all_imports((REPO_ROOT / "app" / "api.py").read_text())
+    assert not imported & set(CONTRACT[1:]), "the kits build on the core, never the other way round"
+
+
+def test_a_fresh_interpreter_imports_the_contract_without_the_cli_or_gradio():
+    import subprocess
+    import sys
+
+    code = ("import sys, app.api, app.training_kit, app.demo_kit; "
+            "print(sorted(m for m in sys.modules if m in ('gradio', 'click', 'app.cli', 'app.ui', 'app.testing', "
+            "'app.plugin_manager')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 def test_every_built_in_plugin_is_checked():
@@ -92,6 +125,11 @@ def test_every_built_in_plugin_is_checked():
     ("from app.api import hookimpl", []),
     ("from app import api", []),
     ("import app.api", []),
+    ("from app.training_kit import TrainLoop", []),
+    ("from app.demo_kit import enlarge", []),
+    ("from app import demo_kit, training_kit", []),
+    ("from app.images import load_rgb_image", ["app.images"]),
+    ("from app.model_cache import ModelCache", ["app.model_cache"]),
     ("from plugins.blockdrop.model import x", []),
     ("from trainer.checkpoints import load_checkpoint", ["trainer.checkpoints"]),
     ("from app.plugin_manager import load_registry", ["app.plugin_manager"]),

@@ -17,7 +17,7 @@ import gradio as gr
 import pytest
 import torch
 
-from app import api
+from app import api, training_kit
 from app.settings import ASSETS_DIR, REPO_ROOT
 from app.testing import open_test_studio
 from app.ui import build_app, check_demos
@@ -95,7 +95,7 @@ def test_the_harness_gives_a_real_train_context(tmp_path):
             ctx.save_checkpoint("model", {"step": torch.tensor([1])}, {"note": "by hand"})
         result = studio.result(ctx.run_id)
         assert result.metrics["loss"] == [(1, 0.5)] and result.status == "succeeded"
-        assert api.load_checkpoint(result.checkpoints["model"]).metadata == {"note": "by hand"}
+        assert training_kit.load_checkpoint(result.checkpoints["model"]).metadata == {"note": "by hand"}
 
 
 def test_the_harness_resumes_a_run(tmp_path):
@@ -116,14 +116,14 @@ def test_plugin_metadata_never_overwrites_the_studio_record(tmp_path):
     with open_test_studio(tmp_path, [COUNTER]) as studio:
         with studio.train_context("counter", "count", {"steps": 2}) as ctx:
             path = ctx.save_checkpoint("model", {"step": torch.tensor([0])}, {"run_id": 999, "config": "mine"})
-        checkpoint = api.load_checkpoint(path)
+        checkpoint = training_kit.load_checkpoint(path)
         assert checkpoint.studio["run_id"] == ctx.run_id and checkpoint.studio["config"]["steps"] == 2
         assert checkpoint.metadata == {"run_id": 999, "config": "mine"}
         assert checkpoint.card["format"] == 2
 
 
 def test_old_flat_cards_of_the_shipped_assets_still_load():
-    checkpoint = api.load_checkpoint(ASSETS_DIR / "blockdrop" / "policy-g1.safetensors")
+    checkpoint = training_kit.load_checkpoint(ASSETS_DIR / "blockdrop" / "policy-g1.safetensors")
     assert checkpoint.metadata["gamma"] == 1.0 and checkpoint.studio["method"] == "blockdrop"
 
 
@@ -136,7 +136,7 @@ def test_a_pickled_checkpoint_is_refused_without_running_it(tmp_path):
 
     torch.save({"weights": Payload()}, tmp_path / "evil.safetensors")
     with pytest.raises(ValueError, match="not a safetensors checkpoint"):
-        api.load_checkpoint(tmp_path / "evil.safetensors")
+        training_kit.load_checkpoint(tmp_path / "evil.safetensors")
     assert not marker.exists()
 
 
@@ -208,7 +208,7 @@ def test_cli_promote_show_unpromote(tmp_path):
 def test_a_plugin_ships_checkpoints_and_examples_in_its_own_package(tmp_path, importable):
     package = importable / "shipper"
     (package / "assets" / "examples").mkdir(parents=True)
-    api.save_checkpoint(package / "assets" / "weights.safetensors", {"w": torch.ones(2)}, {"kind": "mine"})
+    training_kit.save_checkpoint(package / "assets" / "weights.safetensors", {"w": torch.ones(2)}, {"kind": "mine"})
     (package / "assets" / "examples" / "one.png").write_bytes(b"")
     (package / "__init__.py").write_text(textwrap.dedent("""
         from pathlib import Path

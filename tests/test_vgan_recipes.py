@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from app.api import DatasetSpec, ImageTensorDataset, UserError, hookimpl, load_checkpoint
+from app.api import DatasetSpec, UserError, hookimpl
 from app.testing import open_test_studio
+from app.training_kit import ImageTensorDataset, load_checkpoint
 from plugins.vgan.model import (
     GanConfig,
     build_models,

@@ -6,7 +6,8 @@ from typing import Any
 
 import torch
 
-from app.api import UserError, random_crop_flip, split_tensors
+from app.api import UserError
+from app.training_kit import random_crop_flip, split_tensors
 
 
 def load_split(ctx: Any, name: str, split: str, num: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from app.api import ModelCache, UserError, image_to_tensor, lenient_upload, load_rgb_image, refreshed_choices
+from app.api import UserError
+from app.demo_kit import ModelCache, image_to_tensor, lenient_upload, load_rgb_image, refreshed_choices
 from plugins.blockdrop import analysis
 from plugins.blockdrop.inference import deployed_layout, fast_blockdrop, fast_full, prepare
 from plugins.blockdrop.recipes import backbone_from_checkpoint, policy_from_checkpoint

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from app.api import ConfigError, Recipe, TrainLoop
+from app.api import ConfigError, Recipe
+from app.training_kit import TrainLoop
 from plugins.blockdrop.configs import BackboneConfig, FinetuneConfig, PolicyConfig
 from plugins.blockdrop.data import augment, eval_split, labels_of, load_split
 from plugins.blockdrop.evaluation import evaluate, infer

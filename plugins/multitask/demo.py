@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from app.api import ModelCache, UserError, image_to_tensor, load_rgb_image
+from app.api import UserError
+from app.demo_kit import ModelCache, image_to_tensor, load_rgb_image
 from plugins.multitask.drawings import (
     PALETTE,
     TRUNK_COLOUR,

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from app.api import UserError, figure_font
+from app.api import UserError
+from app.demo_kit import figure_font
 from plugins.multitask.model import TreeConfig
 from plugins.multitask.names import model_label
 

@@ -34,7 +34,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from app.api import Checkpoint, dataclass_from_dict, load_module_tensors
+from app.api import Checkpoint
+from app.training_kit import dataclass_from_dict, load_module_tensors
 
 Group = tuple[int, ...]  # task indices, ascending
 Groups = tuple[Group, ...]  # the branches of one layer

@@ -34,16 +34,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from app.api import (
-    ConfigError,
-    Recipe,
-    TrainLoop,
-    UserError,
-    config_field,
-    dataclass_from_dict,
-    parse_assignments,
-    random_crop_flip,
-)
+from app.api import ConfigError, Recipe, UserError, config_field, parse_assignments
+from app.training_kit import TrainLoop, dataclass_from_dict, random_crop_flip
 from plugins.multitask.affinity import AffinityTracker
 from plugins.multitask.model import (
     THIN_DIVISOR,

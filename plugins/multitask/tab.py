@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from app.api import UserError, lenient_upload, refreshed_choices
+from app.api import UserError
+from app.demo_kit import lenient_upload, refreshed_choices
 from plugins.multitask.demo import MultitaskDemo
 from plugins.multitask.latency import LATENCY_CAPTION
 

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.api import ModelCache, UserError, image_to_tensor, load_rgb_image
+from app.api import UserError
+from app.demo_kit import ModelCache, image_to_tensor, load_rgb_image
 from plugins.s3pool.layer import (
     S3Pool2d,
     s3pool,

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.api import Checkpoint, dataclass_from_dict, load_module_tensors
+from app.api import Checkpoint
+from app.training_kit import dataclass_from_dict, load_module_tensors
 from plugins.s3pool.layer import S3Pool2d
 
 DOWNSAMPLING = ("strided", "max", "s3pool", "stochastic")

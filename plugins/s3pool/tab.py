@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from app.api import UserError, lenient_upload
+from app.api import UserError
+from app.demo_kit import lenient_upload
 from plugins.s3pool.demo import (
     DRAWS_PX,
     FEATURES_PX,

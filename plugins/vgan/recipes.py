@@ -21,7 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from app.api import ConfigError, Recipe, TrainLoop, UserError, config_field, split_tensors
+from app.api import ConfigError, Recipe, UserError, config_field
+from app.training_kit import TrainLoop, split_tensors
 from plugins.vgan.model import GanConfig, build_models, energy, entropy_proxy
 from plugins.vgan.visuals import image_grid
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from app.api import UserError, lenient_upload
+from app.api import UserError
+from app.demo_kit import lenient_upload
 from plugins.vgan.demo import (
     DEFAULT_CHAIN,
     DEFAULT_COUNT,

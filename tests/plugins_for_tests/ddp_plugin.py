@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from app.api import Method, Recipe, TrainLoop, config_field, hookimpl
+from app.api import Method, Recipe, config_field, hookimpl
+from app.training_kit import TrainLoop
 
 
 @dataclass
