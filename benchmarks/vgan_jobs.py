@@ -27,7 +27,7 @@ def _classifier(path: str) -> tuple[Any, Any, int]:
     import torch
     import torch.nn.functional as F
 
-    from app.api import load_checkpoint
+    from app.training_kit import load_checkpoint
     from plugins.blockdrop.model import backbone_from_checkpoint
 
     net = backbone_from_checkpoint(load_checkpoint(path)).eval()
@@ -59,8 +59,8 @@ def _model_job(job: dict[str, Any]) -> dict[str, Any]:
     """Probe error, generated-image features and histogram, and throughput of one checkpoint."""
     import torch
 
-    from app.api import load_checkpoint
-    from plugins.vgan.metrics import class_histogram, extract_features, linear_probe_error
+    from app.training_kit import load_checkpoint
+    from plugins.vgan.metrics import class_histogram, extract_features, label_agreement, linear_probe_error
     from plugins.vgan.model import models_from_checkpoint
     from plugins.vgan.recipes import generate
 
@@ -76,7 +76,12 @@ def _model_job(job: dict[str, Any]) -> dict[str, Any]:
         source = val[torch.arange(n) % len(val)]
     fake = generate(gcfg, generator, n, seed=cfg["seed"], source=source)
     net, pooled, num_classes = _classifier(job["classifier"])
+    kept = None
+    if gcfg.kind == "vcd":  # the classifier's label of a test image, kept by its reconstruction and transitions
+        x_kept, _ = _split(data_dir, "test", cfg["agreement_images"])
+        kept = label_agreement(net, generator, x_kept, cfg["chain_steps"], seed=cfg["seed"])
     return {"kind": job["kind"], "probe_error": probe, "features": extract_features(pooled, fake).numpy(),
+            "label_kept": kept,
             "class_histogram": class_histogram(net, fake, num_classes).tolist(),
             "samples_per_s": samples_per_s(gcfg, generator, source, cfg["throughput_batch"],
                                            cfg["throughput_repeats"])}
@@ -102,7 +107,7 @@ def _reference_job(job: dict[str, Any]) -> dict[str, Any]:
 
 def _semi_job(job: dict[str, Any]) -> dict[str, Any]:
     """Table 2 in small: the CNN on the first labelled train images, with or without VCD transitions."""
-    from app.api import load_checkpoint
+    from app.training_kit import load_checkpoint
     from plugins.vgan.metrics import semi_supervised_error
     from plugins.vgan.model import models_from_checkpoint
 
@@ -115,7 +120,7 @@ def _semi_job(job: dict[str, Any]) -> dict[str, Any]:
     x_val, y_val = _split(data_dir, "val", cfg["semi_val"])
     x_test, y_test = _split(data_dir, "test", cfg["semi_test"])
     result = semi_supervised_error(x, y, x_test, y_test, augment=augment, val_images=x_val, val_labels=y_val,
-                                   steps=cfg["semi_steps"], batch_size=cfg["semi_batch"], seed=cfg["seed"],
+                                   steps=cfg["semi_steps"], batch_size=cfg["semi_batch"], seed=job["seed"],
                                    width=cfg["semi_width"], lr=cfg["semi_lr"])
     return {"kind": job["kind"], "test_error": result.test_error, "best_step": result.best_step,
             "val_errors": [[s, e] for s, e in result.val_errors]}

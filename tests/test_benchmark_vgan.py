@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.api import load_checkpoint, module_tensors, save_checkpoint
+from app.training_kit import load_checkpoint, module_tensors, save_checkpoint
 from benchmarks import vgan as B
 from benchmarks import vgan_jobs
 from plugins.blockdrop.model import build_resnet
@@ -22,7 +22,8 @@ TINY_TRAIN = {"dataset": "shapes", "train_size": 128, "steps": 3, "batch_size": 
               "width": 4, "hidden": 16, "gen_width": 4, "sample_every": 1000, "seed": 0}
 TINY_EVAL = {"probe_train": 200, "probe_test": 200, "generated": 100, "fd_test": 200, "semi_labels": 100,
              "semi_steps": 6, "semi_batch": 16, "semi_width": 4, "semi_lr": 3e-3, "semi_val": 50, "semi_test": 100,
-             "throughput_batch": 64, "throughput_repeats": 2, "seed": 0}
+             "throughput_batch": 64, "throughput_repeats": 2, "seed": 0, "semi_seeds": [0, 1],
+             "agreement_images": 40, "chain_steps": 3}
 FIGURES = {"probe_error", "frechet_distance", "classes_covered", "class_histogram", "samples_per_s",
            "semi_supervised"}
 
@@ -59,6 +60,8 @@ def test_report_has_every_figure_the_issue_names(trained, tmp_path):
         assert f["frechet_distance"] >= 0.0
         assert len(f["class_histogram"]) == 10 and sum(f["class_histogram"]) == n
         assert f["classes_covered"] == sum(c >= 0.01 * n for c in f["class_histogram"])
+        assert f["classes_with_2pct"] == sum(c >= 0.02 * n for c in f["class_histogram"])
+        assert f["smallest_class_fraction"] == min(f["class_histogram"]) / n
         assert f["samples_per_s"] > 0
         semi = f["semi_supervised"]
         assert {"no_augmentation", "vcd_augmentation"} <= set(semi)
@@ -70,20 +73,60 @@ def test_report_has_every_figure_the_issue_names(trained, tmp_path):
     reference = figures["reference"]
     assert reference["frechet_distance_train_vs_test"] >= 0.0
     assert sum(reference["class_histogram_train"]) == n and 0.0 <= reference["probe_error_pixels"] <= 1.0
-    curve = figures["semi_supervised"]["vcd_augmentation"]["val_errors"]
-    assert [s for s, _ in curve] == list(range(1, TINY_EVAL["semi_steps"] + 1))
+    semi = figures["semi_supervised"]
+    for condition in ("no_augmentation", "vcd_augmentation"):
+        runs = semi[condition]
+        assert runs["seeds"] == [0, 1] and len(runs["test_errors"]) == 2
+        assert runs["mean"] == pytest.approx(sum(runs["test_errors"]) / 2)
+        assert runs["range"] == [min(runs["test_errors"]), max(runs["test_errors"])] and runs["std"] >= 0
+        for run in runs["runs"]:
+            assert [s for s, _ in run["val_errors"]] == list(range(1, TINY_EVAL["semi_steps"] + 1))
+    assert shared_no_aug == semi["no_augmentation"]["mean"]
+    assert figures["vcd"]["semi_supervised"]["vcd_augmentation"] == semi["vcd_augmentation"]["mean"]
+    assert semi["vcd_gain_pts"] == [pytest.approx(100 * (a - b), abs=1e-3) for a, b in zip(
+        semi["no_augmentation"]["test_errors"], semi["vcd_augmentation"]["test_errors"], strict=True)]
+    kept = figures["vcd"]["label_kept"]
+    assert kept["images"] == 40 and len(kept["chain"]) == 3
+    assert all(0.0 <= a <= 1.0 for a in [kept["reconstruction"], *kept["chain"]])
     targets = report["targets"]
-    assert {"vgan_probe_error_below_gan", "vgan_frechet_distance_below_gan", "vgan_covers_all_10_classes",
-            "vcd_augmentation_error_at_most_no_augmentation"} <= set(targets)
+    assert {"vgan_probe_error_3_points_below_gan", "vgan_and_vcd_frechet_distance_below_gan",
+            "vgan_and_vcd_cover_all_10_classes_each_at_least_2pct", "vcd_transition_keeps_the_label_at_least_0.7",
+            "vcd_augmentation_2_points_below_no_augmentation"} <= set(targets)
     assert all(isinstance(t["met"], bool) for k, t in targets.items() if k != "notes")
-    assert targets["vgan_probe_error_below_gan"]["met"] == (figures["vgan"]["probe_error"]
-                                                           < figures["gan"]["probe_error"])
+    assert targets["vgan_probe_error_3_points_below_gan"]["met"] == (figures["vgan"]["probe_error"]
+                                                                    <= figures["gan"]["probe_error"] - 0.03)
+    assert targets["vcd_transition_keeps_the_label_at_least_0.7"]["met"] == (kept["chain"][0] >= 0.7)
+    assert targets["vcd_augmentation_2_points_below_no_augmentation"]["met"] == (
+        semi["vcd_augmentation"]["mean"] <= semi["no_augmentation"]["mean"] - 0.02)
     budget = report["budget"]
     assert (budget["steps"], budget["batch_size"], budget["k"]) == (3, 16, 1)
     assert budget["net"]["width"] == 4 and budget["experts"] == {"vgan": 4, "vcd": 4, "gan": 1}
     assert "NOT Inception FID" in report["frechet_distance_note"]
     assert report["mode"] == "quick" and "commit" in report
     assert all(report["checkpoints"][k]["created"] for k in ("vgan", "vcd", "gan"))
+
+
+def test_label_agreement_counts_the_classifier_s_own_label_kept_along_the_chain(trained):
+    from plugins.vgan.metrics import label_agreement
+    from plugins.vgan.model import models_from_checkpoint
+
+    _, _, generator = models_from_checkpoint(load_checkpoint(trained["paths"]["vcd"]))
+    images = torch.randint(0, 256, (30, 3, 32, 32), dtype=torch.uint8)
+
+    def by_brightness(x: torch.Tensor) -> torch.Tensor:  # a "classifier": bright or dark
+        return torch.stack([0.5 - x.mean((1, 2, 3)), x.mean((1, 2, 3)) - 0.5], 1)
+
+    def constant(x: torch.Tensor) -> torch.Tensor:  # always class 1: every label is kept
+        return torch.tensor([0.0, 1.0]).expand(len(x), 2)
+
+    assert label_agreement(constant, generator, images, 2) == {"reconstruction": 1.0, "chain": [1.0, 1.0],
+                                                               "images": 30}
+    first = label_agreement(by_brightness, generator, images, 4, seed=3, batch_size=7)
+    assert first == label_agreement(by_brightness, generator, images, 4, seed=3, batch_size=7)  # seeded
+    assert len(first["chain"]) == 4 and all(k * 30 == round(k * 30) for k in first["chain"])
+    assert generator.training is False
+    with pytest.raises(ValueError, match="at least one image"):
+        label_agreement(constant, generator, images[:0], 1)
 
 
 def _copy_assets(paths: dict, folder: Path) -> Path:

@@ -170,6 +170,38 @@ def classes_covered(hist: torch.Tensor | list[int], min_fraction: float = MIN_CL
     return int((counts >= min_fraction * total).sum())
 
 
+# -- does a VCD transition keep the label? ----------------------------------------------------------------
+
+
+@torch.no_grad()
+def label_agreement(classifier_fn: FeatureFn, generator: Any, images: Images, steps: int, *, seed: int = 0,
+                    batch_size: int = 250) -> dict[str, Any]:
+    """How often the classifier gives a transition the label it gives the real image it came from.
+
+    ``reconstruction``: the noise-free path Decode(Encode(x)); ``chain[t - 1]``: after ``t`` transitions of
+    the Markov chain x → x̃ → x̃' … (step 1 is the one transition an augmented classifier sees). The
+    reference is the classifier's own label for the real image, so its errors on real images do not count.
+    Noise is drawn from a CPU generator seeded with ``seed``: the same chains on every run.
+    """
+    rng = torch.Generator().manual_seed(seed)
+    was_training = generator.training
+    generator.eval()
+    agree_rec, agree = torch.zeros(()), torch.zeros(steps)
+    n = 0
+    for x in as_float_images(images).split(batch_size):
+        label = classifier_fn(x).argmax(1)
+        agree_rec += (classifier_fn(generator.reconstruct(x)).argmax(1) == label).sum()
+        current = x
+        for t in range(steps):
+            current = generator.decode(generator.mix(generator.encode(current), rng))
+            agree[t] += (classifier_fn(current).argmax(1) == label).sum()
+        n += len(x)
+    generator.train(was_training)
+    if n == 0:
+        raise ValueError("label_agreement needs at least one image")
+    return {"reconstruction": float(agree_rec) / n, "chain": [float(a) / n for a in agree], "images": n}
+
+
 # -- Table 2 in small: semi-supervised learning with VCD augmentation -------------------------------------
 
 
