@@ -1,19 +1,15 @@
 """S3Pool (arXiv:1611.05138): pooling with stochastic spatial sampling, a drop-in for max pooling
 that regularises most where training data is scarce."""
 
-from app.api import Checkpoint, CheckpointSlot, Method, UserError, hookimpl
+from app.api import CheckpointSlot, Method, hookimpl
+from app.demo_kit import rebuild_check
+from plugins.s3pool.model import net_from_checkpoint
 
 __version__ = "0.1.0"
 
 
-def _check(checkpoint: Checkpoint) -> None:
-    """A slot accepts a checkpoint only if the network rebuilds from it exactly."""
-    from plugins.s3pool.model import net_from_checkpoint
-
-    try:
-        net_from_checkpoint(checkpoint)
-    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
-        raise UserError(f"not an S3Pool-plugin network: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+# A slot accepts a checkpoint only if the network rebuilds from it exactly.
+_check = rebuild_check(net_from_checkpoint, "an S3Pool-plugin network")
 
 
 SLOTS = [

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from app.api import UserError
-from app.demo_kit import ModelCache, image_to_tensor, load_rgb_image
+from app.demo_kit import ModelCache, image_to_tensor, load_rgb_image, viridis
 from plugins.s3pool.layer import (
     S3Pool2d,
     s3pool,
@@ -36,15 +36,12 @@ GRID_CHOICES = tuple(range(2, 33, 2))  # even grid sizes 2..32
 DRAWS = 4  # random draws shown side by side
 FEATURE_DRAWS = 3  # random draws of the network's first S3Pool layer
 FEATURE_CHANNELS = 8  # channels shown in the feature-map grid
-READABLE_PX = 192  # small images are shown enlarged (nearest neighbour) to about this many pixels
 # The draws and the feature maps are each sent as one picture at their real size (the browser enlarges it
 # with crisp pixels): one file per panel instead of one per tile, which the server (and a visitor's browser)
 # handles once per request instead of ten times. These are the heights they are drawn at.
 DRAWS_PX = 150
 FEATURES_PX = 300
 GAP_PX = 1  # white pixels between the tiles of a picture
-# a few colours of the viridis colour map (dark = low, yellow = high), interpolated linearly
-_VIRIDIS = np.array([(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)], np.float64)
 
 
 def how_to_train(name: str) -> str:
@@ -72,26 +69,10 @@ def second_grid(grid_size: int) -> int:
     return max(2, grid_size // 4 * 2)
 
 
-def enlarge(image: Any, target: int = READABLE_PX) -> np.ndarray:
-    """An H×W×3 uint8 array scaled by an integer factor (nearest neighbour: every pixel stays a crisp
-    square) so that its longer side is about ``target`` pixels; large images are left as they are."""
-    array = np.asarray(image)
-    factor = max(1, target // max(array.shape[0], array.shape[1], 1))
-    return array.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else array
-
-
 def to_uint8(image: torch.Tensor) -> np.ndarray:
     """A 3×H×W (or 1×3×H×W) float tensor in [0, 1] as an H×W×3 uint8 array."""
     image = image.detach().float().cpu().reshape(-1, *image.shape[-2:])
     return image.permute(1, 2, 0).mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
-
-
-def colormap(values: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] (any shape) as viridis RGB uint8 (shape + (3,))."""
-    stops = np.linspace(0.0, 1.0, len(_VIRIDIS))
-    flat = np.clip(np.asarray(values, np.float64), 0.0, 1.0).ravel()
-    rgb = np.stack([np.interp(flat, stops, _VIRIDIS[:, k]) for k in range(3)], axis=-1)
-    return rgb.round().astype(np.uint8).reshape(*np.shape(values), 3)
 
 
 def tile(images: list[np.ndarray] | list[list[np.ndarray]], gap: int = GAP_PX) -> np.ndarray:
@@ -223,7 +204,7 @@ class S3PoolDemo:
         order = np.argsort(-deterministic.mean((1, 2)), kind="stable")[: max(1, int(channels))]
         stack = np.stack([*maps, deterministic])[:, order]  # (draws + 1, C', H, W)
         lo, hi = stack.min((0, 2, 3), keepdims=True), stack.max((0, 2, 3), keepdims=True)
-        coloured = colormap((stack - lo) / np.maximum(hi - lo, 1e-8))  # each channel over all draws: (D, C', H, W, 3)
+        coloured = viridis((stack - lo) / np.maximum(hi - lo, 1e-8))  # each channel over all draws: (D, C', H, W, 3)
         rows = [tile(list(draw)) for draw in coloured]  # one row per draw, channels side by side
         mh, mw = deterministic.shape[1:]
         return {

@@ -6,19 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from app.api import UserError
-from app.demo_kit import lenient_upload
+import gradio as gr
+
+from app.api import DemoContext
+from app.demo_kit import add_css, enlarge, image_input, pixelated_css, user_errors
 from plugins.s3pool.demo import (
     DRAWS_PX,
     FEATURES_PX,
     GRID_CHOICES,
     INPUT_SIZE,
     MAX_NET,
-    READABLE_PX,
     RECOMMENDED_GRID,
     S3POOL_NET,
     S3PoolDemo,
-    enlarge,
 )
 from plugins.s3pool.report import NO_REPORT, benchmark_data, load_report
 
@@ -26,12 +26,14 @@ from plugins.s3pool.report import NO_REPORT, benchmark_data, load_report
 # Gradio wiring
 # --------------------------------------------------------------------------------------------
 
+READABLE_PX = 192  # small images are shown enlarged (nearest neighbour) to about this many pixels
 # Small images (32×32 inputs, 16×16 maps) are drawn enlarged with crisp pixels, not as a blurred speck.
-PIXELATED_CSS = """<style>
-#s3pool-input img, #s3pool-model-input img, #s3pool-draws img, #s3pool-features img,
-#s3pool-examples img { image-rendering: pixelated; }
-#s3pool-input img, #s3pool-model-input img, #s3pool-draws img, #s3pool-features img { object-fit: contain; }
-</style>"""
+PIXELATED_CSS = pixelated_css("s3pool-input", "s3pool-model-input", "s3pool-draws", "s3pool-features",
+                              examples="s3pool-examples")
+INTRO = ("S3Pool first max-pools with stride 1, then keeps **g/2 random rows and columns in every strip "
+         "of g** instead of every other one. Upload, draw or click an example: see that distortion on "
+         "the image itself and on the network's feature maps, and what the max-pool and S3Pool networks "
+         "predict.")
 
 
 def augment_markdown(r: dict[str, Any]) -> str:
@@ -67,24 +69,21 @@ def _frames(data: dict[str, Any]) -> dict[str, Any]:
     return {key: pd.DataFrame(data[key]) for key in ("error_vs_size", "grid_sweep", "curves")}
 
 
-def build_demo(ctx: Any) -> None:
-    """Add the S3Pool components and events (inside the caller's gr.Tab). Loads no model."""
-    import gradio as gr
+class S3PoolEvents:
+    """The tab's event functions: :class:`S3PoolDemo`'s handlers with Gradio's inputs and outputs (a
+    UserError reaches the user as its message)."""
 
-    demo = S3PoolDemo(ctx)
+    def __init__(self, demo: S3PoolDemo) -> None:
+        self.demo = demo
 
-    def _user(fn):
-        try:
-            return fn()
-        except UserError as exc:
-            raise gr.Error(str(exc)) from None
-
+    @staticmethod
     def pixel_outputs(r: dict[str, Any]) -> tuple:
         h, w = r["input_resolution"]
-        seen = gr.update(value=enlarge(r["model_input"]), label=f"what S3Pool sees: {w}×{h}")
+        seen = gr.update(value=enlarge(r["model_input"], READABLE_PX), label=f"what S3Pool sees: {w}×{h}")
         return seen, r["strip"], augment_markdown(r)
 
-    def run(image: Any, grid_size: int, layers: int):
+    @user_errors
+    def run(self, image: Any, grid_size: int, layers: int) -> tuple:
         """Show what S3Pool does to an image: random S3Pool draws in pixel space next to the deterministic path
         and a max pool, the first pooled feature maps of the S3Pool network, and the top-3 classes of the
         max-pool and S3Pool ResNets.
@@ -94,16 +93,13 @@ def build_demo(ctx: Any) -> None:
             grid_size: S3Pool's grid size g in pixel space (2 to 32, even; larger distorts more).
             layers: S3Pool layers applied in pixel space (1, or 2: grid g, then g/2).
         """
-        r = _user(lambda: demo.analyse(image, grid_size, layers))
+        r = self.demo.analyse(image, grid_size, layers)
         f, p = r["features"], r["predict"]
-        return (*pixel_outputs(r["augment"]), f["picture"], features_markdown(f),
+        return (*self.pixel_outputs(r["augment"]), f["picture"], features_markdown(f),
                 p[MAX_NET]["top3"], p[S3POOL_NET]["top3"], predict_markdown(p), image)
 
-    def s3pool_run_example(image: Any, grid_size: int, layers: int):
-        """Clicking an example runs the demo (its event's api_name comes from this name)."""
-        return run(image, grid_size, layers)
-
-    def redraw(image: Any, grid_size: int, layers: int):
+    @user_errors
+    def redraw(self, image: Any, grid_size: int, layers: int) -> tuple:
         """New random S3Pool draws in pixel space for an image, with another grid size or number of layers.
 
         Args:
@@ -113,23 +109,19 @@ def build_demo(ctx: Any) -> None:
         """
         if image is None:  # nothing analysed yet: the controls just keep their values
             return gr.update(), gr.update(), gr.update()
-        return pixel_outputs(_user(lambda: demo.augment(image, grid_size, layers)))
+        return self.pixel_outputs(self.demo.augment(image, grid_size, layers))
 
-    gr.HTML(head=PIXELATED_CSS, container=False, padding=False)
-    gr.Markdown("S3Pool first max-pools with stride 1, then keeps **g/2 random rows and columns in every strip "
-                "of g** instead of every other one. Upload, draw or click an example: see that distortion on "
-                "the image itself and on the network's feature maps, and what the max-pool and S3Pool networks "
-                "predict.")
+
+def build_demo(ctx: DemoContext) -> None:
+    """Add the S3Pool components and events (inside the caller's gr.Tab). Loads no model."""
+    events = S3PoolEvents(S3PoolDemo(ctx))
+
+    add_css(PIXELATED_CSS)
+    gr.Markdown(INTRO)
     last_image = gr.State(None)
     with gr.Row():
         with gr.Column(scale=1):
-            with gr.Tab("Upload"):
-                upload = lenient_upload(gr.Image(type="filepath", label="Image", height=READABLE_PX,
-                                                 elem_id="s3pool-input"))
-                run_upload = gr.Button("Run", variant="primary")
-            with gr.Tab("Draw"):
-                sketch = lenient_upload(gr.Sketchpad(label="Draw something", type="numpy"))
-                run_sketch = gr.Button("Run on drawing", variant="primary")
+            images = image_input("s3pool", height=READABLE_PX)
             grid = gr.Slider(GRID_CHOICES[0], GRID_CHOICES[-1], value=RECOMMENDED_GRID, step=2,
                              label="grid size g (larger = more distortion; the benchmark's first layer: 16)",
                              elem_id="s3pool-grid")
@@ -151,16 +143,7 @@ def build_demo(ctx: Any) -> None:
             s3_label = gr.Label(num_top_classes=3, label=f"{S3POOL_NET} (S3Pool)", elem_id="s3pool-s3pool",
                                 render=False)
             predict_text = gr.Markdown(elem_id="s3pool-predict-text", render=False)
-            pixel = [seen, draws, draws_text]
-            outputs = [*pixel, feature_maps, features_text, max_label, s3_label, predict_text, last_image]
-            examples = sorted(str(p) for p in (Path(ctx.assets_dir) / "examples").glob("*.png"))
-            if examples:
-                # A click fills the upload and runs the demo with the chosen grid and layers (None columns:
-                # left as the user set them). Never cached: start-up must not run models.
-                gr.Examples(examples=[[path, None, None] for path in examples], inputs=[upload, grid, layers],
-                            outputs=outputs, fn=s3pool_run_example, run_on_click=True, cache_examples=False,
-                            label="Examples (click one to run it)", elem_id="s3pool-examples",
-                            api_name="s3pool_load_example")
+            images.examples(ctx.assets_dir)
         with gr.Column(scale=2):
             seen.render()
             draws.render()
@@ -171,14 +154,20 @@ def build_demo(ctx: Any) -> None:
                 max_label.render()
                 s3_label.render()
             predict_text.render()
-    run_upload.click(run, [upload, grid, layers], outputs, api_name="s3pool_run", concurrency_id="s3pool_run")
-    run_sketch.click(run, [sketch, grid, layers], outputs, api_name="s3pool_run_sketch", concurrency_id="s3pool_run")
-    resample.click(redraw, [last_image, grid, layers], pixel, api_name="s3pool_augment")
-    grid.release(redraw, [last_image, grid, layers], pixel, api_name="s3pool_augment_grid")
-    layers.change(redraw, [last_image, grid, layers], pixel, api_name="s3pool_augment_layers")
+    benchmark_report(ctx.assets_dir)
 
+    pixel = [seen, draws, draws_text]
+    outputs = [*pixel, feature_maps, features_text, max_label, s3_label, predict_text, last_image]
+    images.wire(events.run, [grid, layers], outputs, api_name="s3pool_run")
+    resample.click(events.redraw, [last_image, grid, layers], pixel, api_name="s3pool_augment")
+    grid.release(events.redraw, [last_image, grid, layers], pixel, api_name="s3pool_augment_grid")
+    layers.change(events.redraw, [last_image, grid, layers], pixel, api_name="s3pool_augment_layers")
+
+
+def benchmark_report(assets_dir: Path) -> None:
+    """The committed benchmark's plots and table, in an accordion (a note when there is no report)."""
     with gr.Accordion("Benchmark: test error vs training-set size, grid-size sweep", open=True):
-        figures = load_report(ctx.assets_dir)
+        figures = load_report(assets_dir)
         if figures is None:
             gr.Markdown(NO_REPORT, elem_id="s3pool-no-report")
             return
