@@ -16,19 +16,15 @@ paper's own text was not available to it, so no equation numbers of the paper ar
 leaves room, each module's docstring says what was chosen.
 """
 
-from app.api import Checkpoint, CheckpointSlot, Method, UserError, hookimpl
+from app.api import CheckpointSlot, Method, hookimpl
+from app.demo_kit import rebuild_check
+from plugins.multitask.model import net_from_checkpoint
 
 __version__ = "0.1.0"
 
 
-def _check(checkpoint: Checkpoint) -> None:
-    """A slot accepts a checkpoint only if the network rebuilds from it exactly."""
-    from plugins.multitask.model import net_from_checkpoint
-
-    try:
-        net_from_checkpoint(checkpoint)
-    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
-        raise UserError(f"not a multitask-plugin network: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+# A slot accepts a checkpoint only if the network rebuilds from it exactly.
+_check = rebuild_check(net_from_checkpoint, "a multitask-plugin network")
 
 
 SLOTS = [

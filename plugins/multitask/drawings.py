@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from app.api import UserError
-from app.demo_kit import figure_font
+from app.demo_kit import figure_font, viridis
 from plugins.multitask.model import TreeConfig
 from plugins.multitask.names import model_label
 
@@ -20,8 +20,6 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
            "#bcbd22", "#7f7f7f", "#393b79", "#637939", "#8c6d31", "#843c39")
 TRUNK_COLOUR = "#6b7280"
 SPLIT_COLOUR = "#dc2626"
-# a few colours of the viridis colour map (dark = low, yellow = high), interpolated linearly
-_VIRIDIS = np.array([(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)], np.float64)
 
 # Tree figure geometry (pixels): a column per task, a row per hidden layer, the task names on top.
 TREE_LEFT, TREE_RIGHT, TREE_COLUMN = 150, 16, 56
@@ -209,14 +207,6 @@ def affinity_of(metadata: dict[str, Any]) -> tuple[np.ndarray | None, str]:
     return None, "This checkpoint's card keeps no task affinity (retrain it with the current recipe)."
 
 
-def colormap(values: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] (any shape) as viridis RGB uint8 (shape + (3,))."""
-    stops = np.linspace(0.0, 1.0, len(_VIRIDIS))
-    flat = np.clip(np.asarray(values, np.float64), 0.0, 1.0).ravel()
-    rgb = np.stack([np.interp(flat, stops, _VIRIDIS[:, k]) for k in range(3)], axis=-1)
-    return rgb.round().astype(np.uint8).reshape(*np.shape(values), 3)
-
-
 def affinity_heatmap(matrix: np.ndarray, config: TreeConfig) -> dict[str, Any]:
     """The T×T affinity as an image, tasks in :func:`tree_order` on both axes, each top-layer branch's block
     on the diagonal outlined in white, and a colour bar. The colours span the off-diagonal values (the
@@ -238,7 +228,7 @@ def affinity_heatmap(matrix: np.ndarray, config: TreeConfig) -> dict[str, Any]:
     draw = ImageDraw.Draw(image)
     font, small = figure_font(12), figure_font(11)
     x0 = y0 = HEAT_LABELS
-    colours = colormap((ordered - vmin) / (vmax - vmin))
+    colours = viridis((ordered - vmin) / (vmax - vmin))
     for i in range(n):
         for j in range(n):
             draw.rectangle([x0 + j * HEAT_CELL, y0 + i * HEAT_CELL, x0 + (j + 1) * HEAT_CELL - 1,
@@ -260,7 +250,7 @@ def affinity_heatmap(matrix: np.ndarray, config: TreeConfig) -> dict[str, Any]:
     bar_h = n * HEAT_CELL
     for k in range(bar_h):  # top = high
         value = 1.0 - k / max(1, bar_h - 1)
-        draw.line([(bar_x, y0 + k), (bar_x + bar_w, y0 + k)], fill=tuple(int(c) for c in colormap(value)))
+        draw.line([(bar_x, y0 + k), (bar_x + bar_w, y0 + k)], fill=tuple(int(c) for c in viridis(value)))
     draw.text((bar_x + bar_w + 4, y0 - 2), f"{vmax:.2f}", font=small, fill="#111827")
     draw.text((bar_x + bar_w + 4, y0 + bar_h - 12), f"{vmin:.2f}", font=small, fill="#111827")
     return {"image": np.asarray(image), "order": order, "tasks": [config.tasks[t] for t in order],

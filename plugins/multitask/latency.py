@@ -4,13 +4,13 @@ forward passes on one CPU thread, the models timed in turns."""
 from __future__ import annotations
 
 import copy
-import statistics
+import functools
 import threading
-import time
 from contextlib import contextmanager
 
 import torch
 
+from app.demo_kit import interleaved_latency_ms
 from plugins.multitask.model import BranchedNet
 
 LATENCY_REPEATS, LATENCY_WARMUP = 15, 3  # timed and untimed batch-1 forwards per model
@@ -42,16 +42,8 @@ def latency_ms(nets: dict[str, BranchedNet], repeats: int = LATENCY_REPEATS,
     # the table's latency is the CPU's: a network on another demo device is timed as a CPU copy
     nets = {name: net if next(net.parameters()).device.type == "cpu" else copy.deepcopy(net).cpu()
             for name, net in nets.items()}
-    inputs = {name: torch.rand(1, net.config.channels, net.config.input_size, net.config.input_size)
-              for name, net in nets.items()}
-    times: dict[str, list[float]] = {name: [] for name in nets}
-    with _TIMING_LOCK, one_thread(), torch.inference_mode():
-        for _ in range(warmup):
-            for name, net in nets.items():
-                net(inputs[name])
-        for _ in range(repeats):
-            for name, net in nets.items():
-                start = time.perf_counter()
-                net(inputs[name])
-                times[name].append((time.perf_counter() - start) * 1000.0)
-    return {name: statistics.median(values) for name, values in times.items()}
+    forwards = {name: functools.partial(net, torch.rand(1, net.config.channels, net.config.input_size,
+                                                        net.config.input_size))
+                for name, net in nets.items()}
+    with _TIMING_LOCK, one_thread():
+        return interleaved_latency_ms(forwards, repeats=repeats, warmup=warmup)
