@@ -153,6 +153,8 @@ def test_bad_configs_are_refused_before_a_run_is_queued(tmp_path):
             studio.train("vgan", "vcd", {**CONFIG, "rho": 1.5})
         with pytest.raises(ConfigError, match="optimizer"):
             studio.train("vgan", "vgan", {**CONFIG, "optimizer": "sgd"})
+        with pytest.raises(ConfigError, match="recon_reduction"):
+            studio.train("vgan", "vcd", {**CONFIG, "recon_reduction": "max"})
         assert studio.store.list_runs() == []
 
 
@@ -185,3 +187,14 @@ def test_grey_28px_datasets_without_a_val_split_train_too(tmp_path, one_thread):
         assert (cfg.channels, cfg.image_size) == (1, 28)
         assert len(load_checkpoint(result.checkpoints["vcd"]).metadata["energies"]["real"]) == 24
         assert generate(cfg, generator, 2).shape == (2, 1, 28, 28)
+
+
+@pytest.mark.parametrize("loss", ["bce", "mse"])
+def test_the_reconstruction_is_per_pixel_or_per_image_as_configured(loss):
+    from plugins.vgan.recipes import GanTrainConfig, _recon
+
+    torch.manual_seed(0)
+    x, recon = torch.rand(5, 3, 8, 8), torch.rand(5, 3, 8, 8)
+    per_pixel = _recon(GanTrainConfig(recon_loss=loss), recon, x)
+    per_image = _recon(GanTrainConfig(recon_loss=loss, recon_reduction="sum"), recon, x)
+    assert per_image.item() == pytest.approx(per_pixel.item() * 3 * 8 * 8, rel=1e-5)

@@ -49,6 +49,10 @@ class GanTrainConfig:
                               "{0, 0.001, 0.01, 0.1, 1}, 0.01 in its figures)", min=0, max=1)
     recon_loss: str = config_field("bce", "VCD reconstruction loss: the official code's binary cross-entropy "
                                    "or the paper's squared error", choices=("bce", "mse"))
+    recon_reduction: str = config_field("mean", "VCD: the reconstruction per pixel (mean; the studio's first "
+                                        "models) or per image (sum over its pixels, as Eq. 10's squared norm): "
+                                        "with sum, ρ weighs the energy against a term ~C·H·W times larger",
+                                        choices=("mean", "sum"))
     noise_ratio: float = config_field(0.5, "VCD: fraction of bottleneck units replaced by U[−1,1] noise "
                                       "(paper: 0.5)", min=0, max=1)
     optimizer: str = config_field("adam", "adam (CPU default) or adadelta (the paper's)", choices=("adam", "adadelta"))
@@ -82,9 +86,13 @@ def _optimizer(config: GanTrainConfig, params: Any) -> torch.optim.Optimizer:
 
 
 def _recon(config: GanTrainConfig, recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The reconstruction term, per pixel (``recon_reduction=mean``) or per image (``sum`` over C·H·W),
+    averaged over the batch."""
     if config.recon_loss == "bce":
-        return F.binary_cross_entropy(recon.clamp(1e-4, 1 - 1e-4), x)
-    return F.mse_loss(recon, x)
+        loss = F.binary_cross_entropy(recon.clamp(1e-4, 1 - 1e-4), x, reduction="none")
+    else:
+        loss = F.mse_loss(recon, x, reduction="none")
+    return loss.mean() if config.recon_reduction == "mean" else loss.flatten(1).sum(1).mean()
 
 
 @torch.no_grad()
@@ -201,7 +209,9 @@ def train_gan(config: GanTrainConfig, ctx: Any, kind: str) -> dict[str, float]:
             else:  # descent on E(x) − E(G(z)) − H̃(p_data)
                 proxy = entropy_proxy(logits_real)
                 loss_e = e_real - e_fake - proxy
-                extra = {"entropy_proxy_real": proxy, **({"reconstruction": recon} if kind == "vcd" else {})}
+                per_pixel = {} if kind != "vcd" else {  # logged per pixel whatever the reduction: comparable
+                    "reconstruction": recon if config.recon_reduction == "mean" else recon.detach() / x[0].numel()}
+                extra = {"entropy_proxy_real": proxy, **per_pixel}
             loop.minimize(loss_e, opt_e)
             loop.track(bs, loss_energy=loss_e, loss_generator=loss_g, energy_real=e_real, energy_generated=e_fake,
                        **extra)
