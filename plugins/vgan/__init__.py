@@ -1,23 +1,23 @@
 """VGAN (arXiv:1611.01799): GAN training as variational training of an energy-based model — a bounded
 multi-modal energy of K binary experts, an entropy proxy against mode collapse, and VCD transitions."""
 
+from collections.abc import Callable
+
 from app.api import Checkpoint, CheckpointSlot, Method, UserError, hookimpl
+from app.demo_kit import rebuild_check
+from plugins.vgan.model import models_from_checkpoint
 
 __version__ = "0.1.0"
 
 
-def _check(kind: str):
-    def check(checkpoint: Checkpoint) -> None:
-        """A slot accepts a checkpoint only if both networks rebuild from it and it is of the slot's kind."""
-        from plugins.vgan.model import models_from_checkpoint
-
-        try:
-            cfg, _, _ = models_from_checkpoint(checkpoint)
-        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
-            raise UserError(f"not a VGAN-plugin model: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+def _check(kind: str) -> Callable[[Checkpoint], None]:
+    """A slot accepts a checkpoint only if both networks rebuild from it and it is of the slot's kind."""
+    def rebuild(checkpoint: Checkpoint) -> None:
+        cfg, _, _ = models_from_checkpoint(checkpoint)
         if cfg.kind != kind:
             raise UserError(f"this is a {cfg.kind} model; the slot takes a {kind} model")
-    return check
+
+    return rebuild_check(rebuild, "a VGAN-plugin model")
 
 
 SLOTS = [

@@ -4,13 +4,12 @@ Building it loads no model."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import numpy as np
+import gradio as gr
 
-from app.api import UserError
-from app.demo_kit import lenient_upload
+from app.api import DemoContext, UserError
+from app.demo_kit import add_css, enlarge, image_input, pixelated_css, user_errors
 from plugins.vgan.demo import (
     DEFAULT_CHAIN,
     DEFAULT_COUNT,
@@ -38,14 +37,6 @@ STRIP_PX = 150
 COLORS = {REAL: "#2563eb", GENERATED: "#f97316", MARKER: "#dc2626"}
 
 
-def enlarge(image: Any, target: int = READABLE_PX) -> np.ndarray:
-    """An H×W×3 uint8 array scaled by an integer factor (nearest neighbour: crisp pixels) so that its
-    longer side is about ``target`` pixels; large images are left as they are."""
-    array = np.asarray(image)
-    factor = max(1, target // max(array.shape[0], array.shape[1], 1))
-    return array.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else array
-
-
 INTRO = (
     "**VGAN** trains a generator from noise against a *bounded energy* of K binary experts (low energy = "
     "data-like), and also maximises an entropy proxy so that its samples spread over the energy's many "
@@ -57,12 +48,8 @@ INTRO = (
     "image-like; and see where an image's energy falls among the energies of real and generated images.")
 
 # Small images (32×32 samples) are drawn enlarged with crisp pixels, not as a blurred speck.
-PIXELATED_CSS = """<style>
-#vgan-input img, #vgan-model-input img, #vgan-samples img, #vgan-interpolation img, #vgan-chain img,
-#vgan-examples img { image-rendering: pixelated; }
-#vgan-input img, #vgan-model-input img, #vgan-samples img, #vgan-interpolation img, #vgan-chain img {
-  object-fit: contain; }
-</style>"""
+PIXELATED_CSS = pixelated_css("vgan-input", "vgan-model-input", "vgan-samples", "vgan-interpolation", "vgan-chain",
+                              examples="vgan-examples")
 
 
 def energy_frame(rows: list[dict[str, Any]]) -> Any:
@@ -71,23 +58,20 @@ def energy_frame(rows: list[dict[str, Any]]) -> Any:
     return pd.DataFrame(rows, columns=["energy", "share of images", "images"])
 
 
-def build_demo(ctx: Any) -> None:
-    """Add the VGAN components and events (inside the caller's gr.Tab). Loads no model."""
-    import gradio as gr
+class VganEvents:
+    """The tab's event functions: :class:`VganDemo`'s handlers with Gradio's inputs and outputs (a UserError
+    reaches the user as its message)."""
 
-    demo = VganDemo(ctx)
+    def __init__(self, demo: VganDemo) -> None:
+        self.demo = demo
 
-    def _user(fn):
-        try:
-            return fn()
-        except UserError as exc:
-            raise gr.Error(str(exc)) from None
+    def vgan_checkpoints(self) -> str:
+        """Which models there are (re-read on every page load: a promoted one shows up); the page-load event
+        takes its API name from this method's name."""
+        return self.demo.checkpoints_markdown()
 
-    def vgan_checkpoints() -> str:
-        """Which models there are (re-read on every page load: a promoted one shows up)."""
-        return demo.checkpoints_markdown()
-
-    def samples(model: str, seed: Any, count: Any):
+    @user_errors
+    def samples(self, model: str, seed: Any, count: Any) -> tuple:
         """Draw images from a generator: its samples from the uniform codes of a seed, as one grid, with how long
         they took.
 
@@ -96,10 +80,11 @@ def build_demo(ctx: Any) -> None:
             seed: the random seed of the codes (the same seed draws the same images).
             count: how many samples (1 to 100).
         """
-        r = _user(lambda: demo.samples(model, seed, count))
+        r = self.demo.samples(model, seed, count)
         return r["grid"], r["text"]
 
-    def interpolate(model: str, seed_a: Any, seed_b: Any, steps: Any, path: str):
+    @user_errors
+    def interpolate(self, model: str, seed_a: Any, seed_b: Any, steps: Any, path: str) -> tuple:
         """Walk a generator's code space: the images decoded on the way from the code of one seed to another's,
         as one strip.
 
@@ -110,14 +95,15 @@ def build_demo(ctx: Any) -> None:
             steps: how many images, both ends included (2 to 16).
             path: linear, or spherical (along the great circle, keeping the code's norm).
         """
-        r = _user(lambda: demo.interpolate(model, seed_a, seed_b, steps, path))
+        r = self.demo.interpolate(model, seed_a, seed_b, steps, path)
         return r["strip"], r["text"]
 
+    @staticmethod
     def analysis_outputs(r: dict[str, Any]) -> tuple:
         t, e = r["transitions"], r["energy"]
         shown = t if t["message"] is None else e
         h, w = shown["input_resolution"]
-        seen = gr.update(value=enlarge(shown["model_input"]), label=f"what the model sees: {w}×{h}")
+        seen = gr.update(value=enlarge(shown["model_input"], READABLE_PX), label=f"what the model sees: {w}×{h}")
         if t["message"] is None:
             chain, chain_text = t["strip"], t["text"]
         else:
@@ -128,7 +114,8 @@ def build_demo(ctx: Any) -> None:
             plot, energy_text = energy_frame([]), e["message"]
         return seen, chain, chain_text, plot, energy_text
 
-    def analyse(image: Any, model: str, steps: Any, seed: Any):
+    @user_errors
+    def analyse(self, image: Any, model: str, steps: Any, seed: Any) -> tuple:
         """Analyse an image with the energy-based models: the chain of VCD transitions that starts from it, and
         its energy under the chosen model next to the energies of real and generated images.
 
@@ -138,47 +125,51 @@ def build_demo(ctx: Any) -> None:
             steps: VCD transition steps in the chain (1 to 20).
             seed: the random seed of the chain's transitions.
         """
-        return (*analysis_outputs(_user(lambda: demo.analyse(image, model, steps, seed))), image)
+        return (*self.analysis_outputs(self.demo.analyse(image, model, steps, seed)), image)
 
-    def vgan_analyse_example(image: Any, model: str, steps: Any, seed: Any):
-        """Clicking an example runs the analysis (its event's api_name comes from this name)."""
-        return analyse(image, model, steps, seed)
-
-    def model_panels(model: str, seed: Any, count: Any, seed_a: Any, seed_b: Any, steps: Any, path: str) -> list:
+    def model_panels(self, model: str, seed: Any, count: Any, seed_a: Any, seed_b: Any, steps: Any,
+                     path: str) -> list:
         """Samples and interpolation of ``model``; a missing model's panels say how to train it."""
         out: list[Any] = []
-        for run in (lambda: samples(model, seed, count), lambda: interpolate(model, seed_a, seed_b, steps, path)):
+        for run in (lambda: self.samples(model, seed, count),
+                    lambda: self.interpolate(model, seed_a, seed_b, steps, path)):
             try:
                 out += list(run())
             except gr.Error as exc:
                 out += [None, str(exc.message)]
         return out
 
-    def vgan_panels_on_load(model: str, seed: Any, count: Any, seed_a: Any, seed_b: Any, steps: Any, path: str):
+    def panels_on_load(self, model: str, seed: Any, count: Any, seed_a: Any, seed_b: Any, steps: Any,
+                       path: str) -> tuple:
         """The samples and the interpolation drawn when the page opens, so the tab never opens empty."""
-        return tuple(model_panels(model, seed, count, seed_a, seed_b, steps, path))
+        return tuple(self.model_panels(model, seed, count, seed_a, seed_b, steps, path))
 
-    def switch(model: str, seed: Any, count: Any, seed_a: Any, seed_b: Any, steps: Any, path: str,
-               last_image: Any):
+    def switch(self, model: str, seed: Any, count: Any, seed_a: Any, seed_b: Any, steps: Any, path: str,
+               last_image: Any) -> tuple:
         """The toggle redraws what depends on the model: samples, interpolation, the last image's energy.
         A missing model's panels say how to train it."""
-        out = model_panels(model, seed, count, seed_a, seed_b, steps, path)
+        out = self.model_panels(model, seed, count, seed_a, seed_b, steps, path)
         if last_image is None:
             out += [gr.update(), gr.update()]
         else:
             try:
-                e = demo.energy(last_image, model)
+                e = self.demo.energy(last_image, model)
                 out += [energy_frame(e["rows"]), e["text"]]
             except UserError as exc:
                 out += [energy_frame([]), str(exc)]
-        return (*out, demo.checkpoints_markdown())
+        return (*out, self.demo.checkpoints_markdown())
 
-    gr.HTML(head=PIXELATED_CSS, container=False, padding=False)
+
+def build_demo(ctx: DemoContext) -> None:
+    """Add the VGAN components and events (inside the caller's gr.Tab). Loads no model."""
+    events = VganEvents(VganDemo(ctx))
+
+    add_css(PIXELATED_CSS)
     gr.Markdown(INTRO, elem_id="vgan-intro")
     with gr.Row(equal_height=True):
         model = gr.Radio([(TITLES[m], m) for m in MODELS], value=RECOMMENDED_MODEL, scale=1,
                          label="model (samples, interpolation, energy)", elem_id="vgan-model")
-        status = gr.Markdown(vgan_checkpoints, elem_id="vgan-checkpoints")
+        status = gr.Markdown(events.vgan_checkpoints, elem_id="vgan-checkpoints")
 
     gr.Markdown("### Samples")
     with gr.Row():
@@ -212,13 +203,11 @@ def build_demo(ctx: Any) -> None:
     last_image = gr.State(None)
     with gr.Row():
         with gr.Column(scale=1):
-            upload = lenient_upload(gr.Image(type="filepath", label="Image", height=READABLE_PX,
-                                             elem_id="vgan-input"))
+            images = image_input("vgan", height=READABLE_PX, draw=None)
             chain_steps = gr.Slider(1, MAX_CHAIN, value=DEFAULT_CHAIN, step=1,
                                     label="VCD transition steps (the paper's Fig. 5: 9)", elem_id="vgan-chain-steps")
             chain_seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="noise seed",
                                    elem_id="vgan-chain-seed")
-            run_button = gr.Button("Run", variant="primary", elem_id="vgan-run")
             # the outputs exist before the examples that fill them; they are drawn in the right column
             seen = gr.Image(label="what the model sees", type="numpy", format="png", interactive=False,
                             height=READABLE_PX, elem_id="vgan-model-input", render=False)
@@ -229,16 +218,7 @@ def build_demo(ctx: Any) -> None:
                                color_map=COLORS, title="energy: this image among real and generated images",
                                elem_id="vgan-energy-plot", render=False)
             energy_text = gr.Markdown(elem_id="vgan-energy-text", render=False)
-            outputs = [seen, chain, chain_text, plot, energy_text, last_image]
-            examples = sorted(str(p) for p in (Path(ctx.assets_dir) / "examples").glob("*.png"))
-            if examples:
-                # A click fills the upload and runs the analysis with the chosen model, steps and seed (None
-                # columns: left as the user set them). Never cached: start-up must not run models.
-                gr.Examples(examples=[[p, None, None, None] for p in examples],
-                            inputs=[upload, model, chain_steps, chain_seed], outputs=outputs,
-                            fn=vgan_analyse_example, run_on_click=True, cache_examples=False,
-                            label="Examples (click one to run it)", elem_id="vgan-examples",
-                            api_name="vgan_load_example")
+            images.examples(ctx.assets_dir)
         with gr.Column(scale=2):
             seen.render()
             chain.render()
@@ -246,15 +226,17 @@ def build_demo(ctx: Any) -> None:
             plot.render()
             energy_text.render()
 
-    sample_button.click(samples, [model, seed, count], [grid, grid_text], api_name="vgan_samples")
-    interp_button.click(interpolate, [model, seed_a, seed_b, steps, path], [strip, strip_text],
+    panels = [model, seed, count, seed_a, seed_b, steps, path]
+    sample_button.click(events.samples, [model, seed, count], [grid, grid_text], api_name="vgan_samples")
+    interp_button.click(events.interpolate, [model, seed_a, seed_b, steps, path], [strip, strip_text],
                         api_name="vgan_interpolate")
-    run_button.click(analyse, [upload, model, chain_steps, chain_seed], outputs, api_name="vgan_analyse")
-    model.change(switch, [model, seed, count, seed_a, seed_b, steps, path, last_image],
-                 [grid, grid_text, strip, strip_text, plot, energy_text, status], api_name="vgan_switch_model")
+    images.wire(events.analyse, [model, chain_steps, chain_seed],
+                [seen, chain, chain_text, plot, energy_text, last_image], api_name="vgan_analyse")
+    model.change(events.switch, [*panels, last_image], [grid, grid_text, strip, strip_text, plot, energy_text, status],
+                 api_name="vgan_switch_model")
     # Samples and interpolation are drawn when the page loads (a small generator pass), not while the app
     # is built: start-up loads no model.
     root = gr.context.Context.root_block
     if root is not None:
-        root.load(vgan_panels_on_load, [model, seed, count, seed_a, seed_b, steps, path],
-                  [grid, grid_text, strip, strip_text], api_name="vgan_panels_on_load", api_visibility="undocumented")
+        root.load(events.panels_on_load, panels, [grid, grid_text, strip, strip_text],
+                  api_name="vgan_panels_on_load", api_visibility="undocumented")
