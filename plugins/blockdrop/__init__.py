@@ -1,6 +1,8 @@
 """BlockDrop (arXiv:1711.08393): per-image dynamic residual-block execution that really saves time."""
 
-from app.api import Checkpoint, CheckpointSlot, Method, UserError, hookimpl
+from app.api import Checkpoint, CheckpointSlot, Method, hookimpl
+from app.demo_kit import rebuild_check
+from plugins.blockdrop.model import backbone_from_checkpoint, policy_from_checkpoint
 
 __version__ = "0.1.0"
 
@@ -11,26 +13,20 @@ def _build_demo(ctx) -> None:
     build_demo(ctx)
 
 
-def _check(checkpoint: Checkpoint, *, policy: bool) -> None:
-    """The slot accepts the checkpoint only if the BlockDrop networks rebuild from it exactly."""
-    from plugins.blockdrop.model import backbone_from_checkpoint, policy_from_checkpoint
+def _both_networks(checkpoint: Checkpoint) -> None:
+    backbone_from_checkpoint(checkpoint)
+    policy_from_checkpoint(checkpoint)
 
-    try:
-        backbone_from_checkpoint(checkpoint)
-        if policy:
-            policy_from_checkpoint(checkpoint)
-    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
-        what = "a BlockDrop policy checkpoint (backbone + policy network)" if policy else "a BlockDrop ResNet"
-        raise UserError(f"not {what}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
 
+# A slot accepts a checkpoint only if the BlockDrop networks rebuild from it exactly.
+_RESNET = rebuild_check(backbone_from_checkpoint, "a BlockDrop ResNet")
+_POLICY = rebuild_check(_both_networks, "a BlockDrop policy checkpoint (backbone + policy network)")
 
 SLOTS = [
-    CheckpointSlot("backbone", "the full ResNet the demo compares against",
-                   check=lambda c: _check(c, policy=False)),
+    CheckpointSlot("backbone", "the full ResNet the demo compares against", check=_RESNET),
     CheckpointSlot("policy-g*", "a fine-tuned policy with its backbone at penalty γ (shown in the γ selector)",
-                   check=lambda c: _check(c, policy=True)),
-    CheckpointSlot("policy", "the curriculum-trained policy (used when no fine-tuned one exists)",
-                   check=lambda c: _check(c, policy=True)),
+                   check=_POLICY),
+    CheckpointSlot("policy", "the curriculum-trained policy (used when no fine-tuned one exists)", check=_POLICY),
 ]
 
 
