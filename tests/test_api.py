@@ -82,3 +82,73 @@ def test_ranges_are_described():
     assert api.describe_constraints(described["rate"]) == "0 … 1"
     assert api.describe_constraints({"choices": ("a", "b")}) == "one of: a, b"
     assert api.make_config(Ranged, {"epochs": "1", "rate": "1"}) == Ranged(epochs=1, rate=1.0)
+
+
+# -- the core's size and the kits beside it -------------------------------------------------------------
+
+
+def test_the_core_stays_small_and_hands_on_no_kit_name():
+    from app import demo_kit, training_kit
+
+    assert len(api.__all__) <= 22, "app.api is the core a plugin must know; shared helpers go into a kit"
+    assert all(hasattr(api, name) for name in api.__all__)
+    kits = set(training_kit.__all__) | set(demo_kit.__all__)
+    assert not kits & set(api.__all__) and not set(training_kit.__all__) & set(demo_kit.__all__)
+    assert all(hasattr(training_kit, n) for n in training_kit.__all__)
+    assert all(hasattr(demo_kit, n) for n in demo_kit.__all__)
+
+
+# -- a dataset built on another registered dataset --------------------------------------------------------
+
+
+def _gray_shapes_plugin():
+    """A plugin whose dataset is the registered ``shapes`` in grayscale (``datasets`` loads it)."""
+    import types
+
+    import torch
+
+    from app.training_kit import ImageTensorDataset
+
+    def load_gray(split, root, download=False, *, datasets, **options):
+        colour = datasets("shapes", split, **options)
+        gray = (colour.images.float() * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        return ImageTensorDataset(gray.round().to(torch.uint8), colour.targets, colour.labels, "classification",
+                                  name="shapes-gray")
+
+    def load_loop(split, root, download=False, *, datasets):
+        return datasets("loop-b", split)
+
+    def load_loop_b(split, root, download=False, *, datasets):
+        return datasets("loop-a", split)
+
+    @api.hookimpl
+    def register_datasets(register):
+        register(api.DatasetSpec(name="shapes-gray", title="Shapes in grey", task="classification",
+                                 description="shapes, one channel", load=load_gray, channels=1))
+        register(api.DatasetSpec(name="loop-a", title="a", task="classification", description="", load=load_loop))
+        register(api.DatasetSpec(name="loop-b", title="b", task="classification", description="", load=load_loop_b))
+
+    module = types.ModuleType("gray_shapes_plugin")
+    module.register_datasets = register_datasets
+    return module
+
+
+def test_a_dataset_can_load_another_registered_dataset(tmp_path):
+    import torch
+
+    from app.testing import open_test_studio
+
+    small = {"num_train": "20", "num_val": "10", "num_test": "10", "size": "16"}
+    with open_test_studio(tmp_path, [_gray_shapes_plugin()]) as studio:
+        gray = studio.dataset("shapes-gray", "val", **small)
+        colour = studio.dataset("shapes", "val", **small)
+        assert gray.images.shape == (10, 1, 16, 16) and torch.equal(gray.targets, colour.targets)
+        expected = (colour.images[0].float() * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0).round()
+        assert torch.equal(gray.images[0, 0], expected.to(torch.uint8))
+        assert gray.labels == colour.labels
+        with pytest.raises(api.UserError, match="dataset 'shapes' has no option 'colour'"):
+            studio.dataset("shapes-gray", "val", colour="red")  # options reach the dataset it builds on
+        with pytest.raises(api.UserError, match="dataset 'loop-a' loads itself: loop-a -> loop-b -> loop-a"):
+            studio.dataset("loop-a", "train")
+        # a loader that does not declare `datasets` is called as before (the built-ins take **options)
+        assert len(studio.registry.load_dataset("shapes", "test", studio.settings.data_dir, **small)) == 10
