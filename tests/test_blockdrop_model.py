@@ -14,8 +14,8 @@ from plugins.blockdrop.model import (
     MEAN,
     STD,
     BlockDropResNet,
-    PolicyConfig,
     PolicyNet,
+    PolicyNetConfig,
     ResNetConfig,
     backbone_from_checkpoint,
     build_policy,
@@ -151,7 +151,7 @@ def test_card_records_the_architectures_and_models_are_rebuilt_from_them(tmp_pat
     torch.manual_seed(0)
     backbone = BlockDropResNet(ResNetConfig(depth=8, num_classes=3, width=8, input_size=(24, 24),
                                             mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.4), labels=("a", "b", "c")))
-    policy = PolicyNet(PolicyConfig(num_blocks=3, input_size=12, width=4, mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.4)))
+    policy = PolicyNet(PolicyNetConfig(num_blocks=3, input_size=12, width=4, mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.4)))
     metadata = {"kind": "finetune", "backbone": asdict(backbone.config), "policy": asdict(policy.config)}
     path = save_checkpoint(tmp_path / "p.safetensors", {**module_tensors(backbone, "backbone"), **module_tensors(policy, "policy")},
                            make_card({"method": "blockdrop"}, metadata))
@@ -187,7 +187,7 @@ def test_a_flat_policy_card_loads_as_the_resnet8_it_was(tmp_path):
     path = save_checkpoint(tmp_path / "policy-g1.safetensors",
                            {**module_tensors(backbone, "backbone"), **module_tensors(policy_net, "policy")}, flat)
     card = read_card(path)
-    assert model_configs(card)[1] == PolicyConfig(num_blocks=3, input_size=16, width=16) == legacy_configs(card)[1]
+    assert model_configs(card)[1] == PolicyNetConfig(num_blocks=3, input_size=16, width=16) == legacy_configs(card)[1]
     loaded = policy_from_checkpoint(load_checkpoint(path))
     assert loaded.config.arch == "resnet8" and loaded.config.input_size == 16
     x = torch.rand(2, 3, 32, 32)

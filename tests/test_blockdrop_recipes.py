@@ -11,7 +11,7 @@ from app.api import ConfigError, UserError, make_config
 from app.plugin_manager import load_registry
 from plugins.blockdrop import data, rl
 from plugins.blockdrop import recipes as R
-from plugins.blockdrop.model import build_resnet
+from plugins.blockdrop.model import backbone_from_checkpoint, build_resnet
 from tests.blockdrop_fakes import FakeTrainContext, random_dataset
 from tests.trajectories import assert_same_trajectory
 
@@ -90,7 +90,7 @@ def test_three_stage_pipeline_on_a_tiny_config(tmp_path):
     assert card["backbone"] == {"depth": 8, "num_classes": 10, "width": 16, "input_size": [32, 32],
                                 "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
                                 "labels": [f"c{i}" for i in range(10)]}
-    assert R.backbone_from_checkpoint(ctx.load_checkpoint("blockdrop/backbone")).num_blocks == 3
+    assert backbone_from_checkpoint(ctx.load_checkpoint("blockdrop/backbone")).num_blocks == 3
     _check_metrics(ctx, 3)
     assert sum(bar.count for bar in ctx.bars) == 2 * 3  # 96 images / 32 per batch, 2 epochs
 

@@ -143,13 +143,16 @@ def test_a_pickled_checkpoint_is_refused_without_running_it(tmp_path):
 # -- checkpoint listing and promotion slots --------------------------------------------------------
 
 
-def _blockdrop_artifact(studio, name: str, source: str = "policy-g1") -> int:
-    """A BlockDrop run whose checkpoint ``name`` is a copy of a shipped one."""
+def _blockdrop_artifact(studio, name: str, source: str = "policy-g1", gamma: float | None = None) -> int:
+    """A BlockDrop run whose checkpoint ``name`` is a copy of a shipped one (its card's γ set to ``gamma``)."""
     run_id = studio.store.enqueue("blockdrop", "finetune", {})
     target = studio.settings.runs_dir / str(run_id) / f"{name}.safetensors"
     target.parent.mkdir(parents=True)
     shutil.copy(ASSETS_DIR / "blockdrop" / f"{source}.safetensors", target)
-    shutil.copy(ASSETS_DIR / "blockdrop" / f"{source}.json", target.with_suffix(".json"))
+    card = json.loads((ASSETS_DIR / "blockdrop" / f"{source}.json").read_text())
+    if gamma is not None:
+        card["metadata"]["gamma"] = gamma
+    target.with_suffix(".json").write_text(json.dumps(card))
     studio.store.add_artifact(run_id, name, "checkpoint", str(target))
     studio.store.finish(run_id, "succeeded")
     return run_id
@@ -161,11 +164,27 @@ def test_a_promoted_policy_appears_in_the_blockdrop_selector(tmp_path):
     with open_test_studio(tmp_path) as studio:
         demo = BlockDropDemo(studio.demo_context("blockdrop"))
         assert demo.policy_names() == ["policy-g0.5", "policy-g1", "policy-g2"]
-        run_id = _blockdrop_artifact(studio, "policy-g0.25")
+        run_id = _blockdrop_artifact(studio, "policy-g0.25", gamma=0.25)
         studio.promote(run_id, "policy-g0.25")
         assert demo.policy_names() == ["policy-g0.25", "policy-g0.5", "policy-g1", "policy-g2"]
         sources = {c.name: c.source for c in studio.demo_context("blockdrop").checkpoints()}
         assert sources["policy-g0.25"] == "promoted" and sources["backbone"] == "shipped"
+
+
+def test_the_blockdrop_tab_reads_gamma_and_the_networks_from_the_cards_not_the_names(tmp_path):
+    from plugins.blockdrop.demo import BlockDropDemo, intro
+
+    with open_test_studio(tmp_path) as studio:
+        studio.promote(_blockdrop_artifact(studio, "policy-g9", gamma=0.1), "policy-g9")
+        studio.promote(_blockdrop_artifact(studio, "policy-gnew", gamma=1.5), "policy-gnew")
+        ctx = studio.demo_context("blockdrop")
+        assert BlockDropDemo(ctx).policy_names() == ["policy-g9", "policy-g0.5", "policy-g1", "policy-gnew",
+                                                     "policy-g2"]
+        shipped = {c.name: c.metadata for c in ctx.checkpoints()}["policy-g1"]  # a strided policy, a ResNet-32
+        assert intro(shipped).startswith("A small policy network (three wide stride-2 convolutions) looks at")
+        assert "blocks of a ResNet-32 to run" in intro(shipped)
+        assert intro({"policy": {"arch": "resnet8"}, "backbone": {"depth": 110}}).startswith(
+            "A ResNet-8 policy network looks at the image once and picks which residual blocks of a ResNet-110")
 
 
 def test_promotion_refuses_undeclared_slots_and_other_architectures(tmp_path):
@@ -382,7 +401,7 @@ def test_the_blockdrop_selector_refreshes_when_opened(tmp_path):
         blocks = studio.build_demo("blockdrop")
         (focus,) = [f for f in blocks.fns.values() if f.api_name == "blockdrop_policies"]
         demo = BlockDropDemo(studio.demo_context("blockdrop"))
-        studio.promote(_blockdrop_artifact(studio, "policy-g0.25"), "policy-g0.25")
+        studio.promote(_blockdrop_artifact(studio, "policy-g0.25", gamma=0.25), "policy-g0.25")
         update = demo.refresh_policy_choices("policy-g2")
         assert update["choices"] == ["policy-g0.25", "policy-g0.5", "policy-g1", "policy-g2"]
         # the value is left alone: a γ picked before this answer arrived is not put back to the one held

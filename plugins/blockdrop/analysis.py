@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +18,10 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from app.demo_kit import interleaved_latency_ms  # noqa: F401  (timed through this module)
+from plugins.blockdrop.evaluation import infer
 from plugins.blockdrop.model import BlockDropResNet, PolicyNet, greedy_policy
-from plugins.blockdrop.recipes import apply_curriculum, curriculum_mask, infer
+from plugins.blockdrop.rl import apply_curriculum, curriculum_mask
 
 # --------------------------------------------------------------------------------------------
 # FLOPs
@@ -73,32 +73,9 @@ def flop_table(backbone: BlockDropResNet, policy_net: PolicyNet | None, image_si
 
 
 # --------------------------------------------------------------------------------------------
-# Latency
+# Latency: the demo and benchmarks/blockdrop.py time BlockDrop with the demo kit's
+# interleaved_latency_ms (imported above), through this module
 # --------------------------------------------------------------------------------------------
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def interleaved_latency_ms(fns: dict[str, Callable[[], Any]], repeats: int = 20, warmup: int = 3,
-                           device: torch.device | str = "cpu") -> dict[str, float]:
-    """Median wall-clock ms of each ``fn``, measured in turns (A, B, A, B, …) so machine noise hits all alike."""
-    device = torch.device(device)
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for fn in fns.values():
-                fn()
-        for _ in range(repeats):
-            for name, fn in fns.items():
-                _sync(device)
-                start = time.perf_counter()
-                fn()
-                _sync(device)
-                times[name].append((time.perf_counter() - start) * 1000.0)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def blockdrop_forward(backbone: BlockDropResNet, policy_net: PolicyNet, x: torch.Tensor,

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from app.api import UserError
+from app.api import TrainContext, UserError
 from app.training_kit import random_crop_flip, split_tensors
 
 
-def load_split(ctx: Any, name: str, split: str, num: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def load_split(ctx: TrainContext, name: str, split: str, num: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images and int64 targets of a dataset split (the first ``num`` when num > 0)."""
     return split_tensors(ctx.dataset(name, split), num)
 
 
-def labels_of(ctx: Any, name: str) -> list[str]:
+def labels_of(ctx: TrainContext, name: str) -> list[str]:
     """The class names of a dataset (from its train split; [] when it has none)."""
     return list(getattr(ctx.dataset(name, "train"), "labels", []))
 
 
-def eval_split(ctx: Any, name: str) -> str:
+def eval_split(ctx: TrainContext, name: str) -> str:
     """The split models are selected on: ``val``, never ``test`` (that one is the benchmark's).
 
     Raises a UserError when the dataset has no ``val`` split that loads."""

@@ -7,7 +7,6 @@ for Gradio and turns a UserError into a ``gr.Error``.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from pathlib import Path
@@ -15,11 +14,21 @@ from typing import Any
 
 import torch
 
-from app.api import UserError
-from app.demo_kit import ModelCache, image_to_tensor, lenient_upload, load_rgb_image, refreshed_choices
+from app.api import CheckpointInfo, DemoContext, UserError
+from app.demo_kit import (
+    ModelCache,
+    add_css,
+    enlarge,
+    image_input,
+    image_to_tensor,
+    load_rgb_image,
+    pixelated_css,
+    refreshed_choices,
+    user_errors,
+)
 from plugins.blockdrop import analysis
 from plugins.blockdrop.inference import deployed_layout, fast_blockdrop, fast_full, prepare
-from plugins.blockdrop.recipes import backbone_from_checkpoint, policy_from_checkpoint
+from plugins.blockdrop.model import backbone_from_checkpoint, policy_from_checkpoint
 
 DATASET = "shapes"
 # The operating point the γ selector opens on: benchmarks/results/blockdrop.json (docs/blockdrop.md,
@@ -38,27 +47,29 @@ NO_CHECKPOINT = (
 )
 
 
-def _gamma_of(name: str) -> float:
-    match = re.fullmatch(r"policy-g([0-9.eE+-]+)", name)
-    try:
-        return float(match.group(1)) if match else float("inf")
-    except ValueError:
-        return float("inf")
+# How the tab names the policy network of each architecture a card records (model.PolicyNetConfig.arch).
+POLICY_ARCHS = {"strided": "A small policy network (three wide stride-2 convolutions)",
+                "resnet8": "A ResNet-8 policy network"}
+
+
+def gamma_of(info: CheckpointInfo) -> float | None:
+    """γ of a fine-tuned policy, from its card (the recipe writes it beside the networks); None without one."""
+    gamma = info.metadata.get("gamma")
+    return float(gamma) if isinstance(gamma, (int, float)) and not isinstance(gamma, bool) else None
+
+
+def intro(card: dict[str, Any]) -> str:
+    """The tab's first line, naming the networks that policy ``card`` (its metadata) holds."""
+    policy, backbone = card.get("policy") or {}, card.get("backbone") or {}
+    who = POLICY_ARCHS.get(str(policy.get("arch", "")), "A small policy network")
+    resnet = f"ResNet-{backbone['depth']}" if isinstance(backbone.get("depth"), int) else "ResNet"
+    return (f"{who} looks at the image once and picks which residual blocks of a {resnet} to run; "
+            "skipped blocks are really not executed.")
 
 
 def default_policy(names: list[str]) -> str | None:
     """The policy the selector opens on: :data:`RECOMMENDED_POLICY` when available, else the first."""
     return RECOMMENDED_POLICY if RECOMMENDED_POLICY in names else (names[0] if names else None)
-
-
-def enlarge(image: Any, target: int = READABLE_PX) -> Any:
-    """An H×W×3 uint8 array scaled by an integer factor (nearest neighbour: every model pixel stays a
-    crisp square) so that its longer side is about ``target`` pixels; large images are left as they are."""
-    import numpy as np
-
-    array = np.asarray(image)
-    factor = max(1, target // max(array.shape[0], array.shape[1], 1))
-    return array.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else array
 
 
 def block_map_html(policy: list[int], stage_of_block: list[int]) -> str:
@@ -77,7 +88,7 @@ def block_map_html(policy: list[int], stage_of_block: list[int]) -> str:
 class BlockDropDemo:
     """Loads the checkpoints the DemoContext points at (a ModelCache: until a file changes) and answers requests."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: DemoContext) -> None:
         self.ctx = ctx
         self._models: ModelCache[dict[str, Any]] = ModelCache(ctx, missing=lambda name: NO_CHECKPOINT)
         self.panels = analysis.PanelCache(Path(ctx.data_dir) / "blockdrop-panels")
@@ -86,11 +97,13 @@ class BlockDropDemo:
     # -- checkpoints -------------------------------------------------------------------------
 
     def policy_names(self) -> list[str]:
-        """Available fine-tuned policies (``policy-g<γ>``, shipped or promoted), sorted by γ; else the
+        """Available fine-tuned policies (``policy-g*``, shipped or promoted), sorted by their cards' γ; else the
         curriculum-only ``policy`` when that is all there is."""
-        available = {c.name for c in self.ctx.checkpoints()}
-        ordered = sorted((n for n in available if _gamma_of(n) != float("inf")), key=_gamma_of)
-        if not ordered and "policy" in available:
+        checkpoints = self.ctx.checkpoints()
+        gammas = {c.name: gamma_of(c) for c in checkpoints if c.name.startswith("policy-g")}
+        # by γ as their cards record it; a policy whose card has none (no card at all) after those, by name
+        ordered = sorted(gammas, key=lambda n: (gammas[n] is None, gammas[n] or 0.0, n))
+        if not ordered and "policy" in {c.name for c in checkpoints}:
             ordered = ["policy"]
         return ordered
 
@@ -254,17 +267,14 @@ def model_input_label(r: dict[str, Any]) -> str:
 
 
 # Small images (32×32 shapes) are drawn enlarged with crisp pixels, not as a 32-pixel speck.
-PIXELATED_CSS = """<style>
-#blockdrop-input img, #blockdrop-model-input img { object-fit: contain; image-rendering: pixelated; }
-#blockdrop-examples img { image-rendering: pixelated; }
+PIXELATED_CSS = pixelated_css("blockdrop-input", "blockdrop-model-input", examples="blockdrop-examples", extra="""
 /* on a phone the stats table's four columns keep whole words: tighter cells instead of "laten-cy" */
 @media (max-width: 480px) {
   #blockdrop-stats table { font-size: 0.85em; }
   #blockdrop-stats th, #blockdrop-stats td { padding: 4px 6px; word-break: normal; overflow-wrap: normal; }
   /* the galleries show three thumbnails a row there: their captions ("8 · crescent") in a smaller type */
   #blockdrop-fewest .caption-label, #blockdrop-most .caption-label { font-size: 11px; padding: 1px 4px; }
-}
-</style>"""
+}""")
 
 
 def panel_frames(panel: dict[str, Any]) -> dict[str, Any]:
@@ -284,19 +294,15 @@ def panel_frames(panel: dict[str, Any]) -> dict[str, Any]:
     return {"histogram": hist, "curve": curve, "per_class": per_class}
 
 
-def build_demo(ctx: Any) -> None:
-    """Add the BlockDrop components and events (inside the caller's gr.Tab)."""
-    import gradio as gr
+class BlockDropEvents:
+    """The tab's event functions: :class:`BlockDropDemo`'s handlers with Gradio's inputs and outputs (a
+    UserError reaches the user as its message)."""
 
-    demo = BlockDropDemo(ctx)
-    names = demo.policy_names()
-    gr.Markdown("A ResNet-8 policy looks at the image once and picks which residual blocks of a ResNet-32 "
-                "to run; skipped blocks are really not executed.")
-    if not names or ctx.checkpoint_path("backbone") is None:
-        gr.Markdown(NO_CHECKPOINT)
-        return
+    def __init__(self, demo: BlockDropDemo) -> None:
+        self.demo = demo
 
-    def run(image: Any, policy_name: str):
+    @user_errors
+    def run(self, image: Any, policy_name: str) -> tuple:
         """Classify an image with the full ResNet-32 and with BlockDrop, whose policy network picks which
         residual blocks to run for this image. Returns the top-3 classes of both, the block map (which of the
         15 blocks ran), the blocks used, FLOPs and latency of both, and the 32×32 picture the networks saw.
@@ -305,18 +311,14 @@ def build_demo(ctx: Any) -> None:
             image: the image to classify (any size; it is resized to 32×32).
             policy_name: the BlockDrop policy to use (a γ choice of the selector, e.g. policy-g1).
         """
-        try:
-            r = demo.predict(image, policy_name)
-        except UserError as exc:
-            raise gr.Error(str(exc)) from None
-        seen = gr.update(value=enlarge(r["model_input"]), label=model_input_label(r))
+        import gradio as gr
+
+        r = self.demo.predict(image, policy_name)
+        seen = gr.update(value=enlarge(r["model_input"], READABLE_PX), label=model_input_label(r))
         return r["full_top3"], r["blockdrop_top3"], r["block_map_html"], _stats_markdown(r), seen
 
-    def blockdrop_predict_example(image: Any, policy_name: str):
-        """Clicking an example runs the prediction (its event's api_name comes from this name)."""
-        return run(image, policy_name)
-
-    def panel(policy_name: str):
+    @user_errors
+    def panel(self, policy_name: str) -> tuple:
         """BlockDrop on the whole shapes test split for one policy: blocks-used histograms, accuracy against
         blocks next to FirstK and RandomK, blocks per class, the correlation with difficulty, and the images
         that used the fewest and the most blocks (computed once, then cached).
@@ -324,11 +326,8 @@ def build_demo(ctx: Any) -> None:
         Args:
             policy_name: the BlockDrop policy to analyse (a γ choice of the selector, e.g. policy-g1).
         """
-        try:
-            p = demo.dataset_panel(policy_name)
-            test = ctx.dataset(DATASET, "test")
-        except UserError as exc:
-            raise gr.Error(str(exc)) from None
+        p = self.demo.dataset_panel(policy_name)
+        test = self.demo.ctx.dataset(DATASET, "test")
         frames = panel_frames(p)
         sel = p["policies"][p["selected"]]
 
@@ -346,21 +345,26 @@ def build_demo(ctx: Any) -> None:
         return (summary, frames["histogram"], frames["curve"], frames["per_class"],
                 gallery(sel["fewest"]), gallery(sel["most"]))
 
-    gr.HTML(head=PIXELATED_CSS, container=False, padding=False)
+
+def build_demo(ctx: DemoContext) -> None:
+    """Add the BlockDrop components and events (inside the caller's gr.Tab)."""
+    import gradio as gr
+
+    demo = BlockDropDemo(ctx)
+    events = BlockDropEvents(demo)
+    names = demo.policy_names()
+    cards = {c.name: c.metadata for c in ctx.checkpoints()}
+    gr.Markdown(intro(cards.get(default_policy(names) or "", {})))
+    if not names or ctx.checkpoint_path("backbone") is None:
+        gr.Markdown(NO_CHECKPOINT)
+        return
+
+    add_css(PIXELATED_CSS)
     with gr.Row():
         with gr.Column():
-            with gr.Tab("Upload"):
-                upload = lenient_upload(gr.Image(type="filepath", label="Image", height=READABLE_PX,
-                                                 elem_id="blockdrop-input"))
-                run_upload = gr.Button("Run", variant="primary")
-            with gr.Tab("Draw"):
-                sketch = lenient_upload(gr.Sketchpad(label="Draw a shape", type="numpy"))
-                run_sketch = gr.Button("Run on drawing", variant="primary")
+            images = image_input("blockdrop", height=READABLE_PX, draw="Draw a shape")
             policy = gr.Dropdown(names, value=default_policy(names), elem_id="blockdrop-policy",
                                  label="policy (penalty γ: larger keeps more blocks; γ = 1 recommended)")
-            # opening the selector lists what is available now: a policy promoted since start-up shows up
-            policy.focus(demo.refresh_policy_choices, policy, policy, api_name="blockdrop_policies",
-                         show_progress="hidden")
             # the outputs exist before the examples that fill them; they are drawn in the right column
             full_label = gr.Label(num_top_classes=3, label="full ResNet", render=False)
             bd_label = gr.Label(num_top_classes=3, label="BlockDrop", render=False)
@@ -369,20 +373,10 @@ def build_demo(ctx: Any) -> None:
             seen = gr.Image(label="what the network sees", type="numpy", format="png", interactive=False,
                             height=READABLE_PX, elem_id="blockdrop-model-input", render=False)
             outputs = [full_label, bd_label, block_map, stats, seen]
-            examples = sorted(str(p) for p in (Path(ctx.assets_dir) / "examples").glob("*.png"))
-            if examples:
-                # A click fills the upload and runs the prediction with the chosen policy (the policy
-                # column is None: left as the user set it). Never cached: start-up must not run models.
-                gr.Examples(examples=[[path, None] for path in examples], inputs=[upload, policy],
-                            outputs=outputs, fn=blockdrop_predict_example, run_on_click=True,
-                            cache_examples=False, label="Examples (click one to run it)",
-                            elem_id="blockdrop-examples", api_name="blockdrop_load_example")
+            images.examples(ctx.assets_dir)
         with gr.Column():
             for component in outputs:
                 component.render()
-    run_upload.click(run, [upload, policy], outputs, api_name="blockdrop_predict", concurrency_id="blockdrop_predict")
-    run_sketch.click(run, [sketch, policy], outputs, api_name="blockdrop_predict_sketch", concurrency_id="blockdrop_predict")
-
     with gr.Accordion("Dataset panel (shapes test split)", open=False):
         panel_button = gr.Button("Compute dataset panel (cached after the first time)")
         summary = gr.Markdown()
@@ -397,5 +391,9 @@ def build_demo(ctx: Any) -> None:
                                 elem_id="blockdrop-fewest")
             most = gr.Gallery(label="most blocks (captions: blocks used · class)", columns=8, height="auto",
                               elem_id="blockdrop-most")
-    panel_button.click(panel, [policy], [summary, hist, curve, per_class, fewest, most],
+
+    images.wire(events.run, [policy], outputs, api_name="blockdrop_predict")
+    # opening the selector lists what is available now: a policy promoted since start-up shows up
+    policy.focus(demo.refresh_policy_choices, policy, policy, api_name="blockdrop_policies", show_progress="hidden")
+    panel_button.click(events.panel, [policy], [summary, hist, curve, per_class, fewest, most],
                        api_name="blockdrop_dataset_panel")

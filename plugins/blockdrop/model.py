@@ -9,7 +9,7 @@ its shortcut (identity, or the cheap downsample) still runs. Inputs are float NÃ
 normalisation (the config's ``mean``/``std``) happens inside the model.
 
 A checkpoint's card records both architectures as dataclasses (``metadata["backbone"]`` =
-``asdict(ResNetConfig)``, ``metadata["policy"]`` = ``asdict(PolicyConfig)``), and
+``asdict(ResNetConfig)``, ``metadata["policy"]`` = ``asdict(PolicyNetConfig)``), and
 :func:`backbone_from_checkpoint` / :func:`policy_from_checkpoint` rebuild the models from them; the
 flat cards written before (the shipped assets) go through :func:`legacy_configs`.
 """
@@ -45,7 +45,7 @@ class ResNetConfig:
 
 
 @dataclass
-class PolicyConfig:
+class PolicyNetConfig:
     """The policy network's architecture."""
 
     num_blocks: int = 15  # K: one keep/drop output per backbone block
@@ -203,7 +203,7 @@ def policy_input(x: torch.Tensor, size: int) -> torch.Tensor:
 class PolicyNet(ResNetTrunk):
     """ResNet-8 (one BasicBlock per stage) with K sigmoid outputs: the keep probability per block."""
 
-    def __init__(self, config: PolicyConfig):
+    def __init__(self, config: PolicyNetConfig):
         super().__init__(1, config.num_blocks, config.width, config.mean, config.std)
         self.config = config
 
@@ -220,9 +220,9 @@ class PolicyNet(ResNetTrunk):
 
 
 class StridedPolicyNet(nn.Module):
-    """Keep probabilities from a few wide strided convolutions (``PolicyConfig.arch == "strided"``)."""
+    """Keep probabilities from a few wide strided convolutions (``PolicyNetConfig.arch == "strided"``)."""
 
-    def __init__(self, config: PolicyConfig):
+    def __init__(self, config: PolicyNetConfig):
         super().__init__()
         self.config = config
         self.register_buffer("mean", torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
@@ -258,7 +258,7 @@ class StridedPolicyNet(nn.Module):
 PolicyModule = PolicyNet | StridedPolicyNet
 
 
-def make_policy(config: PolicyConfig) -> PolicyModule:
+def make_policy(config: PolicyNetConfig) -> PolicyModule:
     """The policy network a config describes (its ``arch``)."""
     if config.arch == "resnet8":
         return PolicyNet(config)
@@ -276,7 +276,7 @@ def build_resnet(depth: int, num_classes: int, width: int = 16) -> BlockDropResN
 
 def build_policy(num_blocks: int, input_size: int = 32, width: int = 16, arch: str = "resnet8") -> PolicyModule:
     """A policy network (ResNet-8 unless ``arch`` says otherwise) for a backbone with ``num_blocks`` blocks."""
-    return make_policy(PolicyConfig(num_blocks=num_blocks, input_size=input_size, width=width, arch=arch))
+    return make_policy(PolicyNetConfig(num_blocks=num_blocks, input_size=input_size, width=width, arch=arch))
 
 
 def greedy_policy(probs: torch.Tensor) -> torch.Tensor:
@@ -289,18 +289,18 @@ def greedy_policy(probs: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def model_configs(metadata: Mapping[str, Any]) -> tuple[ResNetConfig, PolicyConfig | None]:
+def model_configs(metadata: Mapping[str, Any]) -> tuple[ResNetConfig, PolicyNetConfig | None]:
     """The architectures a card records (the policy's is None for a backbone-only checkpoint).
 
     Raises ValueError (or KeyError) when the card describes no BlockDrop model."""
     if isinstance(metadata.get("backbone"), Mapping):
         policy = metadata.get("policy")
         return (dataclass_from_dict(ResNetConfig, metadata["backbone"]),
-                dataclass_from_dict(PolicyConfig, policy) if isinstance(policy, Mapping) else None)
+                dataclass_from_dict(PolicyNetConfig, policy) if isinstance(policy, Mapping) else None)
     return legacy_configs(metadata)
 
 
-def legacy_configs(card: Mapping[str, Any]) -> tuple[ResNetConfig, PolicyConfig | None]:
+def legacy_configs(card: Mapping[str, Any]) -> tuple[ResNetConfig, PolicyNetConfig | None]:
     """The architectures of a flat card written before the typed configs (keys ``depth``, ``num_classes``,
     ``num_blocks``, ``policy_input_size``, ``labels``, ``image_size``): width 16, MEAN/STD."""
     backbone = ResNetConfig(depth=int(card["depth"]), num_classes=int(card["num_classes"]),
@@ -308,7 +308,7 @@ def legacy_configs(card: Mapping[str, Any]) -> tuple[ResNetConfig, PolicyConfig 
                             labels=tuple(card.get("labels") or ()))
     policy = None
     if "num_blocks" in card and card.get("kind") != "backbone":
-        policy = PolicyConfig(num_blocks=int(card["num_blocks"]), input_size=int(card.get("policy_input_size", 32)))
+        policy = PolicyNetConfig(num_blocks=int(card["num_blocks"]), input_size=int(card.get("policy_input_size", 32)))
     return backbone, policy
 
 

@@ -9,9 +9,9 @@ whole-split tensors (the built-in datasets expose uint8 ``images``) and augment 
 (random crop + flip); evaluation runs in float32.
 
 Checkpoints hold prefixed tensors: ``backbone.*`` (the ResNet) and, for policies, ``policy.*`` (the
-ResNet-8), so one policy file is self-contained. Their metadata records the architectures as
+policy network), so one policy file is self-contained. Their metadata records the architectures as
 dataclasses (``backbone``: :class:`~plugins.blockdrop.model.ResNetConfig`, ``policy``:
-:class:`~plugins.blockdrop.model.PolicyConfig`) beside ``kind``, ``epoch``, ``metrics``, ``config``,
+:class:`~plugins.blockdrop.model.PolicyNetConfig`) beside ``kind``, ``epoch``, ``metrics``, ``config``,
 ``dataset``, ``eval_split`` and, for policies, ``gamma`` and ``free_blocks``.
 """
 
@@ -20,26 +20,24 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, replace
 from functools import partial
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from app.api import ConfigError, Recipe
+from app.api import ConfigError, Recipe, TrainContext
 from app.training_kit import TrainLoop
 from plugins.blockdrop.configs import BackboneConfig, FinetuneConfig, PolicyConfig
 from plugins.blockdrop.data import augment, eval_split, labels_of, load_split
-from plugins.blockdrop.evaluation import evaluate, infer
+from plugins.blockdrop.evaluation import evaluate
 from plugins.blockdrop.model import (
     BlockDropResNet,
+    PolicyNetConfig,
     ResNetConfig,
     backbone_from_checkpoint,
     make_policy,
     policy_from_checkpoint,
 )
-from plugins.blockdrop.model import PolicyConfig as PolicyNetConfig
 from plugins.blockdrop.rl import (
-    apply_curriculum,
     curriculum_mask,
     policy_gradient_loss,
     reward,
@@ -72,7 +70,7 @@ def _with_labels(net: BlockDropResNet, labels: list[str]) -> BlockDropResNet:
 # --------------------------------------------------------------------------------------------
 
 
-def train_backbone(config: BackboneConfig, ctx: Any) -> dict[str, float]:
+def train_backbone(config: BackboneConfig, ctx: TrainContext) -> dict[str, float]:
     """Train a CIFAR-style ResNet with SGD + momentum and a cosine schedule; saves ``backbone``."""
     loop = TrainLoop(ctx, epochs=config.epochs, seed=config.seed, checkpoint="backbone")
     images, targets = load_split(ctx, config.dataset, "train", config.num_train)
@@ -121,7 +119,7 @@ def train_backbone(config: BackboneConfig, ctx: Any) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------
 
 
-def train_policy(config: PolicyConfig, ctx: Any) -> dict[str, float]:
+def train_policy(config: PolicyConfig, ctx: TrainContext) -> dict[str, float]:
     """Curriculum REINFORCE with a self-critical baseline; the backbone stays frozen. Saves ``policy``."""
     loop = TrainLoop(ctx, epochs=config.epochs, seed=config.seed, checkpoint="policy")
     backbone = backbone_from_checkpoint(ctx.load_checkpoint(config.backbone), loop.device)
@@ -183,7 +181,7 @@ def finetune_backbone_optimizer(config: FinetuneConfig, backbone: BlockDropResNe
     return torch.optim.Adam(backbone.parameters(), lr=config.backbone_lr)
 
 
-def train_finetune(config: FinetuneConfig, ctx: Any) -> dict[str, float]:
+def train_finetune(config: FinetuneConfig, ctx: TrainContext) -> dict[str, float]:
     """Train policy and backbone together: CE on the sampled execution + the self-critical policy
     loss (no entropy term, as in the paper). Saves ``policy-g<γ>`` (both networks)."""
     loop = TrainLoop(ctx, epochs=config.epochs, seed=config.seed, checkpoint=finetune_name(config.gamma),
@@ -240,11 +238,4 @@ RECIPES = [
            "Curriculum REINFORCE of the policy network on the frozen backbone; saves 'policy'."),
     Recipe("finetune", FinetuneConfig, train_finetune,
            "Joint fine-tuning of policy and backbone at penalty γ; saves 'policy-g<γ>'."),
-]
-
-# Re-exported for the code that imports them from here (analysis, tests, benchmarks).
-__all__ = [
-    "RECIPES", "BackboneConfig", "FinetuneConfig", "PolicyConfig", "apply_curriculum",
-    "backbone_from_checkpoint", "cosine_lr", "curriculum_mask", "finetune_backbone_optimizer", "finetune_name",
-    "infer", "policy_from_checkpoint", "train_backbone", "train_finetune", "train_policy",
 ]
