@@ -102,3 +102,43 @@ def test_every_name_the_contract_exports_is_documented():
     for name in api.__all__:
         assert re.search(rf"`[^`\n]*\b{name}\b[^`\n]*`", GUIDE), \
             f"app.api.{name} is exported but not mentioned (in code) in docs/plugins.md"
+
+
+# -- the kits beside the core ---------------------------------------------------------------------------
+
+KITS = ("app.training_kit", "app.demo_kit")
+
+
+@pytest.mark.parametrize("module", KITS)
+def test_every_kit_has_its_section_and_every_name_it_hands_on_is_documented(module):
+    import importlib
+
+    kit = importlib.import_module(module)
+    heading = f"## The {module.split('.')[1].replace('_kit', '')} kit: `{module}`"
+    assert heading + "\n" in GUIDE, f"docs/plugins.md needs a section headed {heading!r}"
+    assert (kit.__doc__ or "").strip() and "docs/plugins.md" in kit.__doc__
+    start = GUIDE.index(heading)
+    end = re.compile(r"^## ", re.MULTILINE).search(GUIDE, start + len(heading))
+    section = GUIDE[start:end.start() if end else len(GUIDE)]
+    for name in kit.__all__:
+        assert re.search(rf"`[^`\n]*\b{name}\b[^`\n]*`", section), \
+            f"{module}.{name} is not mentioned (in code) in its section of docs/plugins.md"
+        assert (inspect.getdoc(getattr(kit, name)) or "").strip() or not callable(getattr(kit, name)), \
+            f"{module}.{name} has no docstring"
+
+
+def _python_blocks(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, re.DOTALL)
+
+
+@pytest.mark.parametrize("doc", ["plugins.md", "datasets.md"])
+def test_the_docs_show_a_plugin_only_the_imports_the_boundary_allows(doc):
+    """What docs/plugins.md promises a plugin (the core, the kits, the harness in tests) is all the code
+    examples import of the studio, in the plugin guide and in the guide to the datasets."""
+    allowed = ("app.api", *KITS, "app.testing")
+    text = (REPO_ROOT / "docs" / doc).read_text()
+    imported = set()
+    for block in _python_blocks(text):
+        imported |= set(re.findall(r"^\s*from ((?:app|trainer|plugins)\.[\w.]+) import", block, re.MULTILINE))
+        imported |= set(re.findall(r"^\s*import ((?:app|trainer|plugins)\.[\w.]+)", block, re.MULTILINE))
+    assert imported and not imported - set(allowed), f"docs/{doc} shows imports outside the contract"
