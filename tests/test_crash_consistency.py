@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -128,12 +129,13 @@ def _lost_runs_become_interrupted_and_resumable(store: RunStore, running: list[i
 
 def _kill_session(sid: int) -> None:
     """SIGKILL every process of session ``sid`` at once (a container that dies), and wait until they are gone."""
-    from tests.test_worker_signals import _session_processes, _wait_for
+    from app.testing import wait_for
+    from tests.processes import session_processes
 
-    for pid in _session_processes(sid):
+    for pid in session_processes(sid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    _wait_for(lambda: not _session_processes(sid), timeout_s=15)
+    wait_for(lambda: not session_processes(sid), timeout_s=15, every_s=0.05)
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -359,7 +361,9 @@ def _kill_the_app_mid_write(app: App, rng: random.Random, *, training: bool) -> 
     """Have three clients write through the app's API and SIGKILL all its processes at a random moment
     (``training``: while its worker trains a run); returns the ids of the runs
     the app said it queued."""
-    from tests.test_worker_signals import _wait_for
+    from app.testing import wait_for
+
+    _wait_for = partial(wait_for, every_s=0.05)
 
     answered: list[int] = []
     stop = threading.Event()
@@ -434,7 +438,9 @@ def _checkpointed_step(store: RunStore, run_id: int) -> int:
 
 def _kill_while_counting(home: Path, proc: subprocess.Popen, run_id: int, rng: random.Random) -> None:
     """SIGKILL ``proc`` once its run counted past a random step; check the store; age the run's heartbeat."""
-    from tests.test_worker_signals import _wait_for
+    from app.testing import wait_for
+
+    _wait_for = partial(wait_for, every_s=0.05)
 
     store = RunStore(f"sqlite:///{home / 'runs.db'}")
     try:
@@ -458,7 +464,9 @@ def _kill_while_counting(home: Path, proc: subprocess.Popen, run_id: int, rng: r
 def _train_killed_at_random(home: Path, monkeypatch: pytest.MonkeyPatch, kills: int, rng: random.Random) -> None:
     steps = 150 * kills + 300  # each kill comes at most 150 steps after the last one
     proc = _start_train(home, "train", "counter", "count", "--set", f"steps={steps}", "--set", "sleep_s=0")
-    from tests.test_worker_signals import _wait_for
+    from app.testing import wait_for
+
+    _wait_for = partial(wait_for, every_s=0.05)
 
     _wait_for(lambda: (home / "runs.db").is_file(), timeout_s=60)
     store = RunStore(f"sqlite:///{home / 'runs.db'}")

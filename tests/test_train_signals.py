@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -29,11 +30,12 @@ from sqlalchemy import update
 from app.cli import cli
 from app.cli_train import _interrupt_on_stop_signals
 from app.settings import REPO_ROOT
-from tests.test_worker_signals import _wait_for
+from app.testing import wait_for
 from trainer.db_models import Run
 from trainer.store import RunStore
 
 COUNTER = "tests.plugins_for_tests.counter_plugin"
+_wait_for = partial(wait_for, timeout_s=60.0, every_s=0.05)
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX signals")
 

@@ -17,6 +17,7 @@ import pytest
 from app.testing import wait_for
 from tests.plugins_for_tests import failing_plugin
 from tests.plugins_for_tests.registry import make_registry
+from tests.processes import alive, child_processes
 from trainer.checkpoints import load_checkpoint, save_checkpoint
 from trainer.context import RunContext, resolve_checkpoint
 from trainer.devices import resolve_device
@@ -31,7 +32,7 @@ def dirs(tmp_path: Path) -> dict[str, str]:
     return {name: str(tmp_path / name) for name in ("data_dir", "runs_dir", "assets_dir")}
 
 
-_wait_for = partial(wait_for, timeout_s=30.0, every_s=0.1)
+_wait_for = partial(wait_for, timeout_s=120.0, every_s=0.1)  # generous: a busy machine starts a run slowly
 
 
 def _steps_logged(store: RunStore, run_id: int) -> list[int]:
@@ -41,6 +42,11 @@ def _steps_logged(store: RunStore, run_id: int) -> list[int]:
 def _checkpoint_step(store: RunStore, run_id: int) -> int:
     artifact = store.latest_checkpoint(run_id, "model")
     return -1 if artifact is None else artifact.metadata["step"]
+
+
+def _run_children(pid: int) -> set[int]:
+    """The live processes that process ``pid`` spawned to execute runs (not multiprocessing's helpers)."""
+    return {child for child, (_, command) in child_processes(pid).items() if "spawn_main" in command}
 
 
 def _worker_in_thread(store_url: str, dirs: dict[str, str], **options) -> tuple[threading.Thread, dict]:
@@ -312,16 +318,17 @@ def test_cancel_running_run_cooperatively(store, store_url, dirs):
 
 def test_cancel_hard_stops_a_recipe_that_ignores_should_stop(store, store_url, dirs):
     run_id = store.enqueue("counter", "stubborn", {"steps": 1000, "sleep_s": 0.05})
+    before = _run_children(os.getpid())
     thread, result = _worker_in_thread(store_url, dirs, grace_s=1.0)
     _wait_for(lambda: _checkpoint_step(store, run_id) >= 1)
+    child = _wait_for(lambda: _run_children(os.getpid()) - before)  # the worker runs in this process
     store.request_cancel(run_id)
     thread.join(30)
     assert not thread.is_alive()
     run = store.get_run(run_id)
     assert run.status == "cancelled" and "by force" in run.error
-    step_at_stop = _checkpoint_step(store, run_id)
-    time.sleep(0.5)
-    assert _checkpoint_step(store, run_id) == step_at_stop < 999  # the child is gone for good
+    _wait_for(lambda: not any(alive(pid) for pid in child), timeout_s=10)  # the child is gone for good
+    assert _checkpoint_step(store, run_id) < 999
 
 
 def test_two_worker_processes_run_each_job_exactly_once(store, store_url, dirs):
@@ -349,16 +356,16 @@ def test_killed_worker_run_is_interrupted_then_resumes_from_checkpoint(store, st
                            kwargs={**dirs, "poll_interval_s": 0.1})
     worker.start()
     _wait_for(lambda: _checkpoint_step(store, run_id) >= 3)
+    child = _wait_for(lambda: _run_children(worker.pid))
     os.kill(worker.pid, signal.SIGKILL)
     worker.join(10)
-    # the orphaned child notices its worker died, stops the run and records it: no more checkpoints
-    time.sleep(1.0)
+    # the orphaned child notices its worker died, stops the run, records it and ends: no more checkpoints
+    _wait_for(lambda: store.get_run(run_id).status == "interrupted" and not any(alive(pid) for pid in child))
+    run = store.get_run(run_id)
+    assert f"its worker (pid {worker.pid}) died" in run.error
     checkpoint_file = Path(store.latest_checkpoint(run_id, "model").path)
     step_at_kill = int(load_checkpoint(checkpoint_file).tensors["step"].item())  # the file may be a step ahead of the row
-    time.sleep(1.0)
-    assert int(load_checkpoint(checkpoint_file).tensors["step"].item()) == step_at_kill >= 3
-    run = store.get_run(run_id)
-    assert run.status == "interrupted" and f"its worker (pid {worker.pid}) died" in run.error
+    assert step_at_kill >= 3
 
     assert run_worker(store_url, make_registry, **dirs, exit_when_idle=True) == 0
     assert store.get_run(run_id).status == "interrupted"
@@ -379,12 +386,11 @@ def test_sigterm_stops_the_worker_and_marks_its_run_interrupted(store, store_url
                            kwargs={**dirs, "poll_interval_s": 0.1})
     worker.start()
     _wait_for(lambda: _checkpoint_step(store, run_id) >= 1)
+    child = _wait_for(lambda: _run_children(worker.pid))
     os.kill(worker.pid, signal.SIGTERM)
-    worker.join(30)
+    worker.join(120)
     assert worker.exitcode == 0  # a clean exit, not death by signal
     run = store.get_run(run_id)
     assert run.status == "interrupted" and "SIGTERM" in run.error
-    step_at_stop = _checkpoint_step(store, run_id)
-    time.sleep(0.5)
-    assert _checkpoint_step(store, run_id) == step_at_stop  # its child was stopped too
+    _wait_for(lambda: not any(alive(pid) for pid in child), timeout_s=10)  # its child was stopped too
     assert store.requeue_for_resume(run_id).status == "queued"

@@ -26,6 +26,7 @@ import torch
 from app.api import Method, Recipe, config_field, hookimpl
 from app.settings import REPO_ROOT
 from app.testing import wait_for
+from tests.processes import session_processes
 from trainer.store import RunStore
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").is_file() or not hasattr(os, "killpg"),
@@ -63,23 +64,6 @@ def register_methods(register) -> None:
 
 
 # -- a worker in its own session, and the processes of that session --------------------------------
-
-
-def _session_processes(sid: int) -> dict[int, tuple[int, str]]:
-    """The live processes of session ``sid`` (zombies excluded): pid -> (process group, command line)."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:  # it ended meanwhile
-            continue
-        state, _ppid, group, session = stat[stat.rindex(")") + 2:].split()[:4]
-        if int(session) == sid and state not in "ZX":
-            found[int(entry.name)] = (int(group), command)
-    return found
 
 
 _wait_for = partial(wait_for, timeout_s=60.0, every_s=0.05)
@@ -127,7 +111,7 @@ def started(tmp_path_factory) -> Iterator[dict[str, Started]]:
         yield found
     finally:
         for one in found.values():
-            for pid in _session_processes(one.worker.pid):
+            for pid in session_processes(one.worker.pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             one.worker.wait(timeout=30)
@@ -140,7 +124,7 @@ def _counting(one: Started) -> None:
     _wait_for(lambda: store.latest_checkpoint(run_id, "model") is not None
               and store.latest_checkpoint(run_id, "model").metadata["step"] >= 2)
     helper = int(store.get_run(run_id).latest_metrics["helper_pid"])
-    tree = _session_processes(one.worker.pid)
+    tree = session_processes(one.worker.pid)
     # the worker, its run's child, the helper the run started (and multiprocessing's resource tracker)
     assert helper in tree and len(tree) >= 3, tree
 
@@ -149,22 +133,25 @@ def _stop_and_check_nothing_is_left(one: Started, sig: int, *, everyone: bool = 
     """Send ``sig`` to the worker; wait until it ends and every process of its session is gone.
     Returns the worker's exit code.
 
-    ``everyone``: first to every other process of the session, then, a second later, to the worker's
-    process group: the order least kind to the worker, whose run's child is gone before it hears of it.
+    ``everyone``: first to every other process of the session, then, once its run's child has ended, to
+    the worker's process group: the order least kind to the worker, whose run's child is gone before it
+    hears of it.
     """
     worker = one.worker
     if everyone:
-        for pid in _session_processes(worker.pid).keys() - {worker.pid}:
+        for pid in session_processes(worker.pid).keys() - {worker.pid}:
             os.kill(pid, sig)
-        time.sleep(1.0)
+        # (multiprocessing's resource tracker ignores SIGTERM and SIGINT: it stays until the worker goes)
+        _wait_for(lambda: not any("spawn_main" in command for _, command in session_processes(worker.pid).values()),
+                  timeout_s=30)
         os.killpg(worker.pid, sig)  # the worker leads its group (and its session)
     else:
         os.kill(worker.pid, sig)
     try:
         code = worker.wait(timeout=30)
-        _wait_for(lambda: not _session_processes(worker.pid), timeout_s=15)
+        _wait_for(lambda: not session_processes(worker.pid), timeout_s=15)
     except (subprocess.TimeoutExpired, AssertionError):
-        pytest.fail(f"processes outlived the worker: {_session_processes(worker.pid)}\n"
+        pytest.fail(f"processes outlived the worker: {session_processes(worker.pid)}\n"
                     f"{(one.home / 'worker.log').read_text()}")
     return code
 
@@ -186,7 +173,7 @@ def test_sigterm_to_all_the_workers_processes_interrupts_the_run_and_it_resumes(
     store.requeue_for_resume(run_id)
     resumed = _start_worker(one.home, "--exit-when-idle")
     assert resumed.wait(timeout=60) == 0
-    _wait_for(lambda: not _session_processes(resumed.pid), timeout_s=15)  # the helper left behind is cleared too
+    _wait_for(lambda: not session_processes(resumed.pid), timeout_s=15)  # the helper left behind is cleared too
     run = store.get_run(run_id)
     assert run.status == "succeeded" and run.resume_count == 1
     assert [int(p.value) for p in store.metrics(run_id, ["start_step"])] == [0, stopped_at + 1]
