@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_browser import (
+from tests.browser_helpers import (
     METHOD_TABS,
     PHONE,
     assert_fits_the_screen,
     assert_no_error_toast,
-    browser,  # noqa: F401  (a fixture)
+    chromium,
     click_first_example,
     goto_tab,
     open_studio,
@@ -31,6 +31,12 @@ PlaywrightTimeout = pytest.importorskip("playwright.sync_api").TimeoutError
 TINY_TREE = {"lam": 50, "epochs": 2, "widen_after": 1, "train_size": 0, "val_size": 0, "batch_size": 32,
              "dataset_options": "num_train=128,num_val=64,num_test=64"}
 CHECKPOINT = "branched-l50"  # the tree recipe's name for λ = 50; no shipped model has it
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    with chromium(tmp_path_factory.mktemp("chromium-home")) as launched:
+        yield launched
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +71,7 @@ def wait_for_text(page, selector: str, pattern: str, timeout_ms: int) -> None:
                              f"{what_the_page_shows(page, selector)}") from None
 
 
-def test_queue_a_tiny_run_watch_it_finish_promote_it_and_the_demo_uses_it(training_server, browser):  # noqa: F811
+def test_queue_a_tiny_run_watch_it_finish_promote_it_and_the_demo_uses_it(training_server, browser):
     require_assets(*METHOD_TABS["Multi-task widening"][0])
     page = open_studio(browser, training_server)
     try:
@@ -124,7 +130,7 @@ def test_queue_a_tiny_run_watch_it_finish_promote_it_and_the_demo_uses_it(traini
         page.context.close()
 
 
-def test_runs_tab_with_its_training_controls_fits_a_phone_screen(training_server, browser):  # noqa: F811
+def test_runs_tab_with_its_training_controls_fits_a_phone_screen(training_server, browser):
     page = open_studio(browser, training_server, PHONE)
     try:
         goto_tab(page, "Runs")

@@ -5,20 +5,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from PIL import ImageColor
 
 from app.ui.curves import MAX_PANELS, PALETTE, PANEL_H, PANEL_W, TOP, curves_image
-
-
-def colour_mask(image, colour: str, box=None) -> np.ndarray:
-    """Which pixels of ``image`` (or of its ``box``) have ``colour``, a series' line or points."""
-    part = image.crop(box) if box else image
-    want = np.array(ImageColor.getrgb(colour))
-    return np.abs(np.asarray(part.convert("RGB")).astype(int) - want).sum(axis=2) < 30
-
-
-def _pixels(image, colour: str = PALETTE[0], box=None) -> int:
-    return int(colour_mask(image, colour, box).sum())
+from tests.pixels import colour_mask, colour_pixels
 
 
 def test_each_metric_gets_its_own_panel_and_scale():
@@ -35,9 +24,9 @@ def test_each_metric_gets_its_own_panel_and_scale():
 def test_series_get_colours_a_lone_point_shows_and_nothing_drawn_is_none():
     image = curves_image({"loss": {"#1": [(0, 1.0), (1, 0.5), (2, 0.2)], "#2": [(0, 0.9), (2, 0.4)]},
                           "once": {"#1": [(5, 3.0)]}})
-    assert _pixels(image, PALETTE[0], (0, 0, PANEL_W, image.height)) > 50
-    assert _pixels(image, PALETTE[1], (0, 0, PANEL_W, image.height)) > 50  # the second run, and its legend
-    assert _pixels(image, PALETTE[0], (PANEL_W, 0, 2 * PANEL_W, image.height)) > 20  # one point: a dot
+    assert colour_pixels(image, PALETTE[0], (0, 0, PANEL_W, image.height)) > 50
+    assert colour_pixels(image, PALETTE[1], (0, 0, PANEL_W, image.height)) > 50  # the second run, and its legend
+    assert colour_pixels(image, PALETTE[0], (PANEL_W, 0, 2 * PANEL_W, image.height)) > 20  # one point: a dot
     assert curves_image({}) is None and curves_image({"loss": {"#1": []}}) is None
 
 

@@ -19,7 +19,7 @@ from app.ui.curves import PANEL_H, PANEL_W, TOP
 from app.ui.datasets_tab import DatasetActions
 from app.ui.plugins_tab import plugins_table
 from app.ui.runs_actions import RunsActions
-from tests.test_curves import _pixels as _curve_pixels
+from tests.pixels import colour_pixels
 from trainer.checkpoints import save_checkpoint
 from trainer.records import MetricPoint
 
@@ -104,7 +104,7 @@ def test_run_metrics_and_detail(actions, store, tmp_path):
     # drawn: a panel per metric (two side by side), one for the metric picked, nothing for no run
     both, one = actions.run_curves(run_id, None), actions.run_curves(run_id, "loss")
     assert both.size == (2 * PANEL_W, TOP + PANEL_H) and one.size == (PANEL_W, TOP + PANEL_H)
-    assert _curve_pixels(one) > 100 and actions.run_curves(None, None) is None
+    assert colour_pixels(one) > 100 and actions.run_curves(None, None) is None
 
     artifact = store.add_artifact(run_id, "model", "checkpoint", str(tmp_path / "m.safetensors"))
     store.promote("counter", "model", artifact)
@@ -131,7 +131,7 @@ def test_compare_runs_builds_one_frame_with_a_run_column(actions, store):
     for n, run_id in enumerate(ids):
         store.log_metrics(run_id, [MetricPoint(s, "loss", 1.0 / (s + 1 + n), time.time()) for s in range(3)])
     drawn = actions.compare_curves([str(i) for i in ids], "loss")
-    assert drawn.size == (PANEL_W, TOP + PANEL_H) and _curve_pixels(drawn, "#ff7f0e") > 50  # the second run's line
+    assert drawn.size == (PANEL_W, TOP + PANEL_H) and colour_pixels(drawn, "#ff7f0e") > 50  # the second run's line
     assert len(actions.compare_table([str(i) for i in ids], "loss")["data"]) == 6
     frame = actions.compare_runs([str(i) for i in ids], "loss")
     assert list(frame.columns) == ["step", "value", "run"] and len(frame) == 6
