@@ -6,6 +6,7 @@ import multiprocessing as mp
 
 from sqlalchemy import create_engine, inspect, text
 
+from tests.postgres_server import on_postgres_too
 from trainer.database import (
     SCHEMA_REVISION,
     current_revision,
@@ -23,6 +24,7 @@ def test_schema_revision_constant_is_alembics_head():
     assert head_revision() == SCHEMA_REVISION == "0003"
 
 
+@on_postgres_too
 def test_empty_database_goes_to_head(store_url):
     store = RunStore(store_url)
     try:
@@ -35,6 +37,7 @@ def test_empty_database_goes_to_head(store_url):
         store.close()
 
 
+@on_postgres_too
 def test_database_at_0001_is_upgraded_without_losing_rows(store_url):
     engine = make_engine(store_url)
     upgrade_to_head(engine, revision="0001")
@@ -66,6 +69,7 @@ def _columns(engine, table: str) -> set[str]:
     return {c["name"] for c in inspect(engine).get_columns(table)}
 
 
+@on_postgres_too
 def test_head_goes_down_step_by_step_keeping_rows_then_up_again(store_url, tmp_path):
     store = RunStore(store_url, runs_dir=tmp_path / "runs")
     try:
@@ -110,6 +114,7 @@ def _spy_on_alembic_upgrade(monkeypatch) -> list[str]:
     return calls
 
 
+@on_postgres_too
 def test_reopening_at_head_is_a_no_op(store_url, monkeypatch):
     from alembic.script import ScriptDirectory
 
@@ -149,6 +154,7 @@ def _open(url: str) -> None:
     RunStore(url).close()
 
 
+@on_postgres_too
 def test_processes_opening_a_new_database_together_migrate_it_once(store_url):
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_open, args=(store_url,)) for _ in range(3)]

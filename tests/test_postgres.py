@@ -4,8 +4,9 @@ The server: AVSTUDIO_TEST_PG_URL (a role that may create databases; each test ge
 else a server on 127.0.0.1:5432 or the local socket. `.ci/run` starts one from Debian's packages:
 ``eval "$(.ci/postgres start /tmp/avstudio-pg)"``, which also sets AVSTUDIO_TEST_PG_CTL (pg_ctl for that
 cluster), so one test can stop and start the server under a running worker. Without a server the tests
-are skipped, saying how to get one. The store and migration tests of the default suite run here too,
-on PostgreSQL (imported below). This module is also the plugin that provides the workers' recipe.
+are skipped, saying how to get one (tests/postgres_server.py). The store and migration tests of the default
+suite marked ``on_postgres_too`` run on PostgreSQL too under ``-m postgres``. This module is also the plugin
+that provides the workers' recipe.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -29,104 +28,11 @@ import torch
 from app.api import Method, Recipe, config_field, hookimpl
 from app.settings import REPO_ROOT
 from app.testing import wait_for
+from tests.postgres_server import connect_args
 from trainer.store import RunStore
 
 pytestmark = pytest.mark.postgres
 
-# -- the server ------------------------------------------------------------------------------------
-
-CANDIDATES = ("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", "postgresql+psycopg:///postgres")
-HOW = ("set AVSTUDIO_TEST_PG_URL=postgresql+psycopg://USER@HOST:PORT/postgres (a role that may create "
-       "databases), or start one: eval \"$(.ci/postgres start /tmp/avstudio-pg)\"")
-
-
-def _find_server() -> tuple[str | None, str]:
-    """(admin URL, "") of a reachable server, or (None, why not)."""
-    try:
-        import psycopg
-    except ImportError:
-        return None, "psycopg is not installed: pip install -e '.[postgres]'"
-    from sqlalchemy.engine import make_url
-
-    given = os.environ.get("AVSTUDIO_TEST_PG_URL")
-    failures = []
-    for url in [given] if given else CANDIDATES:
-        try:
-            parsed = make_url(url)
-            psycopg.connect(**_connect_args(parsed), connect_timeout=3).close()
-            return url, ""
-        except Exception as exc:  # any reason it cannot be reached is a reason to skip
-            failures.append(f"{url}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}")
-    return None, f"no PostgreSQL server reachable ({'; '.join(failures)}); {HOW}"
-
-
-def _connect_args(url) -> dict:
-    """psycopg.connect's keywords for a SQLAlchemy URL."""
-    return url.translate_connect_args(username="user", database="dbname")
-
-
-@pytest.fixture(scope="session")
-def pg_admin_url() -> str:
-    url, why = _find_server()
-    if url is None:
-        pytest.skip(why)
-    return url
-
-
-@pytest.fixture
-def pg_url(pg_admin_url: str) -> Iterator[str]:
-    """The URL of a new, empty database on the server (dropped afterwards)."""
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    admin = make_url(pg_admin_url)
-    name = f"avstudio_test_{uuid.uuid4().hex[:12]}"
-    connect = {**_connect_args(admin), "autocommit": True}
-    with psycopg.connect(**connect) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield admin.set(database=name).render_as_string(hide_password=False)
-    for _ in range(20):  # the server may still be starting again after the restart test
-        try:
-            with psycopg.connect(**connect) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            break
-        except psycopg.OperationalError:
-            time.sleep(0.5)
-
-
-@pytest.fixture
-def store_url(pg_url: str) -> str:
-    """Overrides conftest's SQLite URL, so the store and migration tests imported below run on PostgreSQL."""
-    return pg_url
-
-
-# The default suite's store and migration tests, on PostgreSQL (pytest collects them here as well).
-from tests.test_migrations import (  # noqa: E402
-    test_database_at_0001_is_upgraded_without_losing_rows,  # noqa: F401
-    test_empty_database_goes_to_head,  # noqa: F401
-    test_head_goes_down_step_by_step_keeping_rows_then_up_again,  # noqa: F401
-    test_processes_opening_a_new_database_together_migrate_it_once,  # noqa: F401
-    test_reopening_at_head_is_a_no_op,  # noqa: F401
-)
-from tests.test_store import (  # noqa: E402
-    test_a_running_run_whose_heartbeat_went_stale_is_shown_as_interrupted,  # noqa: F401
-    test_artifacts_replace_and_kinds,  # noqa: F401
-    test_claim_next_takes_oldest_and_never_twice,  # noqa: F401
-    test_claim_run_takes_a_specific_queued_run,  # noqa: F401
-    test_concurrent_processes_claim_each_run_once,  # noqa: F401
-    test_enqueue_stores_config_and_params,  # noqa: F401
-    test_heartbeat_is_refused_once_another_worker_marked_the_run_interrupted,  # noqa: F401
-    test_heartbeat_moves_forward,  # noqa: F401
-    test_lifecycle_finish_and_first_final_status_wins,  # noqa: F401
-    test_list_runs_newest_first_with_filters,  # noqa: F401
-    test_log_metrics_batch_history_and_latest,  # noqa: F401
-    test_mark_interrupted_dead_pid_and_stale_heartbeat,  # noqa: F401
-    test_non_finite_metrics_are_stored_as_nan,  # noqa: F401
-    test_promote_and_cascade_delete,  # noqa: F401
-    test_request_cancel,  # noqa: F401
-    test_requeue_for_resume,  # noqa: F401
-    test_shared_home_mounted_elsewhere_finds_artifacts_and_promotions,  # noqa: F401
-)
 
 # -- the plugin: a recipe that ticks, and a ledger of every execution --------------------------------
 
@@ -283,7 +189,7 @@ def _terminate_connections(admin_url: str, database: str) -> None:
     from sqlalchemy.engine import make_url
 
     admin = make_url(admin_url)
-    with psycopg.connect(**_connect_args(admin), autocommit=True) as conn:
+    with psycopg.connect(**connect_args(admin), autocommit=True) as conn:
         conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> "
                      "pg_backend_pid()", (database,))
 

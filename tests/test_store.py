@@ -11,11 +11,13 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
+from tests.postgres_server import on_postgres_too
 from trainer.db_models import Run
 from trainer.records import MetricPoint
 from trainer.store import RunStore
 
 
+@on_postgres_too
 def test_enqueue_stores_config_and_params(store):
     run_id = store.enqueue("counter", "count", {"steps": 3, "lr": 0.1, "name": "x", "sizes": [1, 2]},
                            device="cpu", commit="abc123")
@@ -48,6 +50,7 @@ def test_get_run_unknown_raises_key_error(store):
         store.get_run(999)
 
 
+@on_postgres_too
 def test_claim_next_takes_oldest_and_never_twice(store):
     first = store.enqueue("m", "r", {})
     second = store.enqueue("m", "r", {})
@@ -59,6 +62,7 @@ def test_claim_next_takes_oldest_and_never_twice(store):
     assert store.claim_run(first, "w3", host="h", pid=13) is None
 
 
+@on_postgres_too
 def test_claim_run_takes_a_specific_queued_run(store):
     store.enqueue("m", "r", {})
     wanted = store.enqueue("m", "r", {})
@@ -67,6 +71,7 @@ def test_claim_run_takes_a_specific_queued_run(store):
     assert store.claim_next("w", host="h", pid=2).id != wanted
 
 
+@on_postgres_too
 def test_lifecycle_finish_and_first_final_status_wins(store):
     run_id = store.enqueue("m", "r", {})
     store.claim_next("w", host="h", pid=1)
@@ -84,6 +89,7 @@ def test_lifecycle_finish_and_first_final_status_wins(store):
         store.finish(run_id, "running")
 
 
+@on_postgres_too
 def test_heartbeat_moves_forward(store):
     run_id = store.enqueue("m", "r", {})
     store.claim_next("w", host="h", pid=1)
@@ -93,6 +99,7 @@ def test_heartbeat_moves_forward(store):
     assert store.get_run(run_id).heartbeat_at > before
 
 
+@on_postgres_too
 def test_request_cancel(store):
     queued = store.enqueue("m", "r", {})
     running = store.enqueue("m", "r", {})
@@ -107,6 +114,7 @@ def test_request_cancel(store):
         store.request_cancel(12345)
 
 
+@on_postgres_too
 def test_mark_interrupted_dead_pid_and_stale_heartbeat(store):
     dead = store.enqueue("m", "r", {})
     alive = store.enqueue("m", "r", {})
@@ -126,6 +134,7 @@ def test_mark_interrupted_dead_pid_and_stale_heartbeat(store):
     assert store.mark_interrupted(host="here", alive_pids={102}) == []
 
 
+@on_postgres_too
 def test_a_running_run_whose_heartbeat_went_stale_is_shown_as_interrupted(store):
     """A killed foreground `avstudio train` records nothing: every read of runs ends it once its heartbeat is stale."""
     killed, alive = store.enqueue("m", "r", {}), store.enqueue("m", "r", {})
@@ -148,6 +157,7 @@ def test_a_running_run_whose_heartbeat_went_stale_is_shown_as_interrupted(store)
         other.close()
 
 
+@on_postgres_too
 def test_requeue_for_resume(store):
     run_id = store.enqueue("m", "r", {})
     store.claim_next("w", host="h", pid=1)
@@ -164,6 +174,7 @@ def test_requeue_for_resume(store):
         store.requeue_for_resume(999)
 
 
+@on_postgres_too
 def test_list_runs_newest_first_with_filters(store):
     ids = [store.enqueue("a", "r", {}), store.enqueue("b", "r", {}), store.enqueue("a", "r", {})]
     store.request_cancel(ids[0])
@@ -173,6 +184,7 @@ def test_list_runs_newest_first_with_filters(store):
     assert len(store.list_runs(limit=2)) == 2
 
 
+@on_postgres_too
 def test_log_metrics_batch_history_and_latest(store):
     run_id = store.enqueue("m", "r", {})
     store.log_metrics(run_id, [MetricPoint(step=s, key="loss", value=1.0 / (s + 1), time=100.0 + s) for s in range(5)]
@@ -187,6 +199,7 @@ def test_log_metrics_batch_history_and_latest(store):
     assert store.list_runs()[0].latest_metrics["acc"] == pytest.approx(0.9)
 
 
+@on_postgres_too
 def test_non_finite_metrics_are_stored_as_nan(store):
     run_id = store.enqueue("m", "r", {})
     store.log_metrics(run_id, [MetricPoint(0, "loss", float("nan"), 1.0), MetricPoint(1, "loss", float("inf"), 2.0)])
@@ -195,6 +208,7 @@ def test_non_finite_metrics_are_stored_as_nan(store):
     assert math.isnan(store.get_run(run_id).latest_metrics["loss"])
 
 
+@on_postgres_too
 def test_artifacts_replace_and_kinds(store, tmp_path):
     run_id = store.enqueue("m", "r", {})
     first = store.add_artifact(run_id, "model", "checkpoint", str(tmp_path / "a.safetensors"), {"step": 1})
@@ -211,6 +225,7 @@ def test_artifacts_replace_and_kinds(store, tmp_path):
         store.get_artifact(999)
 
 
+@on_postgres_too
 def test_promote_and_cascade_delete(store, tmp_path):
     run_a, run_b = store.enqueue("m", "r", {}), store.enqueue("m", "r", {})
     art_a = store.add_artifact(run_a, "model", "checkpoint", str(tmp_path / "a.safetensors"))
@@ -241,6 +256,7 @@ def _claim_all(url: str, worker: str, out) -> None:
     out.put(taken)
 
 
+@on_postgres_too
 def test_concurrent_processes_claim_each_run_once(store, store_url):
     ids = [store.enqueue("m", "r", {}) for _ in range(30)]
     ctx = mp.get_context("spawn")
@@ -255,6 +271,7 @@ def test_concurrent_processes_claim_each_run_once(store, store_url):
     assert claimed == ids
 
 
+@on_postgres_too
 def test_heartbeat_is_refused_once_another_worker_marked_the_run_interrupted(store):
     run_id = store.enqueue("m", "r", {})
     store.claim_run(run_id, "w1", host="far", pid=1)
@@ -277,6 +294,7 @@ def test_heartbeat_is_refused_once_another_worker_marked_the_run_interrupted(sto
     assert store.get_run(run_id).status == "succeeded"
 
 
+@on_postgres_too
 def test_shared_home_mounted_elsewhere_finds_artifacts_and_promotions(store_url, tmp_path):
     """A worker writes under its home /a; a studio mounts the same files at /b: it reads them under /b."""
     from trainer.context import resolve_checkpoint
