@@ -1,7 +1,7 @@
 """A real studio for testing a plugin: its registry, run store, worker path and contexts, in a
 temporary home. A plugin's tests open one with :func:`open_test_studio` (the one module of the studio
-besides the contract, ``app.api``, that they import; the contract does not re-export it, since the
-harness reaches the whole studio, its CLI included)::
+besides the contract, the core ``app.api`` and its kits, that they import; the contract does not hand it
+on, since the harness reaches the whole studio, its CLI included)::
 
     from app.testing import open_test_studio
     import my_plugin
