@@ -51,6 +51,7 @@ def test_pick_policy_prefers_the_fewest_blocks_within_one_point(tmp_path):
     assert pick_policy(assets, full).name == "policy-g1.safetensors"  # none close: the most accurate
 
 
+@pytest.mark.slow  # the quick benchmark in a subprocess: the heaviest test of the file by far
 def test_report_has_every_figure_the_issue_names(tmp_path):
     assets, full = _assets(tmp_path / "assets", {"policy-g1": (0.8, 2.0)})
     out = tmp_path / "report.json"

@@ -278,6 +278,7 @@ def test_train_retrains_what_the_shipped_cards_say(trained, tmp_path):
         MT.shipped_runs(assets, None)
 
 
+@pytest.mark.slow  # trains the whole chain again; the report itself: test_report_has_every_figure_the_issue_names
 def test_quick_trains_every_model_and_writes_its_own_report(tmp_path, monkeypatch):
     monkeypatch.setattr(B, "QUICK_WIDE", TINY_WIDE)
     monkeypatch.setattr(B, "QUICK_TREE", TINY_TREE)

@@ -66,6 +66,7 @@ def test_the_summary_and_targets_use_what_exists():
     assert not B.targets_met(figures, cfg)["gain_at_smallest_at_least_5_pts"]
 
 
+@pytest.mark.slow  # trains two benchmark jobs; what the report makes of jobs: the tests above and below (fast)
 def test_a_quick_run_trains_only_what_is_missing_and_reports(tmp_path, monkeypatch):
     jobs = tmp_path / "jobs"
     args = ["--quick", "--poolings", "max", "--max-jobs", "1", "--workers", "1", "--jobs-dir", str(jobs),

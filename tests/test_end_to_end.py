@@ -75,6 +75,7 @@ def test_queue_train_promote_and_the_demo_uses_the_new_checkpoint(studio, store)
     assert client.predict(3, api_name="/counter_echo") == "value=3 checkpoint_step=3"
 
 
+@pytest.mark.slow  # the whole path is the test above; recording a failure is test_worker's (fast)
 def test_a_failing_run_reports_its_error_through_the_app(studio, store):
     run_id = int(studio.predict("counter", "count", '{"steps": 5, "fail_at": 2}', "cpu",
                                 api_name="/queue_run"))

@@ -331,6 +331,7 @@ def test_cancel_hard_stops_a_recipe_that_ignores_should_stop(store, store_url, d
     assert _checkpoint_step(store, run_id) < 999
 
 
+@pytest.mark.slow  # eight runs in two spawned workers; each run is claimed once: test_store (fast), test_postgres
 def test_two_worker_processes_run_each_job_exactly_once(store, store_url, dirs):
     ids = [store.enqueue("counter", "count", {"steps": 2}) for _ in range(8)]
     spawn = mp.get_context("spawn")
