@@ -1,5 +1,6 @@
-"""A tiny in-process TrainContext and DemoContext for the BlockDrop tests (and for running the
-recipes without the worker: ``python -m tests.blockdrop_fakes OUT_DIR [--device cuda] [key=value ...]``)."""
+"""A tiny in-process TrainContext for the BlockDrop tests (and for running the recipes without the
+worker: ``python -m tests.blockdrop_fakes OUT_DIR [--device cuda] [key=value ...]``); the demo tests' fake
+DemoContext is tests/demo_helpers.py's."""
 
 from __future__ import annotations
 
@@ -13,10 +14,8 @@ import torch
 
 from trainer.checkpoints import (
     Checkpoint,
-    CheckpointInfo,
     load_checkpoint,
     make_card,
-    read_card,
     save_checkpoint,
 )
 from trainer.datasets.tensor_dataset import ImageTensorDataset
@@ -120,36 +119,6 @@ class FakeTrainContext:
         bar = _Bar()
         self.bars.append(bar)
         return bar
-
-
-class FakeDemoContext:
-    """Implements app.api.DemoContext over a directory of checkpoints (``<assets_dir>/<name>.safetensors``)."""
-
-    def __init__(self, assets_dir: Path, datasets: dict | None = None, data_dir: Path | None = None) -> None:
-        self.method = "blockdrop"
-        self.device = torch.device("cpu")
-        self.assets_dir = Path(assets_dir)
-        self.data_dir = Path(data_dir or assets_dir)
-        self.training_enabled = False
-        self.datasets = datasets
-
-    def checkpoint_path(self, name: str) -> Path | None:
-        path = self.assets_dir / f"{name}.safetensors"
-        return path if path.is_file() else None
-
-    def load_checkpoint(self, name: str) -> Checkpoint | None:
-        path = self.checkpoint_path(name)
-        return None if path is None else load_checkpoint(path)
-
-    def checkpoints(self) -> list[CheckpointInfo]:
-        return [CheckpointInfo(p.stem, "shipped", p, read_card(p))
-                for p in sorted(self.assets_dir.glob("*.safetensors"))]
-
-    def dataset(self, name: str, split: str, **options: Any) -> Any:
-        if self.datasets is not None:
-            return self.datasets[(name, split)]
-        from app.plugin_manager import load_registry
-        return load_registry().load_dataset(name, split, self.data_dir, **options)
 
 
 def run_pipeline(out: Path, device: str, overrides: dict[str, dict[str, str]], gammas: list[float]) -> None:

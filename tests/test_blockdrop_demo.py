@@ -11,41 +11,27 @@ import pytest
 import torch
 from PIL import Image
 
-from app.api import UserError, module_tensors
+from app.api import UserError
 from plugins.blockdrop import analysis
 from plugins.blockdrop.demo import BlockDropDemo, build_demo, panel_frames
-from plugins.blockdrop.model import build_policy, build_resnet
-from tests.blockdrop_fakes import FakeDemoContext, random_dataset
-from trainer.checkpoints import save_checkpoint
-
-LABELS = [f"shape{i}" for i in range(10)]
-
-
-def _card(**extra):
-    return {"depth": 8, "num_classes": 10, "num_blocks": 3, "labels": LABELS, "image_size": [32, 32], **extra}
+from tests.blockdrop_fakes import random_dataset
+from tests.demo_helpers import (
+    BLOCKDROP_LABELS,
+    FakeDemoContext,
+    built_tab,
+    save_blockdrop_assets,
+)
 
 
 @pytest.fixture
 def assets(tmp_path):
-    torch.manual_seed(0)
-    assets = tmp_path / "assets"
-    backbone = build_resnet(8, 10)
-    save_checkpoint(assets / "backbone.safetensors", module_tensors(backbone, "backbone"), _card(kind="backbone"))
-    for gamma, bias in ((1, -0.2), (5, 3.0)):
-        policy = build_policy(3)
-        torch.nn.init.constant_(policy.fc.bias, bias)
-        torch.nn.init.zeros_(policy.fc.weight)
-        policy.fc.bias.data[0] = 3.0  # block 1 always kept
-        save_checkpoint(assets / f"policy-g{gamma}.safetensors",
-                        {**module_tensors(backbone, "backbone"), **module_tensors(policy, "policy")},
-                        _card(kind="finetune", gamma=gamma, free_blocks=3, policy_input_size=32))
-    return assets
+    return save_blockdrop_assets(tmp_path / "assets")
 
 
 @pytest.fixture
 def demo(assets, tmp_path):
     data = {("shapes", "test"): random_dataset(40, seed=3)}
-    return BlockDropDemo(FakeDemoContext(assets, datasets=data, data_dir=tmp_path / "data"))
+    return BlockDropDemo(FakeDemoContext("blockdrop", assets, datasets=data, data_dir=tmp_path / "data"))
 
 
 def _png(image: Image.Image, **save) -> bytes:
@@ -133,7 +119,7 @@ def test_predict_accepts_any_image(demo, kind, monkeypatch):
     assert result["blockdrop_top3"] == pytest.approx(reference["blockdrop_top3"])
     assert result["policy"] == reference["policy"]
     assert len(result["full_top3"]) == 3 and len(result["blockdrop_top3"]) == 3
-    assert set(result["full_top3"]) <= set(LABELS)
+    assert set(result["full_top3"]) <= set(BLOCKDROP_LABELS)
     assert sum(result["full_top3"].values()) <= 1.0 + 1e-6
     assert result["num_blocks"] == 3 and result["policy"][0] == 1
     assert result["blocks_used"] == sum(result["policy"])
@@ -163,7 +149,7 @@ def test_corrupt_file_is_a_clear_user_error(demo, tmp_path):
 
 
 def test_no_checkpoint_says_how_to_train(tmp_path):
-    demo = BlockDropDemo(FakeDemoContext(tmp_path / "empty"))
+    demo = BlockDropDemo(FakeDemoContext("blockdrop", tmp_path / "empty"))
     assert demo.policy_names() == []
     with pytest.raises(UserError, match="avstudio train blockdrop backbone"):
         demo.predict(_images()["rgba"], "policy-g1")
@@ -211,12 +197,12 @@ def test_build_demo_wires_named_events(assets, tmp_path):
     import gradio as gr
 
     with gr.Blocks() as blocks:
-        build_demo(FakeDemoContext(assets, data_dir=tmp_path))
+        build_demo(FakeDemoContext("blockdrop", assets, data_dir=tmp_path))
     names = {dep.get("api_name") for dep in blocks.config["dependencies"]}
     assert {"blockdrop_predict", "blockdrop_predict_sketch", "blockdrop_dataset_panel"} <= names
 
     with gr.Blocks() as empty:
-        build_demo(FakeDemoContext(tmp_path / "none", data_dir=tmp_path))
+        build_demo(FakeDemoContext("blockdrop", tmp_path / "none", data_dir=tmp_path))
     texts = [c.get("props", {}).get("value") for c in empty.config["components"]]
     assert any(isinstance(t, str) and "avstudio train blockdrop" in t for t in texts)
 
@@ -225,7 +211,7 @@ def test_upload_component_passes_corrupt_files_to_the_handler(demo, tmp_path):
     import gradio as gr
     from gradio.data_classes import ImageData
 
-    from app.api import lenient_upload
+    from app.demo_kit import lenient_upload
 
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image at all")
@@ -239,47 +225,13 @@ def test_upload_component_passes_corrupt_files_to_the_handler(demo, tmp_path):
 # -- demo conventions (issue 9) ------------------------------------------------------------------
 
 
-def _example_assets(assets, size=32):
-    examples = assets / "examples"
-    examples.mkdir(exist_ok=True)
-    rgb = np.random.default_rng(1).integers(0, 255, (size, size, 3), dtype=np.uint8)
-    Image.fromarray(rgb).save(examples / "0_noise.png")
-    return examples / "0_noise.png"
-
-
 def _built(assets, tmp_path):
-    import gradio as gr
-
-    with gr.Blocks() as blocks:
-        build_demo(FakeDemoContext(assets, data_dir=tmp_path / "data"))
-    by_id = {c["id"]: c for c in blocks.config["components"]}
-    by_elem = {c["props"]["elem_id"]: c for c in blocks.config["components"] if c["props"].get("elem_id")}
-    return blocks, by_id, by_elem
-
-
-def test_clicking_an_example_runs_the_prediction(assets, tmp_path, monkeypatch):
-    monkeypatch.setenv("GRADIO_CACHE_EXAMPLES", "true")  # as on a Space: still no caching at start-up
-    example = _example_assets(assets)
-    blocks, by_id, by_elem = _built(assets, tmp_path)
-    deps = blocks.config["dependencies"]
-    dataset_id = next(c["id"] for c in blocks.config["components"] if c["type"] == "dataset")
-    load = next(d for d in deps if (dataset_id, "click") in [tuple(t) for t in d["targets"]])
-    assert load["outputs"] == [by_elem["blockdrop-input"]["id"]]  # fills the upload, keeps the chosen γ
-    runs = [d for d in deps if d.get("trigger_after") == load["id"]]
-    assert len(runs) == 1, "clicking an example must also run the prediction"
-    run = runs[0]
-    assert run["api_name"] == "blockdrop_predict_example"
-    assert by_elem["blockdrop-policy"]["id"] in run["inputs"]
-    predict = next(d for d in deps if d.get("api_name") == "blockdrop_predict")
-    assert run["outputs"] == predict["outputs"]
-    assert {by_elem["blockdrop-block-map"]["id"], by_elem["blockdrop-model-input"]["id"]} <= set(run["outputs"])
-    fn = next(f for f in blocks.fns.values() if f.name == "blockdrop_predict_example")
-    full, bd, block_map, stats, seen = fn.fn(str(example), "policy-g1")
-    assert len(full) == 3 and len(bd) == 3 and block_map.count("<tr>") == 3 and "Blocks used" in stats
+    return built_tab(build_demo, FakeDemoContext("blockdrop", assets, data_dir=tmp_path / "data"))
 
 
 def test_the_demo_shows_what_the_network_sees_at_a_readable_size(demo, assets, tmp_path):
-    from plugins.blockdrop.demo import READABLE_PX, enlarge, model_input_label
+    from app.demo_kit import enlarge
+    from plugins.blockdrop.demo import READABLE_PX, model_input_label
 
     image = Image.fromarray(np.random.default_rng(2).integers(0, 255, (37, 53, 3), dtype=np.uint8))
     r = demo.predict(image, "policy-g1", latency_repeats=1)
@@ -288,14 +240,14 @@ def test_the_demo_shows_what_the_network_sees_at_a_readable_size(demo, assets, t
     assert seen.shape == (32, 32, 3) and seen.dtype == np.uint8
     expected = np.asarray(image.resize((32, 32), Image.Resampling.BILINEAR))
     assert np.abs(seen.astype(int) - expected.astype(int)).max() <= 1  # the resized image, not the upload
-    big = enlarge(seen)
+    big = enlarge(seen, READABLE_PX)
     assert big.shape == (READABLE_PX, READABLE_PX, 3) and READABLE_PX >= 128
     assert (big[::8, ::8] == seen).all() and (big[7::8, 7::8] == seen).all()  # nearest neighbour, crisp
     assert enlarge(np.zeros((512, 300, 3), np.uint8)).shape == (512, 300, 3)  # large inputs left alone
     assert model_input_label(r) == "what the network sees: 32×32"
     assert "32×32" in _built_stats(assets, tmp_path, image)
 
-    _, _, by_elem = _built(assets, tmp_path)
+    _, by_elem = _built(assets, tmp_path)
     shown = by_elem["blockdrop-model-input"]
     assert shown["type"] == "image" and shown["props"]["label"].startswith("what the network sees")
     upload = by_elem["blockdrop-input"]["props"]
@@ -306,7 +258,7 @@ def test_the_demo_shows_what_the_network_sees_at_a_readable_size(demo, assets, t
 
 
 def _built_stats(assets, tmp_path, image):
-    blocks, _, _ = _built(assets, tmp_path)
+    blocks, _ = _built(assets, tmp_path)
     fn = next(f for f in blocks.fns.values() if f.name == "run")
     *_, stats, seen = fn.fn(image, "policy-g1")
     assert seen["label"] == "what the network sees: 32×32" and seen["value"].shape[:2] == (256, 256)
@@ -324,8 +276,10 @@ def test_the_policy_selector_opens_on_the_recommended_operating_point(assets, tm
     assert default_policy(["policy-g0.5", "policy-g1", "policy-g2"]) == "policy-g1"
     assert default_policy(["policy-g0.5", "policy-g2"]) == "policy-g0.5"
     assert default_policy([]) is None
-    shutil.copy(assets / "policy-g1.safetensors", assets / "policy-g0.5.safetensors")  # sorts first
-    _, _, by_elem = _built(assets, tmp_path)
+    shutil.copy(assets / "policy-g1.safetensors", assets / "policy-g0.5.safetensors")
+    card = json.loads((assets / "policy-g1.json").read_text())
+    (assets / "policy-g0.5.json").write_text(json.dumps({**card, "gamma": 0.5}))  # its card's γ sorts it first
+    _, by_elem = _built(assets, tmp_path)
     dropdown = by_elem["blockdrop-policy"]["props"]
     assert [c[0] for c in dropdown["choices"]][0] == "policy-g0.5" and dropdown["value"] == "policy-g1"
 

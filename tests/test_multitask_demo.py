@@ -4,9 +4,6 @@ temporary studio (promoted and shipped, as a user would have them)."""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -14,7 +11,7 @@ from PIL import Image
 
 import plugins.datasets
 import plugins.multitask
-from app.api import image_to_tensor, load_rgb_image
+from app.demo_kit import image_to_tensor, load_rgb_image, viridis
 from app.testing import open_test_studio
 from plugins.multitask.demo import MultitaskDemo
 from plugins.multitask.drawings import (
@@ -30,7 +27,6 @@ from plugins.multitask.drawings import (
     TREE_NAMES,
     TREE_RIGHT,
     TREE_ROW,
-    colormap,
     top_groups,
     tree_order,
 )
@@ -38,54 +34,17 @@ from plugins.multitask.latency import LATENCY_REPEATS
 from plugins.multitask.model import net_from_checkpoint
 from plugins.multitask.recipes import tree_from_card
 from plugins.multitask.tab import TABLE_COLUMNS, build_demo, table_frame
-
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "assets" / "multitask" / "examples"
-DATA = {"dataset_options": ["num_train=96", "num_val=32", "num_test=16"],  # a tiny persons: generated fast
-        "train_size": 64, "val_size": 32, "batch_size": 32, "epochs": 2}
-WIDE = {**DATA, "widths": [4, 8, 8, 8, 16, 16, 16]}
-TREES = {"thin": {"lam": 0.0}, "thin-random": {"lam": 0.0, "init": "random"},
-         "branched-l5": {"lam": 5.0, "widen_after": 1}, "branched-l50": {"lam": 50.0, "widen_after": 1}}
-PROMOTED = ("wide", "thin", "branched-l50")  # promoted from their runs; the others are shipped (copied to assets)
-BRANCHED = ["branched-l5", "branched-l50"]  # by λ
+from tests.multitask_studio import BRANCHED, DATA, EXAMPLES, example
 
 
 def _rgb(hex_colour: str) -> tuple[int, int, int]:
     return tuple(int(hex_colour[k:k + 2], 16) for k in (1, 3, 5))
 
 
-@pytest.fixture(scope="module")
-def studio(tmp_path_factory):
-    """A studio whose multitask demo sees wide, thin, thin-random, branched-l5 and branched-l50 (tiny, trained
-    here: 2 epochs of 64 images) and the shipped examples; assets in a temporary folder, not the repository's."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    home = tmp_path_factory.mktemp("multitask-demo")
-    try:
-        with open_test_studio(home / "studio", [plugins.datasets, plugins.multitask]) as studio:
-            assets = home / "assets"
-            (assets / "multitask").mkdir(parents=True)
-            shutil.copytree(EXAMPLES, assets / "multitask" / "examples")
-            studio.settings.assets_dir = assets
-            wide = studio.train("multitask", "wide", WIDE)
-            assert wide.status == "succeeded", wide.error
-            runs = {"wide": wide}
-            for name, extra in TREES.items():
-                config = {**DATA, "epochs": 4, "divisor": 2, "wide": str(wide.checkpoints["wide"]), **extra}
-                runs[name] = studio.train("multitask", "tree", config)
-                assert runs[name].status == "succeeded", runs[name].error
-                assert list(runs[name].checkpoints) == [name]
-            for name, run in runs.items():
-                if name in PROMOTED:
-                    studio.promote(run.run_id, name)
-                else:
-                    path = run.checkpoints[name]
-                    shutil.copy(path, assets / "multitask" / path.name)
-                    shutil.copy(path.with_suffix(".json"), assets / "multitask" / f"{name}.json")
-            studio.runs = runs
-            yield studio
-    finally:
-        torch.set_num_threads(threads)
+@pytest.fixture
+def studio(multitask_studio, one_thread):
+    """The session's studio with tiny trained multitask models (conftest); torch on one thread meanwhile."""
+    return multitask_studio
 
 
 @pytest.fixture
@@ -100,10 +59,6 @@ def demo(ctx):
 
 def _card(ctx, name: str) -> dict:
     return ctx.load_checkpoint(name).metadata
-
-
-def _example() -> str:
-    return str(sorted(EXAMPLES.glob("*.png"))[0])
 
 
 def test_the_fixture_has_every_kind_of_model_from_both_sources(ctx):
@@ -134,7 +89,7 @@ def test_six_examples_from_the_persons_test_split_with_the_command_that_made_the
 
 
 def test_probabilities_of_every_task_grouped_exactly_as_the_tree_says(demo, ctx):
-    r = demo.predict(_example(), "branched-l50")
+    r = demo.predict(example(), "branched-l50")
     checkpoint = ctx.load_checkpoint("branched-l50")
     config = tree_from_card(checkpoint.metadata)
     assert r["model"] == "branched-l50" and r["lam"] == 50.0
@@ -150,7 +105,7 @@ def test_probabilities_of_every_task_grouped_exactly_as_the_tree_says(demo, ctx)
     # the numbers are the network's own: sigmoid of its logits for the image at 64×64
     net = net_from_checkpoint(checkpoint)
     with torch.no_grad():
-        expected = torch.sigmoid(net(image_to_tensor(load_rgb_image(_example()), (64, 64))))[0]
+        expected = torch.sigmoid(net(image_to_tensor(load_rgb_image(example()), (64, 64))))[0]
     for task, p in zip(config.tasks, expected.tolist(), strict=True):
         assert r["probabilities"][task] == pytest.approx(p, abs=1e-4)
         group = next(g for g in r["groups"] if task in g["tasks"])
@@ -166,7 +121,7 @@ def test_probabilities_of_every_task_grouped_exactly_as_the_tree_says(demo, ctx)
 
 
 def test_a_single_trunk_is_one_group_and_no_model_argument_opens_on_the_best_branched_one(demo, ctx):
-    r = demo.predict(_example(), "thin")
+    r = demo.predict(example(), "thin")
     assert len(r["groups"]) == 1 and r["groups"][0]["own_layers"] is None
     assert set(r["groups"][0]["tasks"]) == set(r["tasks"]) and "baseline" in r["text"]
     accuracy = {n: _card(ctx, n)["metrics"]["val_mean_accuracy"] for n in BRANCHED}
@@ -174,7 +129,7 @@ def test_a_single_trunk_is_one_group_and_no_model_argument_opens_on_the_best_bra
     close = [n for n in BRANCHED if accuracy[n] >= wide - 0.01]
     best = (min(close, key=lambda n: (_card(ctx, n)["params"], BRANCHED.index(n))) if close
             else max(BRANCHED, key=lambda n: (accuracy[n], -BRANCHED.index(n))))
-    assert demo.default_model() == best and demo.predict(_example())["model"] == best
+    assert demo.default_model() == best and demo.predict(example())["model"] == best
 
 
 def test_the_tab_opens_on_the_cheapest_branched_model_within_a_point_of_wide():
@@ -209,8 +164,8 @@ def test_networks_load_lazily_and_once(ctx, monkeypatch):
     demo.overview("branched-l50")
     demo.comparison()
     assert loads == []  # the tree, the heatmap and the table read the cards only
-    demo.predict(_example(), "branched-l5")
-    demo.predict(_example(), "branched-l5")
+    demo.predict(example(), "branched-l5")
+    demo.predict(example(), "branched-l5")
     assert loads == ["branched-l5"]
 
 
@@ -288,7 +243,7 @@ def test_the_heatmap_follows_the_tree_order_and_shows_the_first_decisions_affini
         for j in range(n):
             value = (affinity[order[i], order[j]] - heat["vmin"]) / (heat["vmax"] - heat["vmin"])
             centre = heat["image"][y0 + i * HEAT_CELL + HEAT_CELL // 2, x0 + j * HEAT_CELL + HEAT_CELL // 2]
-            assert tuple(centre) == tuple(colormap(value)), (i, j)
+            assert tuple(centre) == tuple(viridis(value)), (i, j)
     assert "first widening decision" in o["affinity_text"]
     # a model that never branched shows the affinity its card tracked on the last epoch
     thin = demo.overview("thin")
@@ -381,22 +336,6 @@ def test_the_lambda_selector_lists_exactly_the_branched_checkpoints_present(stud
     assert [c[1] for c in MultitaskDemo(ctx).model_choices()] == BRANCHED
 
 
-def test_clicking_an_example_runs_the_prediction(ctx, monkeypatch):
-    monkeypatch.setenv("GRADIO_CACHE_EXAMPLES", "true")  # as on a Space: still no caching at start-up
-    blocks, by_elem = _built(ctx)
-    deps = blocks.config["dependencies"]
-    dataset_id = next(c["id"] for c in blocks.config["components"] if c["type"] == "dataset")
-    load = next(d for d in deps if (dataset_id, "click") in [tuple(t) for t in d["targets"]])
-    assert by_elem["multitask-input"]["id"] in load["outputs"]
-    runs = [d for d in deps if d.get("trigger_after") == load["id"]]
-    assert len(runs) == 1 and runs[0]["api_name"] == "multitask_predict_example"
-    assert by_elem["multitask-model"]["id"] in runs[0]["inputs"]
-    assert runs[0]["outputs"] == next(d for d in deps if d["api_name"] == "multitask_predict")["outputs"]
-    html, text, seen, state = _fn(blocks, "multitask_predict_example").fn(_example(), "branched-l50")
-    assert "λ = 50" in text and "%" in html and state == _example()
-    assert seen["value"].shape == (192, 192, 3) and seen["label"] == "what the network sees: 64×64"
-
-
 def test_page_load_and_the_selector_redraw_the_tree_heatmap_and_prediction(ctx):
     blocks, _ = _built(ctx)
     choices, tree, tree_text, heat, heat_text, table, status = _fn(blocks, "multitask_overview_on_load").fn(None)
@@ -404,8 +343,8 @@ def test_page_load_and_the_selector_redraw_the_tree_heatmap_and_prediction(ctx):
     assert tree.ndim == 3 and heat.ndim == 3 and ("first split" in tree_text or "one shared trunk" in tree_text)
     assert list(table["model"]) == ["wide", "thin", "thin-random", *BRANCHED] and "**Models:**" in status
     switch = _fn(blocks, "multitask_switch_model").fn
-    tree5, _, _, _, html5, text5, _ = switch("branched-l5", _example())
-    tree50, text50_tree, _, _, html50, text50, _ = switch("branched-l50", _example())
+    tree5, _, _, _, html5, text5, _ = switch("branched-l5", example())
+    tree50, text50_tree, _, _, html50, text50, _ = switch("branched-l50", example())
     assert "λ = 5 " in text5 and "λ = 50" in text50 and "λ = 50" in text50_tree
     assert tree5.shape[1] == tree50.shape[1] and not np.array_equal(tree5, tree50)
     untouched = switch("branched-l5", None)[4:]  # no image yet: the prediction panel is left as it is
@@ -436,9 +375,9 @@ def test_an_unknown_model_name_is_a_clear_error(demo):
     from app.api import UserError
 
     with pytest.raises(UserError, match="not a multitask model"):
-        demo.predict(_example(), "resnet")
+        demo.predict(example(), "resnet")
     with pytest.raises(UserError, match="avstudio train multitask tree --set lam=7"):
-        demo.predict(_example(), "branched-l7")
+        demo.predict(example(), "branched-l7")
 
 
 def test_without_checkpoints_the_tab_builds_and_says_how_to_train(tmp_path):
@@ -455,6 +394,6 @@ def test_without_checkpoints_the_tab_builds_and_says_how_to_train(tmp_path):
         assert tree is None and heat is None and "avstudio train multitask" in tree_text
         assert len(table) == 0
         with pytest.raises(gr.Error, match="avstudio train multitask"):
-            _fn(blocks, "multitask_predict").fn(_example(), None)
+            _fn(blocks, "multitask_predict").fn(example(), None)
         table, _ = _fn(blocks, "multitask_measure_latency").fn()
         assert len(table) == 0

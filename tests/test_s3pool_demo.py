@@ -2,99 +2,46 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from app.api import CheckpointInfo, UserError, load_checkpoint, module_tensors, save_checkpoint
+from app.api import UserError
+from app.training_kit import module_tensors, save_checkpoint
 from plugins.s3pool.demo import MAX_NET, S3POOL_NET, S3PoolDemo
 from plugins.s3pool.model import NetConfig, build_net
 from plugins.s3pool.report import NO_REPORT, benchmark_data, load_report
 from plugins.s3pool.tab import build_demo
-
-LABELS = tuple(f"shape{i}" for i in range(10))
-REPORT = {
-    "benchmark": "s3pool",
-    "figures": {
-        "test_error": {"max": {"1000": 0.30, "250": 0.50}, "s3pool": {"250": 0.40, "1000": 0.25}},
-        "test_error_std": {"max": {"250": 0.02, "1000": 0.01}, "s3pool": {"250": 0.03, "1000": 0.015}},
-        "grid_sweep": {"2-2": {"train_error": 0.0, "test_error": 0.45}, "16-8": {"train_error": 0.1, "test_error": 0.4}},
-        "ensemble": {"deterministic": 0.4, "uniform": 0.45, "ensemble_2": 0.41},
-        "layer_overhead": 1.3,
-    },
-}
-
-
-class FakeDemoContext:
-    """app.api.DemoContext over a directory of shipped checkpoints (``<assets_dir>/<name>.safetensors``);
-    ``load_checkpoint`` is cached until the file changes, as the studio's is."""
-
-    def __init__(self, assets_dir: Path) -> None:
-        self.method = "s3pool"
-        self.device = torch.device("cpu")
-        self.assets_dir = Path(assets_dir)
-        self.data_dir = self.assets_dir / "data"
-        self.training_enabled = False
-        self._cache: dict[str, tuple[int, object]] = {}
-
-    def checkpoint_path(self, name: str) -> Path | None:
-        path = self.assets_dir / f"{name}.safetensors"
-        return path if path.is_file() else None
-
-    def load_checkpoint(self, name: str):
-        path = self.checkpoint_path(name)
-        if path is None:
-            return None
-        mtime = path.stat().st_mtime_ns
-        if name not in self._cache or self._cache[name][0] != mtime:
-            self._cache[name] = (mtime, load_checkpoint(path))
-        return self._cache[name][1]
-
-    def checkpoints(self) -> list[CheckpointInfo]:
-        return [CheckpointInfo(p.stem, "shipped", p, json.loads(p.with_suffix(".json").read_text()))
-                for p in sorted(self.assets_dir.glob("*.safetensors"))]
-
-    def dataset(self, name: str, split: str, **options):
-        raise AssertionError("the S3Pool demo reads no dataset")
-
-
-def _save_net(assets: Path, downsample: str) -> None:
-    config = NetConfig(depth=8, width=4, downsample=downsample, labels=LABELS)
-    net = build_net(config)
-    save_checkpoint(assets / f"{config.name}.safetensors", module_tensors(net, "net"), {"net": asdict(config)})
+from tests.demo_helpers import (
+    S3POOL_LABELS,
+    S3POOL_REPORT,
+    FakeDemoContext,
+    built_tab,
+    example_file,
+    noise_image,
+    save_s3pool_assets,
+)
 
 
 @pytest.fixture
 def assets(tmp_path):
-    torch.manual_seed(0)
-    assets = tmp_path / "assets"
-    assets.mkdir()
-    _save_net(assets, "max")
-    _save_net(assets, "s3pool")
-    (assets / "benchmark-report.json").write_text(json.dumps(REPORT))
-    return assets
+    return save_s3pool_assets(tmp_path / "assets")
 
 
 @pytest.fixture
 def demo(assets):
-    return S3PoolDemo(FakeDemoContext(assets))
-
-
-def _image(seed: int = 0, size: tuple[int, int] = (37, 53)) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (*size, 3), dtype=np.uint8))
+    return S3PoolDemo(FakeDemoContext("s3pool", assets))
 
 
 # -- pixel space ---------------------------------------------------------------------------------
 
 
 def test_pixel_space_draws_differ_and_the_deterministic_path_does_not(demo):
-    a = demo.augment(_image(), grid_size=16, layers=1, draws=4)
-    b = demo.augment(_image(), grid_size=16, layers=1, draws=4)
+    a = demo.augment(noise_image(), grid_size=16, layers=1, draws=4)
+    b = demo.augment(noise_image(), grid_size=16, layers=1, draws=4)
     assert a["input_resolution"] == (32, 32) and a["output_resolution"] == (16, 16)
     assert a["model_input"].shape == (32, 32, 3) and a["model_input"].dtype == np.uint8
     assert len(a["draws"]) == 4
@@ -115,33 +62,33 @@ def test_pixel_space_draws_differ_and_the_deterministic_path_does_not(demo):
 
 
 def test_pixel_space_is_reproducible_with_a_seed_and_two_layers_halve_twice(demo):
-    a = demo.augment(_image(), grid_size=8, layers=2, draws=3, seed=7)
-    b = demo.augment(_image(), grid_size=8, layers=2, draws=3, seed=7)
+    a = demo.augment(noise_image(), grid_size=8, layers=2, draws=3, seed=7)
+    b = demo.augment(noise_image(), grid_size=8, layers=2, draws=3, seed=7)
     assert a["grid_sizes"] == [8, 4] and a["output_resolution"] == (8, 8)
     assert all(np.array_equal(x, y) for x, y in zip(a["draws"], b["draws"], strict=True))
     assert a["draws"][0].shape == (8, 8, 3) and a["strip"].shape == (8, 5 * 8 + 4, 3)  # 3 draws, deterministic, max pool
     assert len(a["rows"][0]) == 2  # one set of rows per layer
-    assert demo.augment(_image(), grid_size=2, layers=2)["grid_sizes"] == [2, 2]
-    assert demo.augment(_image(), grid_size=32)["output_resolution"] == (16, 16)
+    assert demo.augment(noise_image(), grid_size=2, layers=2)["grid_sizes"] == [2, 2]
+    assert demo.augment(noise_image(), grid_size=32)["output_resolution"] == (16, 16)
 
 
 @pytest.mark.parametrize("grid", [3, 0, 34, "x", None, 4.5])
 def test_bad_grid_sizes_are_clear_user_errors(demo, grid):
     with pytest.raises(UserError, match="even number from 2 to 32"):
-        demo.augment(_image(), grid_size=grid)
+        demo.augment(noise_image(), grid_size=grid)
 
 
 def test_the_pixel_panel_needs_no_checkpoint(tmp_path):
-    demo = S3PoolDemo(FakeDemoContext(tmp_path))
-    assert len(demo.augment(_image(), draws=2)["draws"]) == 2
+    demo = S3PoolDemo(FakeDemoContext("s3pool", tmp_path))
+    assert len(demo.augment(noise_image(), draws=2)["draws"]) == 2
 
 
 # -- the network's feature maps ------------------------------------------------------------------
 
 
 def test_feature_maps_of_the_first_s3pool_layer(demo):
-    a = demo.features(_image(), draws=3, channels=8)
-    b = demo.features(_image(), draws=3, channels=8)
+    a = demo.features(noise_image(), draws=3, channels=8)
+    b = demo.features(noise_image(), draws=3, channels=8)
     assert a["message"] is None and a["grid_size"] == 16 and a["map_resolution"] == (16, 16)
     assert len(a["channels"]) == 4  # the tiny net has 4 stage-1 channels: all of them
     # a row per draw: the 4 channels side by side at their real 16×16, 1-pixel gaps; the rows one under another
@@ -156,17 +103,17 @@ def test_feature_maps_of_the_first_s3pool_layer(demo):
     # the deterministic path is what the eval-mode network computes (BatchNorm stayed in eval mode)
     net = demo.net(S3POOL_NET)
     assert not net.training
-    x = torch.from_numpy(np.asarray(_image().resize((32, 32), Image.Resampling.BILINEAR), np.float32) / 255)
+    x = torch.from_numpy(np.asarray(noise_image().resize((32, 32), Image.Resampling.BILINEAR), np.float32) / 255)
     with torch.no_grad():
         first = net.forward_features(x.permute(2, 0, 1)[None])[0][0].numpy()
     assert np.allclose(raw["deterministic"], first[a["channels"]], atol=1e-5)
 
 
 def test_feature_grid_of_a_wider_net_shows_eight_channels_in_two_rows(tmp_path):
-    config = NetConfig(depth=8, width=12, downsample="s3pool", labels=LABELS)
+    config = NetConfig(depth=8, width=12, downsample="s3pool", labels=S3POOL_LABELS)
     save_checkpoint(tmp_path / "resnet-s3pool.safetensors", module_tensors(build_net(config), "net"),
                     {"net": asdict(config)})
-    r = S3PoolDemo(FakeDemoContext(tmp_path)).features(_image(), draws=2, channels=8)
+    r = S3PoolDemo(FakeDemoContext("s3pool", tmp_path)).features(noise_image(), draws=2, channels=8)
     assert len(r["channels"]) == 8 and r["deterministic"].shape == (16, 8 * 16 + 7, 3)
     assert r["picture"].shape == (3 * 16 + 2, 8 * 16 + 7, 3)  # 2 draws and the deterministic path
 
@@ -175,35 +122,35 @@ def test_feature_grid_of_a_wider_net_shows_eight_channels_in_two_rows(tmp_path):
 
 
 def test_predictions_are_distributions_over_the_labels(demo):
-    r = demo.predict(_image())
+    r = demo.predict(noise_image())
     assert set(r) == {MAX_NET, S3POOL_NET}
     for entry in r.values():
         assert entry["message"] is None
-        assert list(entry["probabilities"]) == list(LABELS)
+        assert list(entry["probabilities"]) == list(S3POOL_LABELS)
         assert sum(entry["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
-        assert len(entry["top3"]) == 3 and set(entry["top3"]) <= set(LABELS)
+        assert len(entry["top3"]) == 3 and set(entry["top3"]) <= set(S3POOL_LABELS)
         assert max(entry["top3"].values()) == pytest.approx(max(entry["probabilities"].values()), abs=1e-4)
     assert demo.net(MAX_NET) is demo.net(MAX_NET)  # rebuilt only when the checkpoint changes
 
 
 def test_missing_checkpoints_say_how_to_train_them(assets):
     (assets / "resnet-max.safetensors").unlink()
-    demo = S3PoolDemo(FakeDemoContext(assets))
-    r = demo.predict(_image())
+    demo = S3PoolDemo(FakeDemoContext("s3pool", assets))
+    r = demo.predict(noise_image())
     assert r[MAX_NET]["top3"] is None
     assert "avstudio train s3pool classifier --set downsample=max" in r[MAX_NET]["message"]
     assert r[S3POOL_NET]["message"] is None
-    empty = S3PoolDemo(FakeDemoContext(assets / "nothing"))
-    assert "--set downsample=s3pool" in empty.predict(_image())[S3POOL_NET]["message"]
-    features = empty.features(_image())
+    empty = S3PoolDemo(FakeDemoContext("s3pool", assets / "nothing"))
+    assert "--set downsample=s3pool" in empty.predict(noise_image())[S3POOL_NET]["message"]
+    features = empty.features(noise_image())
     assert features["picture"] is None and "avstudio train s3pool classifier" in features["message"]
-    whole = empty.analyse(_image())
+    whole = empty.analyse(noise_image())
     assert len(whole["augment"]["draws"]) == 4 and whole["features"]["message"]
 
 
 def test_a_checkpoint_of_another_architecture_is_a_message_not_a_crash(assets):
     save_checkpoint(assets / "resnet-max.safetensors", {"net.x": torch.zeros(1)}, {"net": {"depth": 8}})
-    r = S3PoolDemo(FakeDemoContext(assets)).predict(_image())
+    r = S3PoolDemo(FakeDemoContext("s3pool", assets)).predict(noise_image())
     assert "not an S3Pool-plugin network" in r[MAX_NET]["message"]
     assert "avstudio train s3pool classifier" in r[MAX_NET]["message"]
 
@@ -219,9 +166,9 @@ def test_corrupt_upload_is_a_clear_user_error(demo, tmp_path):
 
 
 def test_any_image_kind_runs(demo):
-    rgba = _image().convert("RGBA")
+    rgba = noise_image().convert("RGBA")
     sketch = {"composite": np.asarray(rgba), "background": None, "layers": []}
-    for image in (rgba, _image().convert("L"), np.asarray(_image()), sketch):
+    for image in (rgba, noise_image().convert("L"), np.asarray(noise_image()), sketch):
         r = demo.analyse(image, grid_size=4, layers=2, seed=1)
         assert r["augment"]["output_resolution"] == (8, 8) and r["predict"][MAX_NET]["top3"]
 
@@ -236,8 +183,8 @@ def test_plot_data_rows_match_the_report(assets):
     assert [(r["pooling"], r["train size"]) for r in rows] == [("max", 250), ("max", 1000), ("s3pool", 250),
                                                                ("s3pool", 1000)]
     for r in rows:
-        assert r["test error"] == REPORT["figures"]["test_error"][r["pooling"]][str(r["train size"])]
-        assert r["std"] == REPORT["figures"]["test_error_std"][r["pooling"]][str(r["train size"])]
+        assert r["test error"] == S3POOL_REPORT["figures"]["test_error"][r["pooling"]][str(r["train size"])]
+        assert r["std"] == S3POOL_REPORT["figures"]["test_error_std"][r["pooling"]][str(r["train size"])]
     assert data["grid_sweep"] == [{"grid": "2-2", "train error": 0.0, "test error": 0.45},
                                   {"grid": "16-8", "train error": 0.1, "test error": 0.4}]
     assert "1.30×" in data["summary"] and "ensemble_2 0.410" in data["summary"]
@@ -253,19 +200,7 @@ def test_no_report_is_a_note(tmp_path):
 
 
 def _built(assets):
-    import gradio as gr
-
-    with gr.Blocks() as blocks:
-        build_demo(FakeDemoContext(assets))
-    by_elem = {c["props"]["elem_id"]: c for c in blocks.config["components"] if c["props"].get("elem_id")}
-    return blocks, by_elem
-
-
-def _example(assets):
-    examples = assets / "examples"
-    examples.mkdir(exist_ok=True)
-    _image(1, (32, 32)).save(examples / "0_noise.png")
-    return examples / "0_noise.png"
+    return built_tab(build_demo, FakeDemoContext("s3pool", assets))
 
 
 def test_every_event_is_named_and_start_up_loads_no_model(assets, monkeypatch):
@@ -275,7 +210,7 @@ def test_every_event_is_named_and_start_up_loads_no_model(assets, monkeypatch):
         raise AssertionError("a model was loaded at start-up")
 
     monkeypatch.setattr(demo_module, "net_from_checkpoint", boom)
-    _example(assets)
+    example_file(assets)
     blocks, by_elem = _built(assets)
     names = [dep.get("api_name") for dep in blocks.config["dependencies"]]
     assert names and all(isinstance(n, str) and n.startswith("s3pool_") for n in names), names
@@ -284,28 +219,6 @@ def test_every_event_is_named_and_start_up_loads_no_model(assets, monkeypatch):
     assert (grid["minimum"], grid["maximum"], grid["step"], grid["value"]) == (2, 32, 2, 16)
     assert by_elem["s3pool-input"]["props"]["height"] >= 128
     assert "s3pool-error-plot" in by_elem and "s3pool-sweep" in by_elem
-
-
-def test_clicking_an_example_runs_the_demo(assets, monkeypatch):
-    monkeypatch.setenv("GRADIO_CACHE_EXAMPLES", "true")  # as on a Space: still no caching at start-up
-    example = _example(assets)
-    blocks, by_elem = _built(assets)
-    deps = blocks.config["dependencies"]
-    dataset_id = next(c["id"] for c in blocks.config["components"] if c["type"] == "dataset")
-    load = next(d for d in deps if (dataset_id, "click") in [tuple(t) for t in d["targets"]])
-    assert by_elem["s3pool-input"]["id"] in load["outputs"]
-    runs = [d for d in deps if d.get("trigger_after") == load["id"]]
-    assert len(runs) == 1, "clicking an example must also run the demo"
-    run = runs[0]
-    assert run["api_name"] == "s3pool_run_example"
-    assert {by_elem["s3pool-grid"]["id"], by_elem["s3pool-layers"]["id"]} <= set(run["inputs"])
-    assert run["outputs"] == next(d for d in deps if d.get("api_name") == "s3pool_run")["outputs"]
-    fn = next(f for f in blocks.fns.values() if f.name == "s3pool_run_example")
-    seen, strip, text, features, features_text, max_top3, s3_top3, predict_text, state = fn.fn(str(example), 16, 1)
-    assert seen["value"].shape == (192, 192, 3) and seen["label"] == "what S3Pool sees: 32×32"
-    assert strip.shape == (16, 101, 3) and "grid 16" in text and text.startswith("Left to right: 4 random draws")
-    assert features.shape == (4 * 16 + 3, 4 * 16 + 3, 3) and features_text.startswith(f"`{S3POOL_NET}`")
-    assert len(max_top3) == 3 and len(s3_top3) == 3 and predict_text == "" and state == str(example)
 
 
 def test_the_wrappers_turn_user_errors_into_messages_and_redraw_needs_an_image(assets, tmp_path):
@@ -319,7 +232,7 @@ def test_the_wrappers_turn_user_errors_into_messages_and_redraw_needs_an_image(a
         run.fn(str(bad), 16, 1)
     redraw = next(f for f in blocks.fns.values() if f.api_name == "s3pool_augment")
     assert all(isinstance(u, dict) and "value" not in u for u in redraw.fn(None, 16, 1))
-    seen, strip, _ = redraw.fn(str(_example(assets)), 8, 2)
+    seen, strip, _ = redraw.fn(str(example_file(assets)), 8, 2)
     assert strip.shape == (8, 6 * 8 + 5, 3)
 
 
@@ -333,7 +246,7 @@ def test_upload_component_passes_corrupt_files_to_the_handler(demo, tmp_path):
     import gradio as gr
     from gradio.data_classes import ImageData
 
-    from app.api import lenient_upload
+    from app.demo_kit import lenient_upload
 
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image at all")
@@ -349,7 +262,7 @@ def test_analyse_predicts_what_the_full_forward_pass_predicts(demo):
         for module in demo.net(net_name).modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.uniform_(-0.5, 0.5)
-    image = _image()
+    image = noise_image()
     together = demo.analyse(image, 16, 1, seed=3)["predict"]
     alone = demo.predict(image)
     for name in (MAX_NET, S3POOL_NET):
@@ -359,7 +272,7 @@ def test_analyse_predicts_what_the_full_forward_pass_predicts(demo):
 
 def test_every_draw_of_the_pixel_panel_is_the_max_of_its_windows(demo):
     """The draws are computed together; each must still be the stride-1 max at its own rows and columns."""
-    r = demo.augment(_image(), grid_size=8, layers=1, draws=4, seed=11)
+    r = demo.augment(noise_image(), grid_size=8, layers=1, draws=4, seed=11)
     x = torch.from_numpy(r["model_input"]).permute(2, 0, 1).float()
     full = torch.nn.functional.max_pool2d(torch.nn.functional.pad(x, (0, 1, 0, 1), value=-1.0), 2, stride=1)
     distinct = {tuple(rows[0]) for rows in r["rows"]}

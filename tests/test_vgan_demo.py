@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from app.api import CheckpointInfo, UserError, load_checkpoint, module_tensors, save_checkpoint
+from app.api import UserError
+from app.training_kit import module_tensors, save_checkpoint
 from plugins.vgan.demo import (
     GENERATED,
     MARKER,
@@ -27,64 +28,18 @@ from plugins.vgan.demo import (
 )
 from plugins.vgan.model import GanConfig, build_models
 from plugins.vgan.recipes import energies
-from plugins.vgan.tab import PIXELATED_CSS, READABLE_PX, build_demo
+from plugins.vgan.tab import PIXELATED_CSS, build_demo
+from tests.demo_helpers import (
+    FakeDemoContext,
+    built_tab,
+    event_fn,
+    example_file,
+    noise_image,
+    save_vgan_assets,
+    save_vgan_model,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
-LABELS = ("circle", "square")
-
-
-class FakeDemoContext:
-    """app.api.DemoContext over a directory of shipped checkpoints (``<assets_dir>/<name>.safetensors``);
-    ``load_checkpoint`` is cached until the file changes, as the studio's is."""
-
-    def __init__(self, assets_dir: Path) -> None:
-        self.method = "vgan"
-        self.device = torch.device("cpu")
-        self.assets_dir = Path(assets_dir)
-        self.data_dir = self.assets_dir / "data"
-        self.training_enabled = False
-        self._cache: dict[str, tuple[int, object]] = {}
-        self.loads: list[str] = []
-
-    def checkpoint_path(self, name: str) -> Path | None:
-        path = self.assets_dir / f"{name}.safetensors"
-        return path if path.is_file() else None
-
-    def load_checkpoint(self, name: str):
-        path = self.checkpoint_path(name)
-        if path is None:
-            return None
-        mtime = path.stat().st_mtime_ns
-        if name not in self._cache or self._cache[name][0] != mtime:
-            self.loads.append(name)
-            self._cache[name] = (mtime, load_checkpoint(path))
-        return self._cache[name][1]
-
-    def checkpoints(self) -> list[CheckpointInfo]:
-        return [CheckpointInfo(p.stem, "shipped", p, json.loads(p.with_suffix(".json").read_text()))
-                for p in sorted(self.assets_dir.glob("*.safetensors"))]
-
-    def dataset(self, name: str, split: str, **options):
-        raise AssertionError("the VGAN demo reads no dataset")
-
-
-def _save_model(assets: Path, kind: str, seed: int, with_energies: bool = True) -> GanConfig:
-    torch.manual_seed(seed)
-    cfg = GanConfig(kind=kind, width=4, hidden=16, experts=1 if kind == "gan" else 8, latent_dim=8,
-                    gen_width=4, labels=LABELS)
-    energy_net, generator = build_models(cfg)
-    rng = np.random.default_rng(seed)
-    metadata = {"net": asdict(cfg), "kind": kind, "dataset": "shapes", "config": {"steps": 10},
-                "budget": {"steps": 10, "batch_size": 8, "k": 1}, "metrics": {}}
-    if with_energies:
-        lo = 0.0 if kind == "gan" else 2.0
-        metadata["energies"] = {"real": [round(float(v), 4) for v in lo + rng.gamma(2.0, 0.5, 512)],
-                                "generated": [round(float(v), 4) for v in lo + 1 + rng.gamma(2.0, 0.5, 512)]}
-    save_checkpoint(assets / f"{kind}.safetensors",
-                    {**module_tensors(energy_net, "energy"), **module_tensors(generator, "generator")}, metadata)
-    return cfg
-
-
 @pytest.fixture(autouse=True)
 def _one_thread():
     threads = torch.get_num_threads()
@@ -95,27 +50,12 @@ def _one_thread():
 
 @pytest.fixture
 def assets(tmp_path):
-    assets = tmp_path / "assets"
-    assets.mkdir()
-    for seed, kind in enumerate(("vgan", "gan", "vcd")):
-        _save_model(assets, kind, seed)
-    return assets
+    return save_vgan_assets(tmp_path / "assets")
 
 
 @pytest.fixture
 def demo(assets):
-    return VganDemo(FakeDemoContext(assets))
-
-
-def _image(seed: int = 0, size: tuple[int, int] = (37, 53)) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (*size, 3), dtype=np.uint8))
-
-
-def _example(assets: Path) -> Path:
-    examples = assets / "examples"
-    examples.mkdir(exist_ok=True)
-    _image(1, (32, 32)).save(examples / "0_noise.png")
-    return examples / "0_noise.png"
+    return VganDemo(FakeDemoContext("vgan", assets))
 
 
 # -- samples ----------------------------------------------------------------------------------------
@@ -165,13 +105,13 @@ def test_the_toggle_uses_a_different_checkpoint_for_each_model(demo, assets):
 
 
 def test_models_are_built_lazily_cached_and_rebuilt_when_the_file_changes(assets):
-    ctx = FakeDemoContext(assets)
+    ctx = FakeDemoContext("vgan", assets)
     demo = VganDemo(ctx)
     assert ctx.loads == []  # constructing the demo loads nothing
     first = demo.model("vgan")
     assert demo.model("vgan") is first and not first.generator.training and not first.energy_net.training
     before = demo.samples("vgan", seed=0, count=4)["images"]
-    _save_model(assets, "vgan", seed=11)
+    save_vgan_model(assets, "vgan", seed=11)
     path = assets / "vgan.safetensors"
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
@@ -218,17 +158,17 @@ def test_interpolation_inputs_are_checked(demo):
 
 
 def test_vcd_transitions_are_a_chain_of_steps_from_the_image(demo):
-    r = demo.transitions(_image(), steps=5, seed=2)
+    r = demo.transitions(noise_image(), steps=5, seed=2)
     assert r["model"] == "vcd" and r["steps"] == 5 and r["input_resolution"] == (32, 32)
     assert len(r["chain"]) == 6 and all(f.shape == (32, 32, 3) and f.dtype == np.uint8 for f in r["chain"])
-    expected = np.asarray(_image().resize((32, 32), Image.Resampling.BILINEAR))
+    expected = np.asarray(noise_image().resize((32, 32), Image.Resampling.BILINEAR))
     assert np.abs(r["model_input"].astype(int) - expected.astype(int)).max() <= 1  # the resized upload
     assert np.array_equal(r["chain"][0], r["model_input"])
     assert len(r["energies"]) == 6 and all(0 <= e <= 8 * math.log(2) + 1e-4 for e in r["energies"])
     assert r["strip"].shape == (36, 6 * 34 + 2, 3)  # one row of 6 frames
     assert np.array_equal(r["strip"][2:34, 2:34], r["model_input"])
-    same = demo.transitions(_image(), steps=5, seed=2)
-    other = demo.transitions(_image(), steps=5, seed=3)
+    same = demo.transitions(noise_image(), steps=5, seed=2)
+    other = demo.transitions(noise_image(), steps=5, seed=3)
     assert all(np.array_equal(x, y) for x, y in zip(r["chain"], same["chain"], strict=True))
     assert not np.array_equal(r["chain"][1], other["chain"][1])
     # each step is the transition of the previous frame, with the noise of the seed
@@ -239,17 +179,17 @@ def test_vcd_transitions_are_a_chain_of_steps_from_the_image(demo):
         step1 = m.generator.decode(m.generator.mix(m.generator.encode(x), rng))
     assert np.abs((step1[0].permute(1, 2, 0) * 255).round().numpy() - r["chain"][1]).max() <= 1.5
     assert "5 transition steps" in r["text"] and "noise seed 2" in r["text"] and "→" in r["text"]
-    assert len(demo.transitions(_image(), steps=1)["chain"]) == 2
+    assert len(demo.transitions(noise_image(), steps=1)["chain"]) == 2
     with pytest.raises(UserError, match="transition steps must be a whole number from 1 to 20"):
-        demo.transitions(_image(), steps=21)
+        demo.transitions(noise_image(), steps=21)
 
 
 def test_transitions_do_not_depend_on_the_toggle_and_need_vcd(assets):
     (assets / "vcd.safetensors").unlink()
-    demo = VganDemo(FakeDemoContext(assets))
+    demo = VganDemo(FakeDemoContext("vgan", assets))
     with pytest.raises(UserError, match="No `vcd` checkpoint yet(.|\n)*avstudio train vgan vcd"):
-        demo.transitions(_image())
-    r = demo.analyse(_image(), "gan", steps=3, seed=0)  # the energy still works
+        demo.transitions(noise_image())
+    r = demo.analyse(noise_image(), "gan", steps=3, seed=0)  # the energy still works
     assert "avstudio train vgan vcd" in r["transitions"]["message"]
     assert r["energy"]["message"] is None and r["energy"]["model"] == "gan"
 
@@ -258,9 +198,9 @@ def test_transitions_do_not_depend_on_the_toggle_and_need_vcd(assets):
 
 
 def test_the_energy_is_placed_on_the_cards_histograms(demo, assets):
-    r = demo.energy(_image(), "vgan")
+    r = demo.energy(noise_image(), "vgan")
     m = demo.model("vgan")
-    x = torch.from_numpy(np.asarray(_image().resize((32, 32), Image.Resampling.BILINEAR), np.float32) / 255)
+    x = torch.from_numpy(np.asarray(noise_image().resize((32, 32), Image.Resampling.BILINEAR), np.float32) / 255)
     assert r["energy"] == pytest.approx(float(energies(m.cfg, m.energy_net, x.permute(2, 0, 1)[None])[0]), abs=1e-4)
     assert 0 <= r["energy"] <= 8 * math.log(2)
     card = json.loads((assets / "vgan.json").read_text())
@@ -279,7 +219,7 @@ def test_the_energy_is_placed_on_the_cards_histograms(demo, assets):
 
 
 def test_the_gan_energy_is_minus_log_d_and_differs_from_vgan(demo):
-    gan, vgan = demo.energy(_image(), "gan"), demo.energy(_image(), "vgan")
+    gan, vgan = demo.energy(noise_image(), "gan"), demo.energy(noise_image(), "vgan")
     m = demo.model("gan")
     x = torch.from_numpy(gan["model_input"]).permute(2, 0, 1)[None].float() / 255
     with torch.no_grad():
@@ -290,8 +230,8 @@ def test_the_gan_energy_is_minus_log_d_and_differs_from_vgan(demo):
 
 
 def test_a_card_without_energies_still_gives_the_energy(tmp_path):
-    _save_model(tmp_path, "vgan", 0, with_energies=False)
-    r = VganDemo(FakeDemoContext(tmp_path)).energy(_image(), "vgan")
+    save_vgan_model(tmp_path, "vgan", 0, with_energies=False)
+    r = VganDemo(FakeDemoContext("vgan", tmp_path)).energy(noise_image(), "vgan")
     assert r["percentile_real"] is None and "keeps no energies" in r["text"]
     assert [row["images"] for row in r["rows"]] == [MARKER, MARKER]
 
@@ -322,9 +262,9 @@ def test_bad_uploads_are_clear_user_errors(demo, tmp_path):
 
 
 def test_any_image_kind_runs(demo):
-    rgba = _image().convert("RGBA")
+    rgba = noise_image().convert("RGBA")
     sketch = {"composite": np.asarray(rgba), "background": None, "layers": []}
-    for image in (rgba, _image().convert("L"), np.asarray(_image()), sketch, _image(size=(300, 200))):
+    for image in (rgba, noise_image().convert("L"), np.asarray(noise_image()), sketch, noise_image(size=(300, 200))):
         r = demo.analyse(image, "vgan", steps=2, seed=1)
         assert len(r["transitions"]["chain"]) == 3 and np.isfinite(r["energy"]["energy"])
 
@@ -336,23 +276,23 @@ def test_grey_models_see_the_luminance(tmp_path):
     save_checkpoint(tmp_path / "vcd.safetensors",
                     {**module_tensors(energy_net, "energy"), **module_tensors(generator, "generator")},
                     {"net": asdict(cfg), "kind": "vcd"})
-    r = VganDemo(FakeDemoContext(tmp_path)).transitions(_image(), steps=2)
+    r = VganDemo(FakeDemoContext("vgan", tmp_path)).transitions(noise_image(), steps=2)
     assert r["input_resolution"] == (16, 16) and r["model_input"].shape == (16, 16, 3)
     assert np.array_equal(r["model_input"][..., 0], r["model_input"][..., 2])  # grey shown as RGB
 
 
 def test_missing_checkpoints_say_which_and_how_to_train_them(tmp_path):
-    demo = VganDemo(FakeDemoContext(tmp_path / "nothing"))
+    demo = VganDemo(FakeDemoContext("vgan", tmp_path / "nothing"))
     for name, call in (("vgan", lambda: demo.samples("vgan")), ("gan", lambda: demo.samples("gan")),
-                       ("gan", lambda: demo.interpolate("gan")), ("vcd", lambda: demo.transitions(_image())),
-                       ("gan", lambda: demo.energy(_image(), "gan"))):
+                       ("gan", lambda: demo.interpolate("gan")), ("vcd", lambda: demo.transitions(noise_image())),
+                       ("gan", lambda: demo.energy(noise_image(), "gan"))):
         with pytest.raises(UserError) as info:
             call()
         message = str(info.value)
         assert f"No `{name}` checkpoint yet" in message and f"avstudio train vgan {name}" in message
         assert "avstudio runs promote" in message
     with pytest.raises(UserError, match="No `vcd` checkpoint yet(.|\n)*No `vgan` checkpoint yet"):
-        demo.analyse(_image(), "vgan")
+        demo.analyse(noise_image(), "vgan")
     status = demo.checkpoints_markdown()
     assert all(f"`avstudio train vgan {m}`" in status for m in ("vgan", "gan", "vcd"))
 
@@ -363,15 +303,15 @@ def test_a_checkpoint_of_another_kind_or_architecture_is_a_message_not_a_crash(a
     shutil.copy(assets / "gan.safetensors", assets / "vgan.safetensors")
     shutil.copy(assets / "gan.json", assets / "vgan.json")
     with pytest.raises(UserError, match="holds a gan model, not a vgan model"):
-        VganDemo(FakeDemoContext(assets)).samples("vgan")
+        VganDemo(FakeDemoContext("vgan", assets)).samples("vgan")
     save_checkpoint(assets / "gan.safetensors", {"energy.x": torch.zeros(1)}, {"net": {"kind": "gan", "experts": 1}})
     with pytest.raises(UserError, match="not a VGAN-plugin model(.|\n)*avstudio train vgan gan"):
-        VganDemo(FakeDemoContext(assets)).samples("gan")
+        VganDemo(FakeDemoContext("vgan", assets)).samples("gan")
 
 
 def test_the_status_line_lists_what_is_there(assets):
     (assets / "vcd.safetensors").unlink()
-    status = VganDemo(FakeDemoContext(assets)).checkpoints_markdown()
+    status = VganDemo(FakeDemoContext("vgan", assets)).checkpoints_markdown()
     assert "VGAN: `vgan` (shipped, shapes, 10 steps)" in status and "GAN: `gan` (shipped" in status
     assert "VCD: not trained yet (`avstudio train vgan vcd`)" in status
 
@@ -380,16 +320,7 @@ def test_the_status_line_lists_what_is_there(assets):
 
 
 def _built(assets):
-    import gradio as gr
-
-    with gr.Blocks() as blocks:
-        build_demo(FakeDemoContext(assets))
-    by_elem = {c["props"]["elem_id"]: c for c in blocks.config["components"] if c["props"].get("elem_id")}
-    return blocks, by_elem
-
-
-def _fn(blocks, api_name: str):
-    return next(f for f in blocks.fns.values() if f.api_name == api_name)
+    return built_tab(build_demo, FakeDemoContext("vgan", assets))
 
 
 def test_every_event_is_named_and_start_up_loads_no_model(assets, monkeypatch):
@@ -400,7 +331,7 @@ def test_every_event_is_named_and_start_up_loads_no_model(assets, monkeypatch):
 
     monkeypatch.setattr(demo_module, "models_from_checkpoint", boom)
     monkeypatch.setattr(FakeDemoContext, "load_checkpoint", boom)
-    _example(assets)
+    example_file(assets)
     blocks, by_elem = _built(assets)
     names = [dep.get("api_name") for dep in blocks.config["dependencies"]]
     assert names and all(isinstance(n, str) and n.startswith("vgan_") for n in names), names
@@ -425,52 +356,30 @@ def test_the_sample_button_and_the_toggle(assets):
     samples = next(d for d in deps if d["api_name"] == "vgan_samples")
     assert samples["inputs"] == [by_elem[k]["id"] for k in ("vgan-model", "vgan-seed", "vgan-count")]
     assert samples["outputs"] == [by_elem["vgan-samples"]["id"], by_elem["vgan-samples-text"]["id"]]
-    grid, text = _fn(blocks, "vgan_samples").fn("gan", 0, 64)
+    grid, text = event_fn(blocks, "vgan_samples").fn("gan", 0, 64)
     assert grid.shape == (274, 274, 3) and "`gan`" in text
-    strip, text = _fn(blocks, "vgan_interpolate").fn("vgan", 1, 2, 8, "spherical")
+    strip, text = event_fn(blocks, "vgan_interpolate").fn("vgan", 1, 2, 8, "spherical")
     assert strip.shape[1] > 4 * strip.shape[0] and "spherical" in text
     switch = next(d for d in deps if d["api_name"] == "vgan_switch_model")
     assert [tuple(t) for t in switch["targets"]] == [(by_elem["vgan-model"]["id"], "change")]
     assert by_elem["vgan-checkpoints"]["id"] in switch["outputs"]
-    grid, grid_text, strip, strip_text, plot, energy_text, status = _fn(blocks, "vgan_switch_model").fn(
+    grid, grid_text, strip, strip_text, plot, energy_text, status = event_fn(blocks, "vgan_switch_model").fn(
         "gan", 0, 16, 0, 1, 4, "linear", None)
     assert grid.shape == (4 * 34 + 2, 4 * 34 + 2, 3) and "`gan`" in grid_text and "`gan`" in strip_text
     assert isinstance(plot, dict) and isinstance(energy_text, dict)  # no image yet: left as they are
     assert "Models:" in status
-    *_, plot, energy_text, _ = _fn(blocks, "vgan_switch_model").fn(
-        "vgan", 0, 16, 0, 1, 4, "linear", str(_example(assets)))
+    *_, plot, energy_text, _ = event_fn(blocks, "vgan_switch_model").fn(
+        "vgan", 0, 16, 0, 1, 4, "linear", str(example_file(assets)))
     assert set(plot["images"]) == {REAL, GENERATED, MARKER} and "Eq. 8" in energy_text
 
 
 def test_the_toggle_to_a_missing_model_says_how_to_train_it(assets):
     (assets / "gan.safetensors").unlink()
     blocks, _ = _built(assets)
-    grid, grid_text, strip, strip_text, plot, energy_text, status = _fn(blocks, "vgan_switch_model").fn(
-        "gan", 0, 16, 0, 1, 4, "linear", str(_example(assets)))
+    grid, grid_text, strip, strip_text, plot, energy_text, status = event_fn(blocks, "vgan_switch_model").fn(
+        "gan", 0, 16, 0, 1, 4, "linear", str(example_file(assets)))
     assert grid is None and strip is None and plot.empty
     assert all("avstudio train vgan gan" in t for t in (grid_text, strip_text, energy_text, status))
-
-
-def test_clicking_an_example_runs_the_analysis(assets, monkeypatch):
-    monkeypatch.setenv("GRADIO_CACHE_EXAMPLES", "true")  # as on a Space: still no caching at start-up
-    example = _example(assets)
-    blocks, by_elem = _built(assets)
-    deps = blocks.config["dependencies"]
-    dataset_id = next(c["id"] for c in blocks.config["components"] if c["type"] == "dataset")
-    load = next(d for d in deps if (dataset_id, "click") in [tuple(t) for t in d["targets"]])
-    assert by_elem["vgan-input"]["id"] in load["outputs"]
-    runs = [d for d in deps if d.get("trigger_after") == load["id"]]
-    assert len(runs) == 1, "clicking an example must also run the analysis"
-    run = runs[0]
-    assert run["api_name"] == "vgan_analyse_example"
-    assert {by_elem["vgan-model"]["id"], by_elem["vgan-chain-steps"]["id"]} <= set(run["inputs"])
-    assert run["outputs"] == next(d for d in deps if d.get("api_name") == "vgan_analyse")["outputs"]
-    seen, chain, chain_text, plot, energy_text, state = _fn(blocks, "vgan_analyse_example").fn(
-        str(example), "vgan", 9, 0)
-    assert seen["value"].shape == (READABLE_PX, READABLE_PX, 3) and seen["label"] == "what the model sees: 32×32"
-    assert chain.shape == (36, 10 * 34 + 2, 3) and "9 transition steps" in chain_text
-    assert set(plot["images"]) == {REAL, GENERATED, MARKER} and "E(x) =" in energy_text
-    assert state == str(example)
 
 
 def test_the_wrappers_turn_user_errors_into_messages(assets, tmp_path):
@@ -480,9 +389,9 @@ def test_the_wrappers_turn_user_errors_into_messages(assets, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image at all")
     with pytest.raises(gr.Error, match="not a readable image"):
-        _fn(blocks, "vgan_analyse").fn(str(bad), "vgan", 3, 0)
+        event_fn(blocks, "vgan_analyse").fn(str(bad), "vgan", 3, 0)
     with pytest.raises(gr.Error, match="number of samples"):
-        _fn(blocks, "vgan_samples").fn("vgan", 0, 0)
+        event_fn(blocks, "vgan_samples").fn("vgan", 0, 0)
 
 
 def test_missing_checkpoints_still_build(tmp_path):
@@ -491,14 +400,14 @@ def test_missing_checkpoints_still_build(tmp_path):
     blocks, by_elem = _built(tmp_path)
     assert "not trained yet" in by_elem["vgan-checkpoints"]["props"]["value"]
     with pytest.raises(gr.Error, match="No `vgan` checkpoint yet"):
-        _fn(blocks, "vgan_samples").fn("vgan", 0, 8)
+        event_fn(blocks, "vgan_samples").fn("vgan", 0, 8)
 
 
 def test_upload_component_passes_corrupt_files_to_the_handler(demo, tmp_path):
     import gradio as gr
     from gradio.data_classes import ImageData
 
-    from app.api import lenient_upload
+    from app.demo_kit import lenient_upload
 
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image at all")
@@ -525,11 +434,11 @@ def test_the_tab_opens_with_samples_and_an_interpolation(assets):
     assert load["outputs"] == [by_elem[k]["id"] for k in ("vgan-samples", "vgan-samples-text", "vgan-interpolation",
                                                           "vgan-interpolation-text")]
     assert load["inputs"][0] == by_elem["vgan-model"]["id"]
-    grid, grid_text, strip, strip_text = _fn(blocks, "vgan_panels_on_load").fn(RECOMMENDED_MODEL, 0, 16, 0, 1, 4,
+    grid, grid_text, strip, strip_text = event_fn(blocks, "vgan_panels_on_load").fn(RECOMMENDED_MODEL, 0, 16, 0, 1, 4,
                                                                               "linear")
     assert grid.shape == (4 * 34 + 2, 4 * 34 + 2, 3) and strip.shape[1] > 3 * strip.shape[0]
     assert f"`{RECOMMENDED_MODEL}`" in grid_text
     (assets / f"{RECOMMENDED_MODEL}.safetensors").unlink()  # a missing model: the panels say how to train it
-    grid, grid_text, strip, strip_text = _fn(blocks, "vgan_panels_on_load").fn(RECOMMENDED_MODEL, 0, 16, 0, 1, 4,
+    grid, grid_text, strip, strip_text = event_fn(blocks, "vgan_panels_on_load").fn(RECOMMENDED_MODEL, 0, 16, 0, 1, 4,
                                                                               "linear")
     assert grid is None and strip is None and "avstudio train vgan" in grid_text
