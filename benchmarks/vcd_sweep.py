@@ -43,6 +43,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "per-image-wide": {"recon_reduction": "sum", "latent_dim": 512, "gen_width": 64},
     "per-image-wide-rho0.1": {"recon_reduction": "sum", "latent_dim": 512, "gen_width": 64, "rho": 0.1},
     "per-image-noise0.25": {"recon_reduction": "sum", "noise_ratio": 0.25},
+    "rho0.001": {"rho": 0.001},  # per pixel, the energy weighed 10× less than the shipped model's
 }
 
 
