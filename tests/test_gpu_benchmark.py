@@ -1,6 +1,7 @@
 """benchmarks/gpu.py, the one command that checks and measures everything GPU on a lent GPU machine: its
-``--dry-run`` runs every step tiny on the CPU here (in the default suite, so the script cannot rot while no
-GPU is around), and its plan covers every built-in recipe and every ``test_cuda_*`` test."""
+``--dry-run`` runs every step tiny on the CPU here (marked slow: .ci/run runs it after the default suite, so the
+script cannot rot while no GPU is around; about 30 s of CPU time), and its plan covers every built-in recipe and
+every ``test_cuda_*`` test (fast, in the default suite)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import resource
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from app.plugin_manager import load_registry
 from app.settings import REPO_ROOT
@@ -27,6 +30,7 @@ def test_the_plan_trains_every_built_in_recipe_and_finds_every_cuda_test():
     assert "test_gpu_benchmark.py" not in files
 
 
+@pytest.mark.slow
 def test_the_dry_run_runs_every_step_on_the_cpu(tmp_path):
     out = tmp_path / "gpu-dry-run.json"
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
