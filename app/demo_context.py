@@ -123,7 +123,8 @@ class StudioDemoContext:
         self.training_enabled = bool(settings.enable_training)
         self._registry = registry
         self._lookup = CheckpointLookup(registry, store, settings.assets_dir)
-        self.assets_dir = self._lookup.assets_of(method)
+        assets = self._lookup.assets_of(method)  # the method's own, else the studio's assets/<method>
+        self.assets_dir: Path = assets if assets is not None else Path(settings.assets_dir) / method
         self._cache: dict[str, tuple[Path, float, Checkpoint]] = {}
         self._lock = threading.Lock()
 

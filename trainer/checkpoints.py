@@ -22,7 +22,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -142,7 +142,10 @@ def load_module_tensors(module: torch.nn.Module, tensors: Mapping[str, torch.Ten
     return module
 
 
-def dataclass_from_dict(cls: type, values: Mapping[str, Any]) -> Any:
+DataclassT = TypeVar("DataclassT")
+
+
+def dataclass_from_dict(cls: type[DataclassT], values: Mapping[str, Any]) -> DataclassT:
     """Rebuild a config dataclass stored in a card (``dataclasses.asdict``): unknown keys are an
     error (a card from another architecture), missing ones take the field's default, and lists
     become tuples where the field is a tuple."""

@@ -1,13 +1,15 @@
 """BlockDrop (arXiv:1711.08393): per-image dynamic residual-block execution that really saves time."""
 
-from app.api import Checkpoint, CheckpointSlot, Method, hookimpl
+from collections.abc import Callable
+
+from app.api import Checkpoint, CheckpointSlot, DemoContext, Method, hookimpl
 from app.demo_kit import rebuild_check
 from plugins.blockdrop.model import backbone_from_checkpoint, policy_from_checkpoint
 
 __version__ = "0.1.0"
 
 
-def _build_demo(ctx) -> None:
+def _build_demo(ctx: DemoContext) -> None:
     from plugins.blockdrop.demo import build_demo  # gradio is imported only when the UI is built
 
     build_demo(ctx)
@@ -31,7 +33,7 @@ SLOTS = [
 
 
 @hookimpl
-def register_methods(register) -> None:
+def register_methods(register: Callable[[Method], None]) -> None:
     from plugins.blockdrop.recipes import RECIPES
 
     register(Method(

@@ -11,6 +11,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from app.demo_kit import interleaved_latency_ms  # noqa: F401  (timed through this module)
 from plugins.blockdrop.evaluation import infer
-from plugins.blockdrop.model import BlockDropResNet, PolicyNet, greedy_policy
+from plugins.blockdrop.model import BlockDropResNet, PolicyModule, greedy_policy
 from plugins.blockdrop.rl import apply_curriculum, curriculum_mask
 
 # --------------------------------------------------------------------------------------------
@@ -56,7 +57,7 @@ class FlopTable:
         return self.backbone(policy) + self.policy
 
 
-def flop_table(backbone: BlockDropResNet, policy_net: PolicyNet | None, image_size: tuple[int, int]) -> FlopTable:
+def flop_table(backbone: BlockDropResNet, policy_net: PolicyModule | None, image_size: tuple[int, int]) -> FlopTable:
     """Count the FLOPs of each block once (batch 1): exact for any policy since blocks are skipped whole."""
     device = next(backbone.parameters()).device
     x = torch.zeros(1, 3, *image_size, device=device)
@@ -67,7 +68,7 @@ def flop_table(backbone: BlockDropResNet, policy_net: PolicyNet | None, image_si
     for j in range(k):
         one_hot = torch.zeros(1, k, device=device)
         one_hot[0, j] = 1
-        blocks.append(count_flops(lambda p=one_hot: backbone(x, p)) - base)
+        blocks.append(count_flops(partial(backbone, x, one_hot)) - base)
     policy = 0 if policy_net is None else count_flops(lambda: policy_net.eval()(x))
     return FlopTable(base, blocks, policy)
 
@@ -78,7 +79,7 @@ def flop_table(backbone: BlockDropResNet, policy_net: PolicyNet | None, image_si
 # --------------------------------------------------------------------------------------------
 
 
-def blockdrop_forward(backbone: BlockDropResNet, policy_net: PolicyNet, x: torch.Tensor,
+def blockdrop_forward(backbone: BlockDropResNet, policy_net: PolicyModule, x: torch.Tensor,
                       free_blocks: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """What BlockDrop runs at test time: policy net → greedy policy → backbone with real skipping."""
     policy = greedy_policy(policy_net(x))
@@ -167,7 +168,7 @@ def file_hash(*paths: Path | str) -> str:
     return digest.hexdigest()[:16]
 
 
-def evaluate_policy(backbone: BlockDropResNet, policy_net: PolicyNet, images: torch.Tensor,
+def evaluate_policy(backbone: BlockDropResNet, policy_net: PolicyModule, images: torch.Tensor,
                     targets: torch.Tensor, free_blocks: int | None = None) -> dict[str, Any]:
     """Per-sample predictions, policies and correctness of BlockDrop on a split."""
     backbone.eval()
@@ -176,7 +177,7 @@ def evaluate_policy(backbone: BlockDropResNet, policy_net: PolicyNet, images: to
     return {"pred": logits.argmax(1), "policy": policies, "correct": logits.argmax(1) == targets}
 
 
-def dataset_panel(full_backbone: BlockDropResNet, policies: dict[str, tuple[BlockDropResNet, PolicyNet, int]],
+def dataset_panel(full_backbone: BlockDropResNet, policies: dict[str, tuple[BlockDropResNet, PolicyModule, int]],
                   images: torch.Tensor, targets: torch.Tensor, difficulty: torch.Tensor | None,
                   labels: list[str], gallery_size: int = 8) -> dict[str, Any]:
     """Everything the dataset panel shows, as JSON-ready lists (galleries as split indices).

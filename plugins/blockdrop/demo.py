@@ -132,7 +132,7 @@ class BlockDropDemo:
             except (KeyError, ValueError, TypeError, RuntimeError) as exc:
                 raise UserError(f"Checkpoint {policy_name!r} or 'backbone' is not a BlockDrop checkpoint "
                                 f"({exc.__class__.__name__}: {exc}); retrain it.") from None
-            size = tuple(bd_net.config.input_size)
+            size = (int(bd_net.config.input_size[0]), int(bd_net.config.input_size[1]))
             labels = list(bd_net.config.labels or full_net.config.labels)
             labels += [f"class {i}" for i in range(len(labels), full_net.config.num_classes)]
             layout = deployed_layout(1)  # the deployed inference path at batch 1 (benchmarks/blockdrop.py)
@@ -221,7 +221,8 @@ class BlockDropDemo:
             raise UserError(NO_CHECKPOINT)
         policy_name = policy_name if policy_name in names else names[0]
         models = {name: self.models(name) for name in names}
-        key = analysis.file_hash(*[self.ctx.checkpoint_path(n) for n in ["backbone", *names]])
+        paths = [self.ctx.checkpoint_path(n) for n in ["backbone", *names]]
+        key = analysis.file_hash(*[p for p in paths if p is not None])  # (one removed meanwhile: another key)
 
         def compute() -> dict:
             test = self.ctx.dataset(DATASET, "test")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from plugins.blockdrop.model import BlockDropResNet, PolicyNet, greedy_policy
+from plugins.blockdrop.model import BlockDropResNet, PolicyModule, greedy_policy
 from plugins.blockdrop.rl import apply_curriculum, curriculum_mask, reward
 
 
 @torch.no_grad()
-def infer(backbone: BlockDropResNet, policy_net: PolicyNet | None, images: torch.Tensor,
+def infer(backbone: BlockDropResNet, policy_net: PolicyModule | None, images: torch.Tensor,
           free_blocks: int | None = None, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
     """Eval-mode logits and greedy policies (N×K, all ones without a policy net) for uint8 images."""
     device = next(backbone.parameters()).device
@@ -38,7 +38,7 @@ def policy_stats(logits: torch.Tensor, policies: torch.Tensor, targets: torch.Te
     }
 
 
-def evaluate(backbone: BlockDropResNet, policy_net: PolicyNet | None, images: torch.Tensor,
+def evaluate(backbone: BlockDropResNet, policy_net: PolicyModule | None, images: torch.Tensor,
              targets: torch.Tensor, gamma: float = 1.0, free_blocks: int | None = None) -> dict:
     """:func:`policy_stats` of the models in eval mode (they are put back in the mode they were in)."""
     modes = [(m, m.training) for m in (backbone, policy_net) if m is not None]

@@ -16,11 +16,14 @@ function as the modules they are built from; the tests check it.
 
 from __future__ import annotations
 
+from typing import TypeVar, cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from plugins.blockdrop.model import (
+    BasicBlock,
     BlockDropResNet,
     DownsampleB,
     PolicyModule,
@@ -31,16 +34,28 @@ from plugins.blockdrop.model import (
 )
 
 
-def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+def _pair(value: tuple[int, ...]) -> tuple[int, int]:
+    return value[0], value[1]
+
+
+def fold_bn(conv: nn.Module, bn: nn.Module) -> nn.Conv2d:
     """A convolution with bias equal to ``bn(conv(x))`` in eval mode."""
+    if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d):
+        raise TypeError(f"fold_bn folds a BatchNorm2d into a Conv2d, not {type(bn).__name__} into {type(conv).__name__}")
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("fold_bn needs a BatchNorm2d that tracks running statistics")
     scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      conv.dilation, conv.groups, bias=True).to(conv.weight.device)
+    padding = conv.padding if isinstance(conv.padding, str) else _pair(conv.padding)
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, _pair(conv.kernel_size), _pair(conv.stride), padding,
+                      _pair(conv.dilation), conv.groups, bias=True).to(conv.weight.device)
     with torch.no_grad():
         fused.weight.copy_(conv.weight.detach() * scale.view(-1, 1, 1, 1))
         bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(scale)
-        fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias.detach())
+        cast(torch.Tensor, fused.bias).copy_((bias - bn.running_mean) * scale + bn.bias.detach())
     return fused.eval().requires_grad_(False)
+
+
+InferenceT = TypeVar("InferenceT", bound="_Inference")
 
 
 class _Inference(nn.Module):
@@ -48,7 +63,7 @@ class _Inference(nn.Module):
 
     channels_last = False
 
-    def use_channels_last(self, enabled: bool = True) -> _Inference:
+    def use_channels_last(self: InferenceT, enabled: bool = True) -> InferenceT:
         """Keep weights and activations channels-last (NHWC): oneDNN's preferred layout on CPU."""
         self.channels_last = enabled
         return self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
@@ -57,14 +72,18 @@ class _Inference(nn.Module):
 class _Folded(_Inference):
     """A ResNet trunk with folded batch norm: stem, residual branches, shortcuts, head."""
 
+    in_scale: torch.Tensor  # buffers: the input normalisation as one affine op
+    in_shift: torch.Tensor
+
     def __init__(self, trunk: ResNetTrunk) -> None:
         super().__init__()
         trunk = trunk.eval()
         self.register_buffer("in_scale", (1.0 / trunk.std).clone())
         self.register_buffer("in_shift", (-trunk.mean / trunk.std).clone())
         self.stem = fold_bn(trunk.conv1, trunk.bn1)
-        self.conv1 = nn.ModuleList(fold_bn(b.conv1, b.bn1) for b in trunk.blocks)
-        self.conv2 = nn.ModuleList(fold_bn(b.conv2, b.bn2) for b in trunk.blocks)
+        blocks = cast(list[BasicBlock], list(trunk.blocks))
+        self.conv1 = nn.ModuleList(fold_bn(b.conv1, b.bn1) for b in blocks)
+        self.conv2 = nn.ModuleList(fold_bn(b.conv2, b.bn2) for b in blocks)
         self.down = [s.extra if isinstance(s, DownsampleB) else None for s in trunk.shortcuts]
         self.fc = trunk.fc
         self.requires_grad_(False)
@@ -147,6 +166,9 @@ class FastPolicy(_Folded):
 class FastStridedPolicy(_Inference):
     """:class:`StridedPolicyNet` for inference: normalisation as one affine op, batch norm folded."""
 
+    in_scale: torch.Tensor  # buffers: the input normalisation as one affine op
+    in_shift: torch.Tensor
+
     def __init__(self, policy: StridedPolicyNet) -> None:
         super().__init__()
         policy = policy.eval()
@@ -218,8 +240,8 @@ def fast_blockdrop(backbone: FastResNet, policy: FastPolicy | FastStridedPolicy,
     if len(x) == 1:
         keep = keep_list(probs, free_blocks)
         return backbone(x, keep), torch.tensor([keep], dtype=probs.dtype)
-    keep = keep_tensor(probs, free_blocks)
-    return backbone(x, keep), keep
+    keeps = keep_tensor(probs, free_blocks)
+    return backbone(x, keeps), keeps
 
 
 @torch.inference_mode()

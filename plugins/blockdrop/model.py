@@ -1,6 +1,6 @@
 """BlockDrop models: a CIFAR-style ResNet whose residual blocks can really be skipped, per sample,
 and the policy network that decides which blocks to keep (arXiv:1711.08393): the paper's ResNet-8
-(``arch="resnet8"``) or three strided convolutions (``arch="strided"``, the default since issue 13).
+(``arch="resnet8"``) or three strided convolutions (``arch="strided"``, the default: at batch 1 its time follows its FLOPs; docs/blockdrop.md).
 
 Backbone: depth 6n+2 (20/32/56/110), K = 3n BasicBlocks in three stages of 16/32/64 channels.
 The shortcut of the first block of stages 2 and 3 is the paper's parameter-free ``DownsampleB``
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -92,6 +92,9 @@ class DownsampleB(nn.Module):
 
 class ResNetTrunk(nn.Module):
     """Normalise → 3×3 stem → stages of BasicBlocks → pooled features → linear head."""
+
+    mean: torch.Tensor  # buffers (per-channel normalisation, 1×3×1×1)
+    std: torch.Tensor
 
     def __init__(self, blocks_per_stage: int, num_outputs: int, width: int,
                  mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD):
@@ -222,6 +225,9 @@ class PolicyNet(ResNetTrunk):
 class StridedPolicyNet(nn.Module):
     """Keep probabilities from a few wide strided convolutions (``PolicyNetConfig.arch == "strided"``)."""
 
+    mean: torch.Tensor  # buffers (per-channel normalisation, 1×3×1×1)
+    std: torch.Tensor
+
     def __init__(self, config: PolicyNetConfig):
         super().__init__()
         self.config = config
@@ -237,7 +243,7 @@ class StridedPolicyNet(nn.Module):
             in_ch = out_ch
         self.fc = nn.Linear(in_ch, config.num_blocks)
         for conv in self.convs:
-            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.kaiming_normal_(cast(nn.Conv2d, conv).weight, mode="fan_out", nonlinearity="relu")
 
     @property
     def num_blocks(self) -> int:

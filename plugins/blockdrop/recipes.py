@@ -1,7 +1,7 @@
 """BlockDrop training recipes: ``backbone`` → ``policy`` (curriculum RL) → ``finetune`` (joint).
 
 Each recipe is a plain function ``train(config, ctx)``: data and models are set up, then the
-training step runs inside an :class:`app.api.TrainLoop`, which owns seeding, stopping, progress,
+training step runs inside an :class:`app.training_kit.TrainLoop`, which owns seeding, stopping, progress,
 per-epoch evaluation on ``val``, metrics, checkpoints and exact resume (optimisers and RNG included),
 and the accelerator: mixed precision (``loop.autocast``, ``loop.minimize``), the data on the device
 (``loop.to_device``, ``loop.take``) and ``torch.compile`` (``loop.compiled``). Recipes train from
@@ -88,7 +88,7 @@ def train_backbone(config: BackboneConfig, ctx: TrainContext) -> dict[str, float
                               f"dataset {config.dataset!r} has {num_classes}")
     else:
         net = BlockDropResNet(ResNetConfig(depth=config.depth, num_classes=num_classes,
-                                           input_size=tuple(images.shape[2:])))
+                                           input_size=(images.shape[2], images.shape[3])))
     net = _with_labels(net, labels).to(loop.device)
     images, targets = loop.to_device(images, targets)
     optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +50,10 @@ def _options(options: dict[str, Any], ints: tuple[str, ...], strings: tuple[str,
     return out
 
 
-def _user_errors(load, split: str, root: Path, download: bool, dataset: str, **kwargs: Any):
-    """Missing files and bad folders are the user's to fix: report them as a UserError."""
+def _user_errors(load: Callable[..., Any], split: str, root: Path, download: bool | None, dataset: str,
+                 **kwargs: Any) -> Any:
+    """Missing files and bad folders are the user's to fix: report them as a UserError (``download=None``: a
+    loader that takes neither a root nor ``download``)."""
     try:
         return load(split, root, download=download, **kwargs) if download is not None else load(split, **kwargs)
     except (DatasetFilesMissing, ValueError) as exc:
@@ -89,7 +92,7 @@ def _attributes_csv(split: str, root: Path, download: bool = False, **options: A
 
 
 @hookimpl
-def register_datasets(register) -> None:
+def register_datasets(register: Callable[[DatasetSpec], None]) -> None:
     register(DatasetSpec(
         name="shapes", title="Shapes (procedural)", task="classification",
         description="10 shape classes under colour, size, rotation, position, background, clutter, "

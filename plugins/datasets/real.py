@@ -229,7 +229,7 @@ def read_attributes_csv(csv_path: Path | str) -> tuple[list[str], list[tuple[str
         raise DatasetFilesMissing(f"attributes CSV {csv_path} does not exist")
     with csv_path.open(newline="") as f:
         reader = csv.reader(f)
-        header = next(reader, None)
+        header: list[str] = next(reader, [])  # [] for an empty file: refused by _check_header
         names = _check_header(csv_path, header)
         rows = []
         for row in reader:

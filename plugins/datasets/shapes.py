@@ -242,7 +242,7 @@ def generate(split: str, n: int, size: int = 32, seed: int = 0, workers: int | N
     """Generate ``n`` samples of ``split`` (deterministic in split, n, size, seed; not in workers)."""
     p = sample_params(n, split_rng(seed, split, GENERATOR_VERSION))
     parts = render_chunks(render, p, n, size, CHUNK, workers)
-    out = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]} if parts else {
+    out: Arrays = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]} if parts else {
         "images": np.zeros((0, 3, size, size), np.uint8), "contrast": np.zeros(0), "occluded": np.zeros(0)}
     terms = difficulty_terms(p, out["contrast"], out["occluded"])
     arrays = {"images": out["images"], "targets": p["labels"],

@@ -11,12 +11,14 @@ one by SOMP and widened top-down by task affinity, so that similar tasks share l
   :mod:`plugins.multitask.latency` its CPU latency measurement, :mod:`plugins.multitask.names` its
   checkpoints by name (λ, labels, how to train a missing one).
 
-Section numbers (§) refer to the research brief ``shared/research/multitask_widening.md`` (issue 12); the
-paper's own text was not available to it, so no equation numbers of the paper are quoted. Where the brief
-leaves room, each module's docstring says what was chosen.
+docs/multitask.md says how the method works here ("The method") and where and why it departs from the
+paper's description; no equation numbers of the paper are quoted. Where the description leaves room,
+each module's docstring says what was chosen.
 """
 
-from app.api import CheckpointSlot, Method, hookimpl
+from collections.abc import Callable
+
+from app.api import CheckpointSlot, DemoContext, Method, hookimpl
 from app.demo_kit import rebuild_check
 from plugins.multitask.model import net_from_checkpoint
 
@@ -35,14 +37,14 @@ SLOTS = [
 ]
 
 
-def _build_demo(ctx) -> None:
+def _build_demo(ctx: DemoContext) -> None:
     from plugins.multitask.tab import build_demo  # gradio is imported only when the UI is built
 
     build_demo(ctx)
 
 
 @hookimpl
-def register_methods(register) -> None:
+def register_methods(register: Callable[[Method], None]) -> None:
     from plugins.multitask.recipes import RECIPES
 
     register(Method(

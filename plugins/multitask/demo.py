@@ -1,4 +1,4 @@
-"""The multi-task widening tab (issue 12): every attribute's probability grouped by the branch that
+"""The multi-task widening tab: every attribute's probability grouped by the branch that
 predicts it, the branching tree as a figure, the task-affinity matrix as a heatmap ordered by the tree,
 and a table comparing the wide, thin and branched models (accuracy, parameters, FLOPs, CPU latency);
 a λ selector switches between the branched models.
@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from app.api import UserError
+from app.api import DemoContext, UserError
 from app.demo_kit import ModelCache, image_to_tensor, load_rgb_image
 from plugins.multitask.drawings import (
     PALETTE,
@@ -75,7 +75,7 @@ TRADE_OFF_POINTS = 1.0  # a branched model this close to wide (points of mean ac
 class MultitaskDemo:
     """Answers the tab's requests; networks are loaded in the handlers and kept until their file changes."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: DemoContext) -> None:
         self.ctx = ctx
         self._nets: ModelCache[Loaded] = ModelCache(ctx, missing=how_to_train)
         self._latency: dict[str, tuple[Any, float]] = {}  # name → (the file's stamp, ms)

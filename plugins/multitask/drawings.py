@@ -90,7 +90,7 @@ def _vertical_text(image: Image.Image, text: str, x_centre: int, bottom: int, fo
     """``text`` written bottom-up (rotated 90°), its baseline centred on ``x_centre``, ending at ``bottom``."""
     probe = ImageDraw.Draw(image)
     left, top, right, low = probe.textbbox((0, 0), text, font=font)
-    label = Image.new("RGBA", (right - left + 2, low - top + 2), (255, 255, 255, 0))
+    label = Image.new("RGBA", (int(right - left) + 2, int(low - top) + 2), (255, 255, 255, 0))
     ImageDraw.Draw(label).text((-left + 1, -top + 1), text, font=font, fill=fill)
     label = label.rotate(90, expand=True)
     image.paste(label, (int(x_centre - label.width / 2), int(bottom - label.height)), label)
@@ -129,7 +129,7 @@ def tree_figure(config: TreeConfig) -> dict[str, Any]:
             return TRUNK_COLOUR
         return PALETTE[owner[group[0]] % len(PALETTE)]
 
-    nodes = []
+    nodes: list[dict[str, Any]] = []
     for layer in range(layers):
         above = config.junction_branches(layer) if layer < layers - 1 else ()
         for branch, group in enumerate(config.branches[layer]):

@@ -1,4 +1,4 @@
-"""Branched multi-task networks (arXiv:1611.05377, brief §4): a VGG-style tree for 64×64 inputs.
+"""Branched multi-task networks (arXiv:1611.05377; docs/multitask.md, "The method"): a VGG-style tree for 64×64 inputs.
 
 The network is a stack of hidden layers, bottom (0) to top (L−1), then one logit per task:
 
@@ -12,7 +12,7 @@ tasks. :class:`TreeConfig` stores, per layer, its branches as groups of task ind
 layer partition the tasks and refine (going up) those of the layer below, so every branch has exactly
 one parent (the branch below holding its tasks). A branch has the layer's width whatever its tasks.
 
-The paper widens a thin network top-down (brief §4): the output layer is per task from the start, so
+The paper widens a thin network top-down: the output layer is per task from the start, so
 the first *active layer* (the highest layer that is still one shared trunk, where the next branching
 decision is made) is the top hidden layer, and the branches at the junction above it are the tasks.
 :meth:`TreeConfig.wide` is a single trunk at full width (the analogue of the paper's pretrained
@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -148,7 +148,7 @@ class TreeConfig:
         return max(single) if single else None
 
     def pools_above(self, layer: int) -> int:
-        """p_l of the branch-creation cost (brief §6): the pooling layers above ``layer`` (its own included)."""
+        """p_l of the branch-creation cost (docs/multitask.md, "The method"): the pooling layers above ``layer`` (its own included)."""
         return sum(self.pool[layer:]) if self.is_conv(layer) else 0
 
     def feature_size(self, layer: int) -> int:
@@ -191,8 +191,8 @@ class HiddenLayer(nn.Module):
         super().__init__()
         self.conv = conv
         if conv:
-            self.op: nn.Module = nn.Conv2d(in_features, width, 3, padding=1, bias=False)
-            self.bn: nn.Module = nn.BatchNorm2d(width)
+            self.op: nn.Conv2d | nn.Linear = nn.Conv2d(in_features, width, 3, padding=1, bias=False)
+            self.bn: nn.BatchNorm2d | nn.BatchNorm1d = nn.BatchNorm2d(width)
             self.post: nn.Module = nn.MaxPool2d(2) if pool else nn.Identity()
             nn.init.kaiming_normal_(self.op.weight, mode="fan_out", nonlinearity="relu")
         else:
@@ -212,6 +212,10 @@ class BranchedNet(nn.Module):
     Modules: ``layers[l][b]`` is branch ``b`` of hidden layer ``l`` (:class:`HiddenLayer`), ``heads[b]`` the
     output units of the tasks of top branch ``b`` (one row per task, in the group's order).
     """
+
+    mean: torch.Tensor  # buffers: per-channel normalisation (1×C×1×1) and each task's column among the heads
+    std: torch.Tensor
+    position: torch.Tensor
 
     def __init__(self, config: TreeConfig) -> None:
         super().__init__()
@@ -234,9 +238,7 @@ class BranchedNet(nn.Module):
     @classmethod
     def from_config(cls, config: TreeConfig | Mapping[str, Any]) -> BranchedNet:
         """A freshly initialised network from a config or its dict (``to_config()``, a card's ``metadata["net"]``)."""
-        if not isinstance(config, TreeConfig):
-            config = dataclass_from_dict(TreeConfig, config)
-        return cls(config)
+        return cls(config if isinstance(config, TreeConfig) else dataclass_from_dict(TreeConfig, config))
 
     @classmethod
     def wide(cls, tasks: Sequence[str], **kwargs: Any) -> BranchedNet:
@@ -246,6 +248,14 @@ class BranchedNet(nn.Module):
     def thin(cls, tasks: Sequence[str], **kwargs: Any) -> BranchedNet:
         return cls(TreeConfig.thin(tasks, **kwargs))
 
+    def branch(self, layer: int, b: int) -> HiddenLayer:
+        """Branch ``b`` of hidden layer ``layer`` (``layers[layer][b]``, typed)."""
+        return cast(HiddenLayer, cast(nn.ModuleList, self.layers[layer])[b])
+
+    def head(self, b: int) -> nn.Linear:
+        """The output units of top branch ``b`` (``heads[b]``, typed)."""
+        return cast(nn.Linear, self.heads[b])
+
     def to_config(self) -> dict[str, Any]:
         """The architecture as JSON-ready data (store it in the card's ``metadata["net"]``)."""
         return dataclasses.asdict(self.config)
@@ -253,7 +263,7 @@ class BranchedNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits N×T for images N×C×H×W in [0, 1]."""
         outputs = [(x - self.mean) / self.std]
-        for branches, parents in zip(self.layers, self.branch_parents, strict=True):
+        for branches, parents in zip(cast(list[nn.ModuleList], self.layers), self.branch_parents, strict=True):
             outputs = [branch(outputs[p]) for branch, p in zip(branches, parents, strict=True)]
         logits = torch.cat([head(torch.flatten(h, 1)) for head, h in zip(self.heads, outputs, strict=True)], 1)
         return logits[:, self.position]

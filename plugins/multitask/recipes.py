@@ -34,7 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from app.api import ConfigError, Recipe, UserError, config_field, parse_assignments
+from app.api import ConfigError, Recipe, TrainContext, UserError, config_field, parse_assignments
 from app.training_kit import TrainLoop, dataclass_from_dict, random_crop_flip
 from plugins.multitask.affinity import AffinityTracker
 from plugins.multitask.model import (
@@ -158,7 +158,7 @@ def parse_dataset_options(items: list[str]) -> dict[str, str]:
         raise ConfigError(f"dataset_options: {exc}") from None
 
 
-def load_data(ctx: Any, config: TrainConfig, split: str, limit: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def load_data(ctx: TrainContext, config: TrainConfig, split: str, limit: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Images, targets and attribute names of ``split``; a UserError for a dataset that is not multi-label."""
     dataset = ctx.dataset(config.dataset, split, **parse_dataset_options(config.dataset_options))
     images, targets = multilabel_tensors(dataset, limit)
@@ -200,7 +200,7 @@ def replay(net: BranchedNet, decisions: list[dict[str, Any]]) -> BranchedNet:
     return net
 
 
-def _initial_net(config: TrainConfig, ctx: Any, tasks: list[str], input_size: int, channels: int
+def _initial_net(config: TrainConfig, ctx: TrainContext, tasks: list[str], input_size: int, channels: int
                  ) -> tuple[BranchedNet, dict[str, Any]]:
     """The starting network and where it came from (``wide_sha256``: the wide checkpoint file's hash)."""
     if isinstance(config, WideConfig):
@@ -253,7 +253,7 @@ class _Growth:
     finished: bool = False
 
 
-def _train(config: TrainConfig, ctx: Any, name: str, lam: float, unit_cost: float, widen_after: int = 1,
+def _train(config: TrainConfig, ctx: TrainContext, name: str, lam: float, unit_cost: float, widen_after: int = 1,
            widen_every: int = 1, separation: str = "size") -> dict:
     images, targets, tasks = load_data(ctx, config, "train", config.train_size)
     val_images, val_targets, _ = load_data(ctx, config, "val", config.val_size)
@@ -337,12 +337,12 @@ def _train(config: TrainConfig, ctx: Any, name: str, lam: float, unit_cost: floa
     return loop.final_metrics
 
 
-def train_wide(config: WideConfig, ctx: Any) -> dict:
+def train_wide(config: WideConfig, ctx: TrainContext) -> dict:
     """The wide single-trunk network from scratch; saves ``wide``."""
     return _train(config, ctx, "wide", lam=0.0, unit_cost=1.0)
 
 
-def train_tree(config: TreeRecipeConfig, ctx: Any) -> dict:
+def train_tree(config: TreeRecipeConfig, ctx: TrainContext) -> dict:
     """A thin network (SOMP or random start), widened top-down while λ > 0; saves :func:`checkpoint_name`."""
     return _train(config, ctx, checkpoint_name(config), lam=config.lam, unit_cost=config.unit_cost,
                   widen_after=config.widen_after, widen_every=config.widen_every, separation=config.separation)

@@ -1,4 +1,4 @@
-"""Thin initialisation by simultaneous orthogonal matching pursuit (arXiv:1611.05377; brief §3).
+"""Thin initialisation by simultaneous orthogonal matching pursuit (arXiv:1611.05377; docs/multitask.md, "The method").
 
 A layer is y = σ(P(W) x), W a d × (input dim) matrix with one row per filter. Keeping d' < d rows is
 a simultaneous sparse approximation problem: choose ω, |ω| = d', so that every row of W is well
@@ -9,7 +9,7 @@ chosen atoms by least squares. :func:`thin_from_wide` does this per layer, botto
 a layer fix the input channels of the layers above, so a layer's rows are restricted to those
 channels before its own selection.
 
-Choices where the brief leaves room (documented, also in the final report of issue 12):
+Choices where the description of the method leaves room (docs/multitask.md lists them too):
 
 - **Batch norm is folded into the rows.** Our layers are conv/linear without bias, then BN. SOMP runs
   on the rows of the affine map each unit computes before its ReLU (eval-mode BN): [s·w_j, t_j] with
@@ -20,7 +20,7 @@ Choices where the brief leaves room (documented, also in the final report of iss
   above then gets W' = W · C on its input channels instead of only W's columns at ω. This is exact
   when every dropped unit is a positive multiple of a kept one (ReLU and max-pool commute with
   positive scaling) and a first-order approximation otherwise. ``fold=False`` keeps only the columns
-  at ω, which is what the brief describes the paper as doing.
+  at ω, which is what the paper is described as doing.
 """
 
 from __future__ import annotations
@@ -108,6 +108,8 @@ def _fold_inputs(weight: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
 def _effective_rows(layer: HiddenLayer, weight: torch.Tensor) -> torch.Tensor:
     """The rows [s·w_j, t_j] of the affine map (conv/linear then eval-mode BN) each unit computes."""
     bn = layer.bn
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("SOMP reads batch norm's running statistics; this layer tracks none")
     scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
     shift = bn.bias.double() - scale * bn.running_mean.double()
     return torch.cat([scale[:, None] * weight.flatten(1), shift[:, None]], 1)
@@ -118,7 +120,8 @@ def _copy_thin(src: HiddenLayer, dst: HiddenLayer, weight: torch.Tensor, kept: l
     dst.op.weight.copy_(weight[kept].to(dst.op.weight.dtype))
     for name in ("weight", "bias", "running_mean", "running_var"):
         getattr(dst.bn, name).copy_(getattr(src.bn, name)[kept])
-    dst.bn.num_batches_tracked.copy_(src.bn.num_batches_tracked)
+    if dst.bn.num_batches_tracked is not None and src.bn.num_batches_tracked is not None:
+        dst.bn.num_batches_tracked.copy_(src.bn.num_batches_tracked)
 
 
 @torch.no_grad()
@@ -140,12 +143,12 @@ def thin_from_wide(wide: BranchedNet, widths: Sequence[int] | None = None, *, fo
     for layer in range(c.num_layers):
         new_mixes = []
         for b, parent in enumerate(thin.branch_parents[layer]):
-            src: HiddenLayer = wide.layers[layer][b]
+            src = wide.branch(layer, b)
             weight = _fold_inputs(src.op.weight.double(), mixes[parent])
             result = somp(_effective_rows(src, weight), widths[layer])
             order = sorted(range(len(result.indices)), key=lambda i: result.indices[i])
             kept = [result.indices[i] for i in order]
-            _copy_thin(src, thin.layers[layer][b], weight, kept)
+            _copy_thin(src, thin.branch(layer, b), weight, kept)
             if fold:
                 mix = result.coefficients[:, order]
             else:
@@ -154,7 +157,8 @@ def thin_from_wide(wide: BranchedNet, widths: Sequence[int] | None = None, *, fo
             new_mixes.append(mix)
             selections.append(Selection(layer, b, kept, result.residual))
         mixes = new_mixes
-    for b, (src_head, dst_head) in enumerate(zip(wide.heads, thin.heads, strict=True)):
+    for b in range(len(thin.heads)):
+        src_head, dst_head = wide.head(b), thin.head(b)
         weight = _fold_inputs(src_head.weight.double(), mixes[b])
         dst_head.weight.copy_(weight.to(dst_head.weight.dtype))
         dst_head.bias.copy_(src_head.bias)

@@ -1,4 +1,4 @@
-"""Top-down greedy widening (arXiv:1611.05377; brief §4, §6, §7).
+"""Top-down greedy widening (arXiv:1611.05377; docs/multitask.md, "The method").
 
 At the *active layer* l (the highest layer that is still one trunk) hang n branches from above: one
 per task at the top hidden layer, else the branches of layer l + 1. A widening step groups these n
@@ -10,15 +10,15 @@ junction one layer down. A grouping g_d is scored by
     L_b(g_d) = (d − 1) · L_0 · 2^{p_l}                       (branch creation; p_l = pools above layer l)
     L_s(g_d) = (1/d) Σ_groups (1 − within-group affinity)    (separation)
 
-with the within-group affinity of a group of branches the brief's mean-of-min construction over the
+with the within-group affinity of a group of branches the mean-of-min construction over the
 branch affinity A_b (:func:`~plugins.multitask.affinity.branch_affinity`):
 mean_{k∈group} min_{l∈group, l≠k} A_b(k, l), and 1 for a group of one branch (nothing to separate).
 The widening stops when the best d is 1 or layer 0 has been widened (the recipe's loop).
 
-Choices where the brief leaves room (also in issue 12's report):
+Choices where the description of the method leaves room (docs/multitask.md lists them too):
 
-- The brief marks the cost's form as unverified recollection; we follow it as written. The brief
-  has no equation numbers for it, so none are quoted here.
+- The cost's form follows the description of the method as written; it is not checked against the
+  paper's own equations, so none are quoted here.
 - A branch is never compared with itself in the within-group affinity (a singleton group costs 0);
   hence L_s = 0 at d = n, and as λ → ∞ every branch gets its own copy, while λ = 0 never branches.
   For two groups of tasks with within affinity a_in and cross affinity a_x, splitting them apart at
@@ -38,9 +38,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
+from torch import nn
 
 from plugins.multitask.affinity import branch_affinity
 from plugins.multitask.model import BranchedNet, TreeConfig
@@ -137,7 +138,7 @@ def _group_weight(group: Sequence[int], separation: str) -> float:
 
 def separation_cost(affinity: Sequence[Sequence[float]], groups: Sequence[Sequence[int]],
                     separation: str = "mean") -> float:
-    """L_s: ``mean`` = (1/d) Σ_groups (1 − within-group affinity), as the brief writes it; ``size`` =
+    """L_s: ``mean`` = (1/d) Σ_groups (1 − within-group affinity), as the method describes it; ``size`` =
     (1/n) Σ_groups |group| · (1 − within), each group weighted by the share of the n branches it holds."""
     total = sum(_group_weight(g, separation) * (1.0 - within_affinity(affinity, g)) for g in groups)
     return total / (len(groups) if separation == "mean" else sum(len(g) for g in groups))
@@ -277,7 +278,7 @@ def widen(net: BranchedNet, decision: WideningDecision) -> BranchedNet:
         elif not key.startswith("heads."):
             new_state[key] = value.clone()
     # heads: one row (and bias) per task, regrouped as the top layer's branches now are
-    rows = {t: (head, r) for head, group in zip(net.heads, config.branches[-1], strict=True)
+    rows = {t: (head, r) for head, group in zip(cast(list[nn.Linear], net.heads), config.branches[-1], strict=True)
             for r, t in enumerate(group)}
     for b, group in enumerate(widened.config.branches[-1]):
         new_state[f"heads.{b}.weight"] = torch.stack([rows[t][0].weight[rows[t][1]] for t in group])

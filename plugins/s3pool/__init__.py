@@ -1,7 +1,9 @@
 """S3Pool (arXiv:1611.05138): pooling with stochastic spatial sampling, a drop-in for max pooling
 that regularises most where training data is scarce."""
 
-from app.api import CheckpointSlot, Method, hookimpl
+from collections.abc import Callable
+
+from app.api import CheckpointSlot, DemoContext, Method, hookimpl
 from app.demo_kit import rebuild_check
 from plugins.s3pool.model import net_from_checkpoint
 
@@ -19,14 +21,14 @@ SLOTS = [
 ]
 
 
-def _build_demo(ctx) -> None:
+def _build_demo(ctx: DemoContext) -> None:
     from plugins.s3pool.tab import build_demo  # gradio is imported only when the UI is built
 
     build_demo(ctx)
 
 
 @hookimpl
-def register_methods(register) -> None:
+def register_methods(register: Callable[[Method], None]) -> None:
     from plugins.s3pool.recipes import RECIPES
 
     register(Method(

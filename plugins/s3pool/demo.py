@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.api import UserError
+from app.api import DemoContext, UserError
 from app.demo_kit import ModelCache, image_to_tensor, load_rgb_image, viridis
 from plugins.s3pool.layer import (
     S3Pool2d,
@@ -96,7 +96,7 @@ def _fresh_seed(seed: int | None) -> int:
 class S3PoolDemo:
     """Answers the tab's requests; networks are loaded in the handlers and cached with their checkpoint."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: DemoContext) -> None:
         self.ctx = ctx
         self._nets: ModelCache[PoolingNet] = ModelCache(ctx, missing=how_to_train)
 
@@ -197,7 +197,7 @@ class S3PoolDemo:
         stage1 = net.stages[0](net.stem((x - net.mean) / net.std))  # eval mode: BatchNorm's running stats
         generator = torch.Generator().manual_seed(seed)
         draws = max(1, int(draws))
-        rows, cols = sample_grid(*stage1.shape[-2:], pool.grid_size, draws, generator=generator)
+        rows, cols = sample_grid(stage1.shape[-2], stage1.shape[-1], pool.grid_size, draws, generator=generator)
         maps = list(sampled_max(stage1.cpu().expand(draws, *stage1.shape[1:]), rows, cols, pool.kernel_size).numpy())
         pooled = s3pool(stage1, pool.grid_size, False, kernel_size=pool.kernel_size, eval_mode="deterministic")
         deterministic = pooled[0].cpu().numpy()
@@ -205,7 +205,7 @@ class S3PoolDemo:
         stack = np.stack([*maps, deterministic])[:, order]  # (draws + 1, C', H, W)
         lo, hi = stack.min((0, 2, 3), keepdims=True), stack.max((0, 2, 3), keepdims=True)
         coloured = viridis((stack - lo) / np.maximum(hi - lo, 1e-8))  # each channel over all draws: (D, C', H, W, 3)
-        rows = [tile(list(draw)) for draw in coloured]  # one row per draw, channels side by side
+        lines = [tile(list(draw)) for draw in coloured]  # one row per draw, channels side by side
         mh, mw = deterministic.shape[1:]
         return {
             "message": None,
@@ -214,10 +214,10 @@ class S3PoolDemo:
             "map_resolution": (mh, mw),
             "input_resolution": (h, w),
             "seed": seed,
-            "draws": rows[:-1],  # uint8 rows of channels
-            "deterministic": rows[-1],
+            "draws": lines[:-1],  # uint8 rows of channels
+            "deterministic": lines[-1],
             "maps": {"draws": [m[order] for m in maps], "deterministic": deterministic[order]},  # raw C'×H×W
-            "picture": tile([[row] for row in rows]),  # the rows one under another: draws, then deterministic
+            "picture": tile([[line] for line in lines]),  # the rows one under another: draws, then deterministic
         }, (pooled if pool.eval_mode == "deterministic" else None)
 
     @torch.inference_mode()

@@ -35,6 +35,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx
 
 EVAL_MODES = ("deterministic", "uniform", "ensemble")
 
@@ -147,7 +148,7 @@ class _SampledMax2x2(torch.autograd.Function):
     the gradient goes to the first maximal pixel of each window, as ``nn.MaxPool2d``'s does."""
 
     @staticmethod
-    def forward(ctx: object, x: Tensor, flat: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx: FunctionCtx, x: Tensor, flat: Tensor) -> Tensor:
         batch, channels, height, width = x.shape
         windows = flat.shape[1]
         index = flat.view(flat.shape[0], 1, windows * 4).expand(batch, channels, windows * 4)
@@ -164,7 +165,7 @@ class _SampledMax2x2(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: object, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
         (argmax,) = ctx.saved_tensors  # type: ignore[attr-defined]
         batch, channels, height, width = ctx.input_shape  # type: ignore[attr-defined]
         grad_x = grad.new_zeros(batch, channels, height * width)

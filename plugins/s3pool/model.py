@@ -122,6 +122,9 @@ class PoolingNet(nn.Module):
     """A classifier whose downsampling layers are switchable; ``features`` is a list of stages, each
     starting with its downsampling layer (``self.pools[i]``) after the first."""
 
+    mean: torch.Tensor  # buffers (per-channel normalisation, 1×C×1×1)
+    std: torch.Tensor
+
     def __init__(self, config: NetConfig) -> None:
         super().__init__()
         self.config = config

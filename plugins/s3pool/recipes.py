@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from app.api import ConfigError, Recipe, UserError, config_field
+from app.api import ConfigError, Recipe, TrainContext, UserError, config_field
 from app.training_kit import TrainLoop, random_crop_flip, split_tensors
 from plugins.s3pool.model import ARCHITECTURES, DOWNSAMPLING, NetConfig, PoolingNet, build_net
 
@@ -83,14 +82,14 @@ def error_rate(net: PoolingNet, images: torch.Tensor, targets: torch.Tensor, bat
     return wrong / max(len(targets), 1)
 
 
-def train_classifier(config: ClassifierConfig, ctx: Any) -> dict[str, float]:
+def train_classifier(config: ClassifierConfig, ctx: TrainContext) -> dict[str, float]:
     """Train for ``steps`` optimisation steps; logs train/val error per epoch; saves ``<arch>-<downsample>``."""
     train = ctx.dataset(config.dataset, "train")
     images, targets = split_tensors(train, config.train_size)
     val_images, val_targets = split_tensors(ctx.dataset(config.dataset, "val"), config.val_size)
     labels = list(getattr(train, "labels", []))
     num_classes = max(len(labels), int(targets.max()) + 1)
-    arch = net_config_for(config, num_classes, tuple(images.shape[2:]), labels)
+    arch = net_config_for(config, num_classes, (images.shape[2], images.shape[3]), labels)
     steps_per_epoch = TrainLoop.num_batches(len(images), config.batch_size)
     loop = TrainLoop(ctx, epochs=math.ceil(config.steps / steps_per_epoch), seed=config.seed, checkpoint=arch.name)
     net = build_net(arch).to(loop.device)

@@ -3,7 +3,7 @@ multi-modal energy of K binary experts, an entropy proxy against mode collapse, 
 
 from collections.abc import Callable
 
-from app.api import Checkpoint, CheckpointSlot, Method, UserError, hookimpl
+from app.api import Checkpoint, CheckpointSlot, DemoContext, Method, UserError, hookimpl
 from app.demo_kit import rebuild_check
 from plugins.vgan.model import models_from_checkpoint
 
@@ -29,14 +29,14 @@ SLOTS = [
 ]
 
 
-def _build_demo(ctx) -> None:
+def _build_demo(ctx: DemoContext) -> None:
     from plugins.vgan.tab import build_demo  # gradio is imported only when the UI is built
 
     build_demo(ctx)
 
 
 @hookimpl
-def register_methods(register) -> None:
+def register_methods(register: Callable[[Method], None]) -> None:
     from plugins.vgan.recipes import RECIPES
 
     register(Method(

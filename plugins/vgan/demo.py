@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.api import UserError
+from app.api import DemoContext, UserError
 from app.demo_kit import ModelCache, image_to_tensor, load_rgb_image
 from plugins.vgan.model import EnergyNet, GanConfig, Generator, models_from_checkpoint
 from plugins.vgan.recipes import energies, generate
@@ -119,7 +119,7 @@ def energy_meaning(cfg: GanConfig) -> str:
 class VganDemo:
     """Answers the tab's requests; networks are loaded in the handlers and cached with their checkpoint."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: DemoContext) -> None:
         self.ctx = ctx
         self._models: ModelCache[Loaded] = ModelCache(ctx, missing=how_to_train)
 

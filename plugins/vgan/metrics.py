@@ -1,4 +1,4 @@
-"""The paper's measures of a generator, offline and in plain torch (brief §6, §8).
+"""The paper's measures of a generator, offline and in plain torch (docs/vgan.md, "Measures, all offline").
 
 - :func:`linear_probe_error`: Table 1, a linear classifier on a network's features φ(x).
 - :func:`frechet_distance`: the Fréchet distance between Gaussians fitted to two feature sets (FID's
@@ -206,9 +206,9 @@ def label_agreement(classifier_fn: FeatureFn, generator: Any, images: Images, st
 
 
 class SmallCNN(nn.Module):
-    """The brief's ``cond_net`` at CPU size: Gaussian input noise σ 0.1 (training only), three stages of
-    conv3×3-BN-ReLU (w, w | 2w, 2w | 2w) with 2×2 max-pooling and dropout 0.5 between them, global
-    average pooling and a linear layer to class logits. Takes images in [0, 1]."""
+    """The paper's semi-supervised classifier (``cond_net``) at CPU size: Gaussian input noise σ 0.1
+    (training only), three stages of conv3×3-BN-ReLU (w, w | 2w, 2w | 2w) with 2×2 max-pooling and dropout
+    0.5 between them, global average pooling and a linear layer to class logits. Takes images in [0, 1]."""
 
     def __init__(self, channels: int, num_classes: int, width: int = 32, noise_std: float = 0.1,
                  dropout: float = 0.5) -> None:
@@ -254,7 +254,7 @@ def classifier_error(model: nn.Module, images: Images, labels: torch.Tensor, bat
 
 
 def _lr_at(base: float, step: int, steps: int) -> float:
-    """The brief's schedule: ``base``, ×0.1 at 60% and again at 90% of the steps."""
+    """The learning-rate schedule: ``base``, ×0.1 at 60% and again at 90% of the steps."""
     return base * (0.1 if step >= 0.6 * steps else 1.0) * (0.1 if step >= 0.9 * steps else 1.0)
 
 
@@ -281,7 +281,6 @@ def semi_supervised_error(train_images: Images, train_labels: torch.Tensor, test
         num_classes = int(max(labels.max(), test_labels.max())) + 1
     n, bs = len(train_images), min(batch_size, len(train_images))
     every = eval_every or max(1, steps // 10)
-    has_val = val_images is not None and val_labels is not None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         order_rng = torch.Generator().manual_seed(seed)
@@ -311,7 +310,7 @@ def semi_supervised_error(train_images: Images, train_labels: torch.Tensor, test
             loss.backward()
             opt.step()
             done = step + 1
-            if has_val and (done % every == 0 or done == steps):
+            if val_images is not None and val_labels is not None and (done % every == 0 or done == steps):
                 error = classifier_error(model, val_images, val_labels)
                 val_errors.append((done, error))
                 if error < best_error:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from app.api import ConfigError, Recipe, UserError, config_field
+from app.api import ConfigError, Recipe, TrainContext, UserError, config_field
 from app.training_kit import TrainLoop, split_tensors
 from plugins.vgan.model import GanConfig, build_models, energy, entropy_proxy
 from plugins.vgan.visuals import image_grid
@@ -129,7 +129,7 @@ def energies(cfg: GanConfig, energy_net: Any, images: torch.Tensor, batch_size: 
     return torch.cat(out) if out else torch.empty(0)
 
 
-def train_gan(config: GanTrainConfig, ctx: Any, kind: str) -> dict[str, float]:
+def train_gan(config: GanTrainConfig, ctx: TrainContext, kind: str) -> dict[str, float]:
     """Train one model of ``kind`` (vgan | vcd | gan) for ``steps`` iterations; saves checkpoint ``kind``."""
     train = ctx.dataset(config.dataset, "train")
     images, _ = split_tensors(train, config.train_size)
@@ -140,7 +140,8 @@ def train_gan(config: GanTrainConfig, ctx: Any, kind: str) -> dict[str, float]:
     n, bs = len(images), min(config.batch_size, len(images))
     loop = TrainLoop(ctx, epochs=math.ceil(config.steps / TrainLoop.num_batches(n, bs)), seed=config.seed,
                      checkpoint=cfg.name)
-    energy_net, generator = (m.to(loop.device) for m in build_models(cfg))
+    energy_net, generator = build_models(cfg)
+    energy_net, generator = energy_net.to(loop.device), generator.to(loop.device)
     opt_e, opt_g = _optimizer(config, energy_net.parameters()), _optimizer(config, generator.parameters())
     loop.resume(modules={"energy": energy_net, "generator": generator}, optimizers=[opt_e, opt_g])
     images = loop.to_device(images)
@@ -226,7 +227,7 @@ def train_gan(config: GanTrainConfig, ctx: Any, kind: str) -> dict[str, float]:
     return loop.final_metrics
 
 
-def _held_out(ctx: Any, dataset: str) -> Any:
+def _held_out(ctx: TrainContext, dataset: str) -> Any:
     """The images the card's energies and the grids' VCD sources come from: ``val``, else ``test``
     (MNIST, CIFAR and SVHN have no val split); never used to select a model."""
     try:
@@ -236,7 +237,7 @@ def _held_out(ctx: Any, dataset: str) -> Any:
 
 
 def _recipe(kind: str):
-    def train(config: GanTrainConfig, ctx: Any) -> dict[str, float]:
+    def train(config: GanTrainConfig, ctx: TrainContext) -> dict[str, float]:
         return train_gan(config, ctx, kind)
     train.__name__ = f"train_{kind}"
     return train

@@ -26,4 +26,4 @@ def image_grid(images: torch.Tensor, nrow: int = 8, pad: int = 2, scale: int = 2
         r, c = divmod(i, nrow)
         canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = img
     picture = Image.fromarray(canvas)
-    return picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST) if scale > 1 else picture
+    return picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST) if scale > 1 else picture
