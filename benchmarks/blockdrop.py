@@ -96,7 +96,7 @@ def timing_rounds(paths: dict[str, tuple], images: torch.Tensor, device: torch.d
 def policy_time_share(full, policy, images: torch.Tensor, count: int, repeats: int) -> dict[str, float]:
     """Batch-1 time of the policy network alone against the full ResNet's, both on the deployed path
     (medians over ``count`` images): a policy whose time share far exceeds its FLOPs share is what kept
-    the speedup below the ideal (issue 13)."""
+    the speedup below the ideal (docs/blockdrop.md)."""
     policy_ms = full_ms = 0.0
     for i in range(count):
         x = images[i:i + 1].float().div_(255.0)

@@ -1,4 +1,4 @@
-"""TrainLoop on an accelerator (issue 27): mixed precision, data on the device, channels-last, torch.compile.
+"""TrainLoop on an accelerator (docs/gpu.md): mixed precision, data on the device, channels-last, torch.compile.
 
 On the CPU: the settings, bf16 autocast (it runs on the CPU) through the real worker path — a run trains,
 resumes exactly in the precision it was saved with, and its checkpoint is float32 — the fp16 gradient

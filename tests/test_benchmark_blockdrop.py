@@ -74,7 +74,7 @@ def test_report_has_every_figure_the_issue_names(tmp_path):
     assert figures["speedup_b1_cpu_fraction_of_ideal"] == pytest.approx(
         figures["speedup_b1_cpu"] * figures["flops_ratio"])
     assert -1.0 <= figures["spearman_blocks_difficulty"] <= 1.0
-    share = figures["policy_net_b1_cpu"]  # the policy network's time against its FLOPs (issue 13)
+    share = figures["policy_net_b1_cpu"]  # the policy network's time against its FLOPs (docs/blockdrop.md)
     assert share["arch"] == "resnet8" and 0 < share["time_share"] < 1
     assert share["flops_share"] == pytest.approx(figures["flops_policy_net"] / figures["flops_full"])
     assert share["policy_ms"] < share["full_ms"]

@@ -222,7 +222,7 @@ def test_upload_component_passes_corrupt_files_to_the_handler(demo, tmp_path):
         demo.predict(passed, "policy-g1")
 
 
-# -- demo conventions (issue 9) ------------------------------------------------------------------
+# -- demo conventions (docs/plugins.md) -----------------------------------------------------------
 
 
 def _built(assets, tmp_path):

@@ -180,7 +180,7 @@ def test_the_flat_card_of_the_shipped_backbone_still_loads():
 
 
 def test_a_flat_policy_card_loads_as_the_resnet8_it_was(tmp_path):
-    """The policies shipped before issue 13 had flat cards (these keys) and a 16×16 ResNet-8."""
+    """The policies shipped before the strided ones had flat cards (these keys) and a 16×16 ResNet-8."""
     backbone, policy_net = build_resnet(8, 10), build_policy(3, input_size=16)
     flat = {"kind": "finetune", "depth": 8, "num_classes": 10, "num_blocks": 3, "policy_input_size": 16,
             "free_blocks": 3, "image_size": [32, 32], "labels": [f"c{i}" for i in range(10)], "gamma": 1.0}

@@ -100,7 +100,7 @@ def test_three_stage_pipeline_on_a_tiny_config(tmp_path):
     assert {k.split(".")[0] for k in policy.tensors} == {"backbone", "policy"}
     assert policy.metadata["free_blocks"] == 3 and policy.metadata["gamma"] == 1.0
     assert policy.metadata["policy"]["num_blocks"] == 3 and policy.metadata["policy"]["input_size"] == 32
-    assert policy.metadata["policy"]["arch"] == "strided"  # the default since issue 13
+    assert policy.metadata["policy"]["arch"] == "strided"  # the default policy network (docs/blockdrop.md)
     assert policy.metadata["backbone"]["depth"] == 8
     _check_metrics(ctx, 3)
     assert [m["free_blocks"] for _, m in ctx.metrics] == [2.0, 3.0]  # one more block every 2 iterations

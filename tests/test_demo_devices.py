@@ -1,4 +1,4 @@
-"""Demos run on a CUDA GPU when the server has one (issue 27): ``AVSTUDIO_DEMO_DEVICE``, whose default
+"""Demos run on a CUDA GPU when the server has one (docs/gpu.md): ``AVSTUDIO_DEMO_DEVICE``, whose default
 ``auto`` follows the studio's ``AVSTUDIO_DEVICE``, and on the GPU every demo answers as on the CPU.
 
 The ``test_cuda_*`` test needs a GPU (it skips without one); ``benchmarks/gpu.py`` runs it.

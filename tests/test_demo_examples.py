@@ -1,4 +1,4 @@
-"""Clicking an example in any plugin's demo fills its upload and runs the demo on it (issue 9's convention),
+"""Clicking an example in any plugin's demo fills its upload and runs the demo on it (docs/plugins.md, "Demo conventions"),
 one test for the four built-in plugins: the click's wiring in the built tab, then its function on the file."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The core of the multi-task widening method (arXiv:1611.05377, issue 12): the branched network, SOMP
+"""The core of the multi-task widening method (arXiv:1611.05377; docs/multitask.md): the branched network, SOMP
 thinning, task affinity and the widening step. Small networks, no training: fast on a CPU."""
 
 from __future__ import annotations
@@ -371,7 +371,7 @@ def blocks_with_outlier_affinity() -> torch.Tensor:
 
 
 def test_separation_weighted_by_size_groups_blocks_where_the_mean_peels_off_the_outlier():
-    """L_s as the brief writes it, (1/d)·Σ(1 − within), charges a singleton nothing and averages over d: the best
+    """L_s as the method describes it, (1/d)·Σ(1 − within), charges a singleton nothing and averages over d: the best
     2-grouping splits off the outlier alone; weighted by group size it finds the blocks."""
     affinity = blocks_with_outlier_affinity()
     blocks = [[0, 1, 2, 3, 8], [4, 5, 6, 7]]

@@ -1,4 +1,4 @@
-"""The multi-task widening tab (issue 12): predictions grouped by branch, the tree figure, the affinity
+"""The multi-task widening tab: predictions grouped by branch, the tree figure, the affinity
 heatmap, the model table and the λ selector, on tiny checkpoints trained by the plugin's own recipes in a
 temporary studio (promoted and shipped, as a user would have them)."""
 

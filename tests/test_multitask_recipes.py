@@ -1,4 +1,4 @@
-"""The multitask recipes through the studio (issue 12): the wide network, thin networks from SOMP and at
+"""The multitask recipes through the studio: the wide network, thin networks from SOMP and at
 random, branched trees at a huge and a small λ, one budget for all of them, exact resume across widenings,
 configs refused before a run is queued, and training on the user's own images + attributes CSV.
 

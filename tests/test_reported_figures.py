@@ -419,7 +419,7 @@ def test_the_persons_baseline_is_quoted_as_reported():
         assert f"({figures['persons_affinity_' + key]:.3f})" in readme or f"{figures['persons_affinity_' + key]:.3f})" in readme
 
 
-# -- BlockDrop's policy network (issue 13) ------------------------------------------------------------
+# -- BlockDrop's policy network (docs/blockdrop.md) -----------------------------------------------------
 
 
 def test_the_policy_network_figures_are_quoted_as_reported():
@@ -432,7 +432,7 @@ def test_the_policy_network_figures_are_quoted_as_reported():
         assert quoted in text, f"docs/blockdrop.md should quote {key}: {quoted!r}"
 
 
-# -- Load (issue 14) ----------------------------------------------------------------------------------
+# -- Load (docs/hosting.md) ----------------------------------------------------------------------------
 
 LOAD_REPORT = RESULTS / "load.json"
 
@@ -487,7 +487,7 @@ def test_the_s3pool_demo_load_is_quoted_as_reported():
     assert ("at least 30 requests/s: met" in text) == (f["throughput_rps"] >= 30)
 
 
-# -- Distributed training (issue 15) ------------------------------------------------------------------
+# -- Distributed training (docs/gpu.md) ----------------------------------------------------------------
 
 
 def test_the_distributed_scaling_is_quoted_as_reported():

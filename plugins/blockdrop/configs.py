@@ -50,7 +50,7 @@ class PolicyConfig:
     policy_arch: str = config_field(
         "strided", "policy network: 'strided' (three wide stride-2 convolutions, whose time at batch 1 "
                    "matches its FLOPs) or 'resnet8' (the paper's ResNet-8; the studio's policies before "
-                   "issue 13, at policy_input_size 16)", choices=("strided", "resnet8"))
+                   "the strided ones, at policy_input_size 16)", choices=("strided", "resnet8"))
     policy_input_size: int = config_field(
         32, "the policy sees the image resized to this size; 32 = the shapes images as they are "
             "(paper: 32 on CIFAR, 112 for 224 ImageNet)", min=4)

@@ -1,4 +1,4 @@
-"""Task affinity from per-example margins (arXiv:1611.05377; brief §5).
+"""Task affinity from per-example margins (arXiv:1611.05377; docs/multitask.md, "The method").
 
 For example n and task i, with prediction p_i^n = σ(logit) and ground truth g_i^n ∈ {0, 1}:
 
@@ -14,12 +14,12 @@ does so online from the training batches' logits: the mean margin of each task i
 every example seen since the last :meth:`~AffinityTracker.reset` (this batch included), each batch's
 examples are classified against it, and the joint frequencies are accumulated over the same examples.
 With all examples in one batch this is exactly :func:`task_affinity` (our online estimate of the
-brief's E[·]; the recipe resets the tracker after every widening so the statistics are the current
+expectations E[·]; the recipe resets the tracker after every widening so the statistics are the current
 network's).
 
-Choices: the margin is the brief's |σ(logit) − g| (not a signed margin y·logit nor the loss; all three
-order one task's examples alike, but the mean threshold differs); "hard" is m ≥ the mean, as the brief
-writes it (issue 12 says "above"; ties have measure zero for real-valued margins). The logits fed to the
+Choices: the margin is |σ(logit) − g| (not a signed margin y·logit nor the loss; all three
+order one task's examples alike, but the mean threshold differs); "hard" is m ≥ the mean ("above" would differ
+only on ties, which have measure zero for real-valued margins). The logits fed to the
 tracker are the training batches' own (train mode), which costs nothing extra.
 """
 
