@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -30,6 +31,21 @@ from trainer.worker import run_worker
 @pytest.fixture
 def dirs(tmp_path: Path) -> dict[str, str]:
     return {name: str(tmp_path / name) for name in ("data_dir", "runs_dir", "assets_dir")}
+
+
+@pytest.fixture
+def spawned() -> Iterator[list]:
+    """The worker processes a test starts: any still alive when it ends (it failed early) are stopped, so
+    that neither they nor the session (multiprocessing joins its children at exit) run on."""
+    workers: list = []
+    yield workers
+    for worker in workers:
+        if worker.is_alive():
+            worker.terminate()  # SIGTERM: the worker stops its run's child too
+            worker.join(60)
+        if worker.is_alive():
+            worker.kill()
+            worker.join(10)
 
 
 _wait_for = partial(wait_for, timeout_s=120.0, every_s=0.1)  # generous: a busy machine starts a run slowly
@@ -332,12 +348,13 @@ def test_cancel_hard_stops_a_recipe_that_ignores_should_stop(store, store_url, d
 
 
 @pytest.mark.slow  # eight runs in two spawned workers; each run is claimed once: test_store (fast), test_postgres
-def test_two_worker_processes_run_each_job_exactly_once(store, store_url, dirs):
+def test_two_worker_processes_run_each_job_exactly_once(store, store_url, dirs, spawned):
     ids = [store.enqueue("counter", "count", {"steps": 2}) for _ in range(8)]
     spawn = mp.get_context("spawn")
     workers = [spawn.Process(target=run_worker, args=(store_url, make_registry),
                              kwargs={**dirs, "exit_when_idle": True, "poll_interval_s": 0.1, "worker_id": f"w{i}"})
                for i in range(2)]
+    spawned.extend(workers)
     for w in workers:
         w.start()
     for w in workers:
@@ -350,11 +367,12 @@ def test_two_worker_processes_run_each_job_exactly_once(store, store_url, dirs):
     assert {r.worker_id for r in runs} <= {"w0", "w1"}
 
 
-def test_killed_worker_run_is_interrupted_then_resumes_from_checkpoint(store, store_url, dirs):
+def test_killed_worker_run_is_interrupted_then_resumes_from_checkpoint(store, store_url, dirs, spawned):
     run_id = store.enqueue("counter", "count", {"steps": 12, "sleep_s": 0.15})
     spawn = mp.get_context("spawn")
     worker = spawn.Process(target=run_worker, args=(store_url, make_registry),
                            kwargs={**dirs, "poll_interval_s": 0.1})
+    spawned.append(worker)
     worker.start()
     _wait_for(lambda: _checkpoint_step(store, run_id) >= 3)
     child = _wait_for(lambda: _run_children(worker.pid))
@@ -380,11 +398,12 @@ def test_killed_worker_run_is_interrupted_then_resumes_from_checkpoint(store, st
     assert _steps_logged(store, run_id)[-1] == 11 and _checkpoint_step(store, run_id) == 11
 
 
-def test_sigterm_stops_the_worker_and_marks_its_run_interrupted(store, store_url, dirs):
+def test_sigterm_stops_the_worker_and_marks_its_run_interrupted(store, store_url, dirs, spawned):
     run_id = store.enqueue("counter", "stubborn", {"steps": 1000, "sleep_s": 0.05})
     spawn = mp.get_context("spawn")
     worker = spawn.Process(target=run_worker, args=(store_url, make_registry),
                            kwargs={**dirs, "poll_interval_s": 0.1})
+    spawned.append(worker)
     worker.start()
     _wait_for(lambda: _checkpoint_step(store, run_id) >= 1)
     child = _wait_for(lambda: _run_children(worker.pid))
