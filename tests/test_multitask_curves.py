@@ -27,7 +27,7 @@ def _home(tmp_path, name: str, val: list[float]):
 def test_curves_are_read_summarised_and_drawn(tmp_path):
     wide = [0.6, 0.7, 0.8, 0.85, 0.86, 0.87, 0.871, 0.872]
     thin = [0.5, 0.6, 0.65, 0.66, 0.7, 0.72, 0.73, 0.74]
-    (home_w, run_w), (home_t, run_t) = _home(tmp_path, "w", wide), _home(tmp_path, "t", thin)
+    (home_w, run_w), (home_t, _) = _home(tmp_path, "w", wide), _home(tmp_path, "t", thin)
     out, pic = tmp_path / "curves.json", tmp_path / "curves.png"
     C.main(["--run", f"wide={home_w}:{run_w}", "--run", f"thin={home_t}", "--out", str(out), "--picture", str(pic)])
     report = json.loads(out.read_text())
@@ -54,6 +54,6 @@ def test_bad_run_arguments_are_refused(tmp_path):
             C.parse_run(bad)
     with pytest.raises(SystemExit, match="no run store"):
         C.read_curves(tmp_path, 1)
-    home, run_id = _home(tmp_path, "h", [0.5])
+    home, _ = _home(tmp_path, "h", [0.5])
     with pytest.raises(SystemExit, match="run 7 .* logged none"):
         C.read_curves(home, 7)
