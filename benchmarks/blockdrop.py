@@ -17,6 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from app.demo_kit import interleaved_latency_ms  # noqa: E402
 from benchmarks.report import REPO_ROOT, cpu_model, write_report  # noqa: E402
 from plugins.blockdrop import analysis  # noqa: E402
 from plugins.blockdrop.evaluation import infer  # noqa: E402
@@ -47,7 +48,7 @@ def speedups(full_fn, bd_fn, images: torch.Tensor, device: torch.device, batch: 
     full_ms = bd_ms = 0.0
     for i in range(num_batches):
         x = images[i * batch:(i + 1) * batch].to(device).float().div_(255.0)
-        times = analysis.interleaved_latency_ms({"full": lambda x=x: full_fn(x), "blockdrop": lambda x=x: bd_fn(x)},
+        times = interleaved_latency_ms({"full": lambda x=x: full_fn(x), "blockdrop": lambda x=x: bd_fn(x)},
                                                 repeats=repeats, warmup=2 if i == 0 else 1, device=device)
         full_ms += times["full"]
         bd_ms += times["blockdrop"]
@@ -100,7 +101,7 @@ def policy_time_share(full, policy, images: torch.Tensor, count: int, repeats: i
     policy_ms = full_ms = 0.0
     for i in range(count):
         x = images[i:i + 1].float().div_(255.0)
-        times = analysis.interleaved_latency_ms({"full": lambda x=x: full(x), "policy": lambda x=x: policy(x)},
+        times = interleaved_latency_ms({"full": lambda x=x: full(x), "policy": lambda x=x: policy(x)},
                                                 repeats=repeats, warmup=2 if i == 0 else 1)
         policy_ms += times["policy"] / count
         full_ms += times["full"] / count
