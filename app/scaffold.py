@@ -1,11 +1,12 @@
 """``avstudio new-plugin NAME``: scaffold an installable plugin package whose own tests pass.
 
 The files come from ``app/templates/*.tmpl`` (``string.Template``: ``${name}``, ``${module}``,
-``${ident}``, ``${title}``).
+``${ident}``, ``${title}``), and the example images the demo ships from :func:`example_images`.
 """
 
 from __future__ import annotations
 
+import io
 import re
 from importlib import resources
 from pathlib import Path
@@ -56,6 +57,24 @@ def render(name: str) -> dict[str, str]:
     }
 
 
+def example_images(name: str) -> dict[str, bytes]:
+    """The example images the new plugin's demo ships (``MODULE/assets/examples/*.png``, PNG bytes by path):
+    16×16 patches like its dataset's, a dark one and a bright one, and a grey ramp."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    ramp = np.broadcast_to(np.linspace(30, 220, 16).astype(np.uint8)[None, :, None], (16, 16, 3))
+    images = {"dark": 40 + rng.integers(0, 60, (16, 16, 3)), "bright": 180 + rng.integers(0, 60, (16, 16, 3)),
+              "ramp": ramp}
+    out = {}
+    for stem, array in images.items():
+        buffer = io.BytesIO()
+        Image.fromarray(np.clip(array, 0, 255).astype(np.uint8)).save(buffer, format="PNG")
+        out[f"{template_values(name)['module']}/assets/examples/{stem}.png"] = buffer.getvalue()
+    return out
+
+
 def create_plugin(name: str, directory: Path | str = ".") -> Path:
     """Write ``avstudio-NAME/`` under ``directory`` and return its path; never overwrites anything."""
     root = Path(directory) / f"avstudio-{name}"
@@ -66,4 +85,8 @@ def create_plugin(name: str, directory: Path | str = ".") -> Path:
         path = root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
+    for relative, data in example_images(name).items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
     return root
