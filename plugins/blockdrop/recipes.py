@@ -28,10 +28,7 @@ from app.api import ConfigError, Recipe, TrainContext
 from app.training_kit import TrainLoop
 from plugins.blockdrop.configs import BackboneConfig, FinetuneConfig, PolicyConfig
 from plugins.blockdrop.data import augment, eval_split, labels_of, load_split
-from plugins.blockdrop.evaluation import (
-    evaluate,
-    infer,  # noqa: F401  (only until tests/test_reported_figures.py imports it from evaluation)
-)
+from plugins.blockdrop.evaluation import evaluate
 from plugins.blockdrop.model import (
     BlockDropResNet,
     PolicyNetConfig,

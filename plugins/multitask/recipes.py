@@ -95,8 +95,8 @@ class TreeRecipeConfig(TrainConfig):
     unit_cost: float = config_field(1.0, "L_0, the cost of one extra branch at a layer with no pooling above", min=0)
     separation: str = config_field(
         "size", "how L_s weights each group's (1 − within affinity): by its share of the branches (size), or "
-        "equally, 1/d (mean, the brief's form: it makes splitting off one outlier cheaper than any balanced "
-        "split)", choices=SEPARATIONS)
+        "equally, 1/d (mean: it makes splitting off one outlier cheaper than any balanced split; "
+        "docs/multitask.md)", choices=SEPARATIONS)
     widen_after: int = config_field(5, "epochs of training of the thin network before the first widening decision "
                                     "(its affinity means little until its tasks are learnt)", min=1)
     widen_every: int = config_field(1, "epochs of training between two widening decisions", min=1)
