@@ -69,8 +69,11 @@ def summary(val: Sequence[float], last: int = LAST) -> dict[str, Any]:
 def picture(models: Mapping[str, Mapping[str, Sequence[float]]]) -> Any:
     from app.ui.curves import curves_image
 
-    panels = {key: {name: [(epoch + 1, v) for epoch, v in enumerate(curves[key])] for name, curves in models.items()}
-              for key in KEYS}
+    def short(name: str) -> str:  # the legend is one line per panel: branched-l20 → λ20, thin-random → random
+        return name.replace("branched-l", "λ").replace("thin-random", "random")
+
+    panels = {key: {short(name): [(epoch + 1, v) for epoch, v in enumerate(curves[key])]
+                    for name, curves in models.items()} for key in KEYS}
     return curves_image(panels, columns=len(KEYS))
 
 
