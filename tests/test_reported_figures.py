@@ -148,8 +148,8 @@ def shapes_test(tmp_path_factory):
 @pytest.fixture(scope="module")
 def full_accuracy(shapes_test):
     """The shipped full ResNet's test accuracy, evaluated once for every report."""
+    from plugins.blockdrop.evaluation import infer
     from plugins.blockdrop.model import backbone_from_checkpoint
-    from plugins.blockdrop.recipes import infer
     from trainer.checkpoints import load_checkpoint
 
     full = load_checkpoint(REPO / "assets" / "blockdrop" / "backbone.safetensors")
@@ -343,6 +343,8 @@ def _split(figures: dict, key: str) -> str:
     if not key.startswith("branched_"):
         return "—"
     pick = lambda name: figures[name][key] if isinstance(figures[name], dict) else figures[name]  # noqa: E731
+    if pick("first_split_layer") is None:
+        return "never branched"
     return f"{pick('first_split_layer')} · {pick('first_split_groups')} · {pick('first_split_purity'):.2f}"
 
 
@@ -352,6 +354,7 @@ MULTITASK_ROWS = {
     "FLOPs per image (M)": lambda f, k: f"{f['models'][k]['flops'] / 1e6:.1f}",
     "CPU latency, batch 1, one thread (ms)": lambda f, k: f"{f['models'][k]['latency_ms']:.2f}",
     "first split of the tree: layer · groups · head/body purity": _split,
+    "mean accuracy on a second test set": lambda f, k: f"{f['second_test']['models'][k]['mean_accuracy']:.3f}",
 }
 
 
@@ -406,6 +409,25 @@ def test_the_multitask_prose_quotes_the_report():
     text = " ".join((REPO / "README.md").read_text().split())
     gap = models["wide"]["mean_accuracy"] - max(models[k]["mean_accuracy"] for k in models if k.startswith("branched_"))
     assert f"{100 * gap:.1f} points below the wide network" in text
+    second = figures["second_test"]
+    assert f"second `persons` test set (seed {second['seed']}, {second['test_images']:,} images)" in text
+
+
+MULTITASK_CURVES = RESULTS / "multitask-curves.json"
+
+
+@pytest.mark.skipif(not MULTITASK_CURVES.exists(), reason="no committed multitask curves yet")
+def test_the_multitask_curves_are_quoted_as_reported_and_cover_every_shipped_model():
+    report = json.loads(MULTITASK_CURVES.read_text())
+    models = report["figures"]["models"]
+    shipped = {p.stem for p in (REPO / "assets" / "multitask").glob("*.safetensors")}
+    assert set(models) == shipped
+    assert (REPO / report["picture"]).is_file()
+    text = " ".join((REPO / "docs" / "multitask.md").read_text().split())
+    for name, m in models.items():
+        quoted = (f"{name}: best validation accuracy {m['val_best']:.3f} at epoch {m['val_best_epoch']} of "
+                  f"{m['epochs']}, the last 5 epochs added {round(100 * m['val_gain_last_5'], 1) + 0.0:.1f} points")
+        assert quoted in text, f"docs/multitask.md lacks {quoted!r}"
 
 
 def test_the_persons_baseline_is_quoted_as_reported():
@@ -494,3 +516,29 @@ def test_the_distributed_scaling_is_quoted_as_reported():
     figures = json.loads((RESULTS / "distributed.json").read_text())["figures"]
     readme = " ".join((REPO / "README.md").read_text().split())
     assert f"{figures['scaling_2_vs_1_process']:.2f}× the samples/s of one" in readme
+
+
+# -- VCD sweep (docs/vgan.md) --------------------------------------------------------------------------
+
+VCD_SWEEP_REPORT = RESULTS / "vcd-sweep.json"
+VCD_SWEEP_HEADER = ["variant", "changed from the shipped config", "reconstruction BCE", "label kept: reconstruction",
+                    "after 1 transition", "after 2", "after 5", "classes at 2%"]
+
+
+@pytest.mark.skipif(not VCD_SWEEP_REPORT.exists(), reason="no committed VCD sweep yet")
+def test_the_vcd_sweep_table_quotes_the_report():
+    report = json.loads(VCD_SWEEP_REPORT.read_text())
+    variants = report["figures"]["variants"]
+    table = next((t for t in _all_tables((REPO / "docs" / "vgan.md").read_text()) if t[0] == VCD_SWEEP_HEADER), None)
+    assert table is not None, "docs/vgan.md has no VCD sweep table"
+    rows = {row[0].strip("`"): row[1:] for row in table[1:]}
+    assert set(rows) == set(variants), "the table's variants differ from the report's"
+    for name, v in variants.items():
+        kept = v["label_kept"]
+        changed = ", ".join(f"{k}={val}" for k, val in v["changed"].items()) or "—"
+        expected = [changed, f"{v['reconstruction_bce']:.3f}", f"{kept['reconstruction']:.3f}",
+                    f"{kept['chain'][0]:.3f}", f"{kept['chain'][1]:.3f}", f"{kept['chain'][4]:.3f}",
+                    f"{v['classes_with_2pct']}"]
+        assert rows[name] == expected, f"docs/vgan.md: {name} says {rows[name]}, the report says {expected}"
+    text = " ".join((REPO / "docs" / "vgan.md").read_text().split())
+    assert "python benchmarks/vcd_sweep.py" in text and report["commit"][:7] in text

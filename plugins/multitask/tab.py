@@ -71,7 +71,7 @@ class MultitaskEvents:
 
         Args:
             image: a picture of a person (any size; it is resized to the network's input).
-            model: the network to use: wide, thin, thin-random or a branched one (branched-l10, -l20, -l30).
+            model: the network to use: wide, thin, thin-random or a shipped branched one (branched-l10, -l20).
         """
         return (*self.prediction_outputs(self.demo.predict(image, model)), image)
 
