@@ -1,13 +1,15 @@
 """The multitask benchmark's checkpoints: their names (report keys, λ), the shipped ones, their cards, and
 the like-with-like check that the tree checkpoints share one budget and one wide network (see
-benchmarks/multitask.py)."""
+benchmarks/multitask.py). Reading cards and the BudgetMismatch error are shared with the VGAN benchmark
+(benchmarks/cards.py)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from benchmarks.cards import BudgetMismatch, differences, load_cards  # noqa: F401  (load_cards: re-exported)
 
 TREE_NAMES = ("thin", "thin-random")  # plus every branched-l<λ>
 # What every tree run must share (from the card's recipe config), and the network widths it was thinned to.
@@ -15,10 +17,6 @@ BUDGET_KEYS = ("dataset", "dataset_options", "train_size", "val_size", "epochs",
                "weight_decay", "augment", "seed", "wide", "divisor")
 WIDE_KEYS = ("dataset", "dataset_options", "train_size", "val_size", "epochs", "batch_size", "lr",
              "weight_decay", "augment", "seed", "widths")
-
-
-class BudgetMismatch(ValueError):
-    """The checkpoints were not trained at the same budget (or are not what their names say)."""
 
 
 # -- names and cards -------------------------------------------------------------------------------------
@@ -49,19 +47,6 @@ def shipped_paths(assets: Path) -> dict[str, Path]:
     if missing:
         raise SystemExit(f"missing {', '.join(missing)}: train and ship them, or run with --train/--quick")
     return {**paths, **{p.stem: p for p in branched}}
-
-
-def load_cards(paths: Mapping[str, Path], part: str = "metadata") -> dict[str, dict[str, Any]]:
-    """Each checkpoint's card: what the recipe stored (``metadata``) or the studio's record (``studio``)."""
-    from app.training_kit import load_checkpoint
-
-    return {name: dict(getattr(load_checkpoint(path), part)) for name, path in paths.items()}
-
-
-def _differences(what: str, values: Mapping[str, Any]) -> str | None:
-    if len({json.dumps(v, sort_keys=True) for v in values.values()}) > 1:
-        return f"{what} differ: " + "; ".join(f"{name} {value!r}" for name, value in values.items())
-    return None
 
 
 def check_budgets(cards: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -102,7 +87,7 @@ def check_budgets(cards: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         "datasets (the test split)": {n: [cards[n]["config"].get("dataset"), cards[n]["config"].get("dataset_options")]
                                       for n in cards},
     }
-    problems = [p for what, values in views.items() if (p := _differences(what, values))]
+    problems = [p for what, values in views.items() if (p := differences(what, values))]
     if not problems:
         divisor = cards["thin"]["config"]["divisor"]
         thinned = [max(1, w // divisor) for w in wide["net"]["widths"]]

@@ -5,14 +5,14 @@ and the branched runs from it, each through the studio's worker path in a scratc
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import shlex
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.multitask_cards import lam_of, load_cards
+from benchmarks.cards import load_cards, studio_data, train_in_scratch_home
+from benchmarks.multitask_cards import lam_of
 
 # -- training (--train, --quick) ------------------------------------------------------------------------------
 
@@ -21,24 +21,12 @@ def _train_job(job: dict[str, Any]) -> dict[str, Any]:
     """Run one recipe through the studio's worker path in its own scratch home; the checkpoint's path."""
     import torch
 
-    import plugins.multitask as plugin
-    from app.testing import open_test_studio
-
     torch.set_num_threads(job["threads"])
-    previous = os.environ.get("AVSTUDIO_DATA")
-    os.environ["AVSTUDIO_DATA"] = job["data_dir"]
     started = time.time()
-    try:
-        with open_test_studio(job["home"], [plugin]) as studio:
-            result = studio.train("multitask", job["recipe"], job["config"])
-    finally:  # inline jobs leave this process's environment as it was
-        if previous is None:
-            os.environ.pop("AVSTUDIO_DATA", None)
-        else:
-            os.environ["AVSTUDIO_DATA"] = previous
-    if result.status != "succeeded":
-        raise RuntimeError(f"training {job['name']} failed: {result.status}: {result.error}")
-    (path,) = result.checkpoints.values()
+    with studio_data(job["data_dir"]):  # inline jobs leave this process's environment as it was
+        checkpoints = train_in_scratch_home("plugins.multitask", "multitask", job["recipe"], job["config"],
+                                            job["home"], job["name"])
+    (path,) = checkpoints.values()
     return {"name": job["name"], "path": str(path), "seconds": time.time() - started}
 
 

@@ -36,7 +36,6 @@ Trainings and evaluations run as parallel single-thread processes (``--workers``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -46,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.cards import BudgetMismatch, differences, load_cards  # noqa: E402
 from benchmarks.report import REPO_ROOT, write_report  # noqa: E402
 from benchmarks.vgan_jobs import run_jobs  # noqa: E402
 
@@ -78,10 +78,6 @@ FD_NOTE = ("Fréchet distance between Gaussians fitted to the 64-d globally pool
            "at the same sample sizes.")
 
 
-class BudgetMismatch(ValueError):
-    """The three checkpoints were not trained at the same budget, so they cannot be compared."""
-
-
 # -- cards ------------------------------------------------------------------------------------------------
 
 
@@ -107,22 +103,12 @@ def check_budgets(cards: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         "data": {k: {key: cards[k].get("config", {}).get(key, cards[k].get(key)) for key in DATA_KEYS} for k in KINDS},
         "network sizes": {k: {key: cards[k]["net"].get(key) for key in NET_KEYS} for k in KINDS},
     }
-    for what, per_kind in views.items():
-        if len({json.dumps(v, sort_keys=True) for v in per_kind.values()}) > 1:
-            problems.append(f"{what} differ: " + "; ".join(f"{k} {per_kind[k]}" for k in KINDS))
+    problems = [p for what, per_kind in views.items() if (p := differences(what, per_kind))]
     if problems:
         raise BudgetMismatch("the three models must be trained at the same budget to be compared, but "
                              + " | ".join(problems))
     return {**views["budget"]["vgan"], **views["data"]["vgan"], "net": views["network sizes"]["vgan"],
             "experts": {k: cards[k]["net"].get("experts") for k in KINDS}}
-
-
-def load_cards(paths: Mapping[str, Path], part: str = "metadata") -> dict[str, dict[str, Any]]:
-    """Each checkpoint's card (read through ``app.api.load_checkpoint``): what the recipe stored
-    (``part="metadata"``) or the studio's record of the run (``part="studio"``: commit, created, metrics)."""
-    from app.training_kit import load_checkpoint
-
-    return {kind: dict(getattr(load_checkpoint(path), part)) for kind, path in paths.items()}
 
 
 # -- training (--train, --quick) --------------------------------------------------------------------------

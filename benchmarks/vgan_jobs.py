@@ -6,11 +6,12 @@ through the same extractors; the small semi-supervised table; training one kind 
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import statistics
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks.cards import studio_data, train_in_scratch_home
 
 
 def _split(data_dir: str, split: str, limit: int = 0) -> tuple[Any, Any]:
@@ -128,14 +129,8 @@ def _semi_job(job: dict[str, Any]) -> dict[str, Any]:
 
 def _train_job(job: dict[str, Any]) -> dict[str, Any]:
     """Train one kind through the studio's worker path in its own scratch home; the checkpoint's path."""
-    import plugins.vgan as plugin
-    from app.testing import open_test_studio
-
-    with open_test_studio(job["home"], [plugin]) as studio:
-        result = studio.train("vgan", job["kind"], job["config"])
-    if result.status != "succeeded":
-        raise RuntimeError(f"training {job['kind']} failed: {result.status}: {result.error}")
-    return {"kind": job["kind"], "path": str(result.checkpoints[job["kind"]])}
+    checkpoints = train_in_scratch_home("plugins.vgan", "vgan", job["kind"], job["config"], job["home"], job["kind"])
+    return {"kind": job["kind"], "path": str(checkpoints[job["kind"]])}
 
 
 JOBS = {"model": _model_job, "reference": _reference_job, "semi": _semi_job, "train": _train_job}
@@ -146,16 +141,9 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
-    previous = os.environ.get("AVSTUDIO_DATA")
-    os.environ["AVSTUDIO_DATA"] = job["data_dir"]
     start = time.time()
-    try:
+    with studio_data(job["data_dir"]):  # inline jobs (--workers 1) leave this process's environment as it was
         out = JOBS[job["job"]](job)
-    finally:  # inline jobs (--workers 1) leave this process's environment as it was
-        if previous is None:
-            os.environ.pop("AVSTUDIO_DATA", None)
-        else:
-            os.environ["AVSTUDIO_DATA"] = previous
     out["job"], out["seconds"] = job["job"], time.time() - start
     return out
 
