@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.demo_kit import interleaved_latency_ms  # noqa: E402
+from app.api.demo import interleaved_latency_ms  # noqa: E402
 from benchmarks.report import REPO_ROOT, cpu_model, write_report  # noqa: E402
 from plugins.blockdrop import analysis  # noqa: E402
 from plugins.blockdrop.evaluation import infer  # noqa: E402

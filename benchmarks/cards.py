@@ -19,9 +19,9 @@ class BudgetMismatch(ValueError):
 
 
 def load_cards(paths: Mapping[str, Path], part: str = "metadata") -> dict[str, dict[str, Any]]:
-    """Each checkpoint's card (read through ``app.training_kit.load_checkpoint``): what the recipe stored
+    """Each checkpoint's card (read through ``app.api.training.load_checkpoint``): what the recipe stored
     (``part="metadata"``) or the studio's record of the run (``part="studio"``: commit, created, metrics)."""
-    from app.training_kit import load_checkpoint
+    from app.api.training import load_checkpoint
 
     return {name: dict(getattr(load_checkpoint(path), part)) for name, path in paths.items()}
 

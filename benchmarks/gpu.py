@@ -43,7 +43,7 @@ if str(REPO_ROOT) not in sys.path:  # `python benchmarks/gpu.py` from the repo r
 import torch  # noqa: E402
 
 from app.api import DatasetSpec, hookimpl  # noqa: E402
-from app.training_kit import ImageTensorDataset  # noqa: E402
+from app.api.training import ImageTensorDataset  # noqa: E402
 
 BUDGET_S = 480.0  # 8 minutes, the most a lent GPU machine is asked for
 PLUGIN = "benchmarks.gpu"  # this module, registered as a plugin for its datasets

@@ -190,7 +190,7 @@ def evaluate(paths: Mapping[str, Path], cards: Mapping[str, Mapping[str, Any]], 
     and the comparisons on it (costs as on the first)."""
     import torch
 
-    from app.training_kit import load_checkpoint
+    from app.api.training import load_checkpoint
     from plugins.datasets.persons import BODY_ATTRIBUTES, HEAD_ATTRIBUTES
     from plugins.multitask.model import count_flops, count_params, net_from_checkpoint
 

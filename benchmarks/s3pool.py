@@ -76,8 +76,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
     os.environ["AVSTUDIO_DATA"] = job["data_dir"]
     import plugins.s3pool as plugin
+    from app.api.training import TrainLoop, load_checkpoint
     from app.testing import open_test_studio
-    from app.training_kit import TrainLoop, load_checkpoint
     from plugins.datasets.shapes import load_shapes
     from plugins.s3pool.model import net_from_checkpoint
     from plugins.s3pool.recipes import error_rate

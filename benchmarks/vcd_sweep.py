@@ -56,8 +56,8 @@ def run_variant(job: Mapping[str, Any]) -> dict[str, Any]:
     import torch
 
     import plugins.vgan as plugin
+    from app.api.training import load_checkpoint
     from app.testing import open_test_studio
-    from app.training_kit import load_checkpoint
     from benchmarks.vgan_jobs import _classifier, _split
     from plugins.vgan.metrics import class_histogram, classes_covered, label_agreement
     from plugins.vgan.model import models_from_checkpoint

@@ -28,7 +28,7 @@ def _classifier(path: str) -> tuple[Any, Any, int]:
     import torch
     import torch.nn.functional as F
 
-    from app.training_kit import load_checkpoint
+    from app.api.training import load_checkpoint
     from plugins.blockdrop.model import backbone_from_checkpoint
 
     net = backbone_from_checkpoint(load_checkpoint(path)).eval()
@@ -60,7 +60,7 @@ def _model_job(job: dict[str, Any]) -> dict[str, Any]:
     """Probe error, generated-image features and histogram, and throughput of one checkpoint."""
     import torch
 
-    from app.training_kit import load_checkpoint
+    from app.api.training import load_checkpoint
     from plugins.vgan.metrics import class_histogram, extract_features, label_agreement, linear_probe_error
     from plugins.vgan.model import models_from_checkpoint
     from plugins.vgan.recipes import generate
@@ -108,7 +108,7 @@ def _reference_job(job: dict[str, Any]) -> dict[str, Any]:
 
 def _semi_job(job: dict[str, Any]) -> dict[str, Any]:
     """Table 2 in small: the CNN on the first labelled train images, with or without VCD transitions."""
-    from app.training_kit import load_checkpoint
+    from app.api.training import load_checkpoint
     from plugins.vgan.metrics import semi_supervised_error
     from plugins.vgan.model import models_from_checkpoint
 

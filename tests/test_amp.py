@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from app.api import ConfigError, Method, Recipe, config_field, hookimpl
+from app.api.training import TrainLoop, load_checkpoint, load_module_tensors
 from app.testing import open_test_studio
-from app.training_kit import TrainLoop, load_checkpoint, load_module_tensors
 from tests.blockdrop_fakes import FakeTrainContext
 from tests.trajectories import assert_same_trajectory
 from trainer import amp as amp_settings

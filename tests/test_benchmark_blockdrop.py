@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.training_kit import module_tensors
+from app.api.training import module_tensors
 from benchmarks.blockdrop import pick_policy
 from plugins.blockdrop.model import build_policy, build_resnet
 from trainer.checkpoints import save_checkpoint

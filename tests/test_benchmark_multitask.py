@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.training_kit import load_checkpoint
+from app.api.training import load_checkpoint
 from benchmarks import multitask as B
 from benchmarks import multitask_cards as MC
 from benchmarks import multitask_training as MT

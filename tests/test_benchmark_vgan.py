@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.training_kit import load_checkpoint, module_tensors, save_checkpoint
+from app.api.training import load_checkpoint, module_tensors, save_checkpoint
 from benchmarks import vgan as B
 from benchmarks import vgan_jobs
 from plugins.blockdrop.model import build_resnet

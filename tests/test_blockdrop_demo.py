@@ -211,7 +211,7 @@ def test_upload_component_passes_corrupt_files_to_the_handler(demo, tmp_path):
     import gradio as gr
     from gradio.data_classes import ImageData
 
-    from app.demo_kit import lenient_upload
+    from app.api.demo import lenient_upload
 
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image at all")
@@ -230,7 +230,7 @@ def _built(assets, tmp_path):
 
 
 def test_the_demo_shows_what_the_network_sees_at_a_readable_size(demo, assets, tmp_path):
-    from app.demo_kit import enlarge
+    from app.api.demo import enlarge
     from plugins.blockdrop.demo import READABLE_PX, model_input_label
 
     image = Image.fromarray(np.random.default_rng(2).integers(0, 255, (37, 53, 3), dtype=np.uint8))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.training_kit import load_module_tensors, module_tensors
+from app.api.training import load_module_tensors, module_tensors
 from plugins.blockdrop import analysis
 from plugins.blockdrop.model import (
     MEAN,

@@ -1,4 +1,4 @@
-"""The demo kit (app.demo_kit): the pieces the method tabs share, each on its own, by what it does."""
+"""The demo kit (app.api.demo): the pieces the method tabs share, each on its own, by what it does."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from app.api import Checkpoint, UserError
-from app.demo_kit import (
+from app.api.demo import (
     ImageInput,
     add_css,
     enlarge,

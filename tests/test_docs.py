@@ -1,4 +1,4 @@
-"""The plugin author's guide documents every hook, argument and field of the contract (app/api.py)."""
+"""The plugin author's guide documents every hook, argument and field of the contract (app/api/__init__.py)."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def test_an_undocumented_new_hookspec_would_fail_the_docs_check(monkeypatch):
 
 @pytest.mark.parametrize(("name", "hook"), HOOKS, ids=[n for n, _ in HOOKS])
 def test_every_hook_has_a_docstring(name, hook):
-    assert (inspect.getdoc(hook) or "").strip(), f"hook {name} in app/api.py has no docstring"
+    assert (inspect.getdoc(hook) or "").strip(), f"hook {name} in app/api/__init__.py has no docstring"
 
 
 @pytest.mark.parametrize(("name", "hook"), HOOKS, ids=[n for n, _ in HOOKS])
@@ -106,7 +106,7 @@ def test_every_name_the_contract_exports_is_documented():
 
 # -- the kits beside the core ---------------------------------------------------------------------------
 
-KITS = ("app.training_kit", "app.demo_kit")
+KITS = ("app.api.training", "app.api.demo")
 
 
 @pytest.mark.parametrize("module", KITS)
@@ -114,7 +114,7 @@ def test_every_kit_has_its_section_and_every_name_it_hands_on_is_documented(modu
     import importlib
 
     kit = importlib.import_module(module)
-    heading = f"## The {module.split('.')[1].replace('_kit', '')} kit: `{module}`"
+    heading = f"## The {module.rsplit('.', 1)[1]} kit: `{module}`"
     assert heading + "\n" in GUIDE, f"docs/plugins.md needs a section headed {heading!r}"
     assert (kit.__doc__ or "").strip() and "docs/plugins.md" in kit.__doc__
     start = GUIDE.index(heading)

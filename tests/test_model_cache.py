@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from app.api import UserError
-from app.demo_kit import ModelCache
-from app.training_kit import load_checkpoint, save_checkpoint
+from app.api.demo import ModelCache
+from app.api.training import load_checkpoint, save_checkpoint
 
 
 class DirectoryContext:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from app.api import Checkpoint
-from app.training_kit import module_tensors
+from app.api.training import module_tensors
 from plugins.multitask.affinity import (
     AffinityTracker,
     branch_affinity,

@@ -11,7 +11,7 @@ from PIL import Image
 
 import plugins.datasets
 import plugins.multitask
-from app.demo_kit import image_to_tensor, load_rgb_image, viridis
+from app.api.demo import image_to_tensor, load_rgb_image, viridis
 from app.testing import open_test_studio
 from plugins.multitask.demo import MultitaskDemo
 from plugins.multitask.drawings import (

@@ -16,8 +16,8 @@ from PIL import Image
 import plugins.datasets as datasets_plugin
 import plugins.multitask as multitask_plugin
 from app.api import ConfigError
+from app.api.training import load_checkpoint
 from app.testing import open_test_studio
-from app.training_kit import load_checkpoint
 from plugins.datasets.persons import PERSON_ATTRIBUTES
 from plugins.datasets.real import holdout_split
 from plugins.multitask.model import BranchedNet, count_flops, count_params, net_from_checkpoint

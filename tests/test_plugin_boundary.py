@@ -1,5 +1,5 @@
 """The contract is the only door: a plugin (built in, scaffolded or third party) imports nothing of the
-studio except the core, ``app.api``, and the two kits beside it, ``app.training_kit`` and ``app.demo_kit``
+studio except the core, ``app.api``, and the two kits beside it, ``app.api.training`` and ``app.api.demo``
 (and its own package's modules); its tests may also import the test harness, ``app.testing``. The contract
 itself reaches no higher than what it hands on (no harness, no CLI, no UI), and the core no kit."""
 
@@ -13,7 +13,7 @@ from app.scaffold import render
 from app.settings import REPO_ROOT
 
 STUDIO_PACKAGES = ("app", "trainer", "plugins")
-CONTRACT = ("app.api", "app.training_kit", "app.demo_kit")  # the core, then the kits
+CONTRACT = ("app.api", "app.api.training", "app.api.demo")  # the core, then the kits
 HARNESS = "app.testing"
 
 
@@ -93,14 +93,15 @@ def _all_imports(source: str) -> set[str]:
 
 @pytest.mark.parametrize("module", CONTRACT)
 def test_the_contract_does_not_reach_up_to_the_harness_or_the_cli(module):
-    source = (REPO_ROOT / (module.replace(".", "/") + ".py")).read_text()
+    path = REPO_ROOT / module.replace(".", "/")
+    source = (path / "__init__.py" if path.is_dir() else path.with_suffix(".py")).read_text()
     reached = {name for name in _all_imports(source)
                if any(name == above or name.startswith(above + ".") for above in ABOVE_THE_CONTRACT)}
     assert reached == set(), f"{module} imports {sorted(reached)}: the contract must not import the studio above it"
 
 
 def test_the_core_imports_no_kit():
-    imported = _all_imports((REPO_ROOT / "app" / "api.py").read_text())
+    imported = _all_imports((REPO_ROOT / "app" / "api" / "__init__.py").read_text())
     assert not imported & set(CONTRACT[1:]), "the kits build on the core, never the other way round"
 
 
@@ -108,7 +109,7 @@ def test_a_fresh_interpreter_imports_the_contract_without_the_cli_or_gradio():
     import subprocess
     import sys
 
-    code = ("import sys, app.api, app.training_kit, app.demo_kit; "
+    code = ("import sys, app.api, app.api.training, app.api.demo; "
             "print(sorted(m for m in sys.modules if m in ('gradio', 'click', 'app.cli', 'app.ui', 'app.testing', "
             "'app.plugin_manager')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
@@ -125,9 +126,9 @@ def test_every_built_in_plugin_is_checked():
     ("from app.api import hookimpl", []),
     ("from app import api", []),
     ("import app.api", []),
-    ("from app.training_kit import TrainLoop", []),
-    ("from app.demo_kit import enlarge", []),
-    ("from app import demo_kit, training_kit", []),
+    ("from app.api.training import TrainLoop", []),
+    ("from app.api.demo import enlarge", []),
+    ("from app.api import demo, training", []),
     ("from app.images import load_rgb_image", ["app.images"]),
     ("from app.model_cache import ModelCache", ["app.model_cache"]),
     ("from plugins.blockdrop.model import x", []),

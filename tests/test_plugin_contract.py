@@ -17,7 +17,8 @@ import gradio as gr
 import pytest
 import torch
 
-from app import api, training_kit
+from app import api
+from app.api import training as training_kit
 from app.settings import ASSETS_DIR, REPO_ROOT
 from app.testing import open_test_studio
 from app.ui import build_app, check_demos

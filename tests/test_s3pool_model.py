@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from app.api import ConfigError, DatasetSpec, hookimpl
+from app.api.training import ImageTensorDataset, load_checkpoint
 from app.testing import open_test_studio
-from app.training_kit import ImageTensorDataset, load_checkpoint
 from plugins.s3pool import model as M
 from plugins.s3pool.layer import S3Pool2d
 from tests.trajectories import assert_same_trajectory

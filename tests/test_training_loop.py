@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from app.api import DatasetSpec, Method, Recipe, config_field, hookimpl
+from app.api.training import TrainLoop
 from app.plugin_manager import load_registry
-from app.training_kit import TrainLoop
 from tests.blockdrop_fakes import FakeTrainContext, random_dataset
 from trainer.checkpoints import load_checkpoint
 from trainer.context import RunContext

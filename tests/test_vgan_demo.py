@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from app.api import UserError
-from app.training_kit import module_tensors, save_checkpoint
+from app.api.training import module_tensors, save_checkpoint
 from plugins.vgan.demo import (
     GENERATED,
     MARKER,
@@ -407,7 +407,7 @@ def test_upload_component_passes_corrupt_files_to_the_handler(demo, tmp_path):
     import gradio as gr
     from gradio.data_classes import ImageData
 
-    from app.demo_kit import lenient_upload
+    from app.api.demo import lenient_upload
 
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image at all")

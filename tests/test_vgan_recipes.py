@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from app.api import DatasetSpec, UserError, hookimpl
+from app.api.training import ImageTensorDataset, load_checkpoint
 from app.testing import open_test_studio
-from app.training_kit import ImageTensorDataset, load_checkpoint
 from plugins.vgan.model import (
     GanConfig,
     build_models,

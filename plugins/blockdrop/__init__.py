@@ -3,7 +3,7 @@
 from collections.abc import Callable
 
 from app.api import Checkpoint, CheckpointSlot, DemoContext, Method, hookimpl
-from app.demo_kit import rebuild_check
+from app.api.demo import rebuild_check
 from plugins.blockdrop.model import backbone_from_checkpoint, policy_from_checkpoint
 
 __version__ = "0.1.0"

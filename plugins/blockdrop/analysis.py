@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from app.demo_kit import interleaved_latency_ms  # noqa: F401  (timed through this module)
+from app.api.demo import interleaved_latency_ms  # noqa: F401  (timed through this module)
 from plugins.blockdrop.evaluation import infer
 from plugins.blockdrop.model import BlockDropResNet, PolicyModule, greedy_policy
 from plugins.blockdrop.rl import apply_curriculum, curriculum_mask

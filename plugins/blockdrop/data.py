@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from app.api import TrainContext, UserError
-from app.training_kit import random_crop_flip, split_tensors
+from app.api.training import random_crop_flip, split_tensors
 
 
 def load_split(ctx: TrainContext, name: str, split: str, num: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

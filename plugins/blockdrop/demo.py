@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from app.api import CheckpointInfo, DemoContext, UserError
-from app.demo_kit import (
+from app.api.demo import (
     ModelCache,
     add_css,
     enlarge,

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from app.api import Checkpoint
-from app.training_kit import dataclass_from_dict, load_module_tensors
+from app.api.training import dataclass_from_dict, load_module_tensors
 
 MEAN = (0.5, 0.5, 0.5)  # the normalisation every model of the flat (legacy) cards was trained with
 STD = (0.25, 0.25, 0.25)

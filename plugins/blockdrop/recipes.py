@@ -1,7 +1,7 @@
 """BlockDrop training recipes: ``backbone`` → ``policy`` (curriculum RL) → ``finetune`` (joint).
 
 Each recipe is a plain function ``train(config, ctx)``: data and models are set up, then the
-training step runs inside an :class:`app.training_kit.TrainLoop`, which owns seeding, stopping, progress,
+training step runs inside an :class:`app.api.training.TrainLoop`, which owns seeding, stopping, progress,
 per-epoch evaluation on ``val``, metrics, checkpoints and exact resume (optimisers and RNG included),
 and the accelerator: mixed precision (``loop.autocast``, ``loop.minimize``), the data on the device
 (``loop.to_device``, ``loop.take``) and ``torch.compile`` (``loop.compiled``). Recipes train from
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from app.api import ConfigError, Recipe, TrainContext
-from app.training_kit import TrainLoop
+from app.api.training import TrainLoop
 from plugins.blockdrop.configs import BackboneConfig, FinetuneConfig, PolicyConfig
 from plugins.blockdrop.data import augment, eval_split, labels_of, load_split
 from plugins.blockdrop.evaluation import evaluate

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.training_kit import Arrays, ImageTensorDataset
+from app.api.training import Arrays, ImageTensorDataset
 from plugins.datasets.persons_figure import (
     BODY_ATTRIBUTES,  # noqa: F401  (the labels: the studio imports them from this module)
     CHIN,

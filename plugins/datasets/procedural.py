@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from app.training_kit import Arrays, cached_splits
+from app.api.training import Arrays, cached_splits
 from plugins.datasets.raster import map_chunks
 
 SPLITS = ("train", "val", "test")

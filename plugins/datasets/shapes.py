@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.training_kit import Arrays, ImageTensorDataset
+from app.api.training import Arrays, ImageTensorDataset
 from plugins.datasets.procedural import load_generated, render_chunks, split_rng
 from plugins.datasets.raster import (
     as_float32,

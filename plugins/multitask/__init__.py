@@ -19,7 +19,7 @@ each module's docstring says what was chosen.
 from collections.abc import Callable
 
 from app.api import CheckpointSlot, DemoContext, Method, hookimpl
-from app.demo_kit import rebuild_check
+from app.api.demo import rebuild_check
 from plugins.multitask.model import net_from_checkpoint
 
 __version__ = "0.1.0"

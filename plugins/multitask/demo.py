@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from app.api import DemoContext, UserError
-from app.demo_kit import ModelCache, image_to_tensor, load_rgb_image
+from app.api.demo import ModelCache, image_to_tensor, load_rgb_image
 from plugins.multitask.drawings import (
     PALETTE,
     TRUNK_COLOUR,

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from app.api import UserError
-from app.demo_kit import figure_font, viridis
+from app.api.demo import figure_font, viridis
 from plugins.multitask.model import TreeConfig
 from plugins.multitask.names import model_label
 

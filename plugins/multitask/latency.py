@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 import torch
 
-from app.demo_kit import interleaved_latency_ms
+from app.api.demo import interleaved_latency_ms
 from plugins.multitask.model import BranchedNet
 
 LATENCY_REPEATS, LATENCY_WARMUP = 15, 3  # timed and untimed batch-1 forwards per model

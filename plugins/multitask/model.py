@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from app.api import Checkpoint
-from app.training_kit import dataclass_from_dict, load_module_tensors
+from app.api.training import dataclass_from_dict, load_module_tensors
 
 Group = tuple[int, ...]  # task indices, ascending
 Groups = tuple[Group, ...]  # the branches of one layer

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from app.api import ConfigError, Recipe, TrainContext, UserError, config_field, parse_assignments
-from app.training_kit import TrainLoop, dataclass_from_dict, random_crop_flip
+from app.api.training import TrainLoop, dataclass_from_dict, random_crop_flip
 from plugins.multitask.affinity import AffinityTracker
 from plugins.multitask.model import (
     THIN_DIVISOR,

@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 
 from app.api import DemoContext, UserError
-from app.demo_kit import add_css, enlarge, image_input, pixelated_css, refreshed_choices, user_errors
+from app.api.demo import add_css, enlarge, image_input, pixelated_css, refreshed_choices, user_errors
 from plugins.multitask.demo import MultitaskDemo
 from plugins.multitask.latency import LATENCY_CAPTION
 

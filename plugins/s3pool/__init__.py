@@ -4,7 +4,7 @@ that regularises most where training data is scarce."""
 from collections.abc import Callable
 
 from app.api import CheckpointSlot, DemoContext, Method, hookimpl
-from app.demo_kit import rebuild_check
+from app.api.demo import rebuild_check
 from plugins.s3pool.model import net_from_checkpoint
 
 __version__ = "0.1.0"

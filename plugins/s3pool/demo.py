@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from app.api import DemoContext, UserError
-from app.demo_kit import ModelCache, image_to_tensor, load_rgb_image, viridis
+from app.api.demo import ModelCache, image_to_tensor, load_rgb_image, viridis
 from plugins.s3pool.layer import (
     S3Pool2d,
     s3pool,

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from app.api import Checkpoint
-from app.training_kit import dataclass_from_dict, load_module_tensors
+from app.api.training import dataclass_from_dict, load_module_tensors
 from plugins.s3pool.layer import S3Pool2d
 
 DOWNSAMPLING = ("strided", "max", "s3pool", "stochastic")

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from app.api import ConfigError, Recipe, TrainContext, UserError, config_field
-from app.training_kit import TrainLoop, random_crop_flip, split_tensors
+from app.api.training import TrainLoop, random_crop_flip, split_tensors
 from plugins.s3pool.model import ARCHITECTURES, DOWNSAMPLING, NetConfig, PoolingNet, build_net
 
 

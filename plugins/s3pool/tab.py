@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 
 from app.api import DemoContext
-from app.demo_kit import add_css, enlarge, image_input, pixelated_css, user_errors
+from app.api.demo import add_css, enlarge, image_input, pixelated_css, user_errors
 from plugins.s3pool.demo import (
     DRAWS_PX,
     FEATURES_PX,

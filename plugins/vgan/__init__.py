@@ -4,7 +4,7 @@ multi-modal energy of K binary experts, an entropy proxy against mode collapse, 
 from collections.abc import Callable
 
 from app.api import Checkpoint, CheckpointSlot, DemoContext, Method, UserError, hookimpl
-from app.demo_kit import rebuild_check
+from app.api.demo import rebuild_check
 from plugins.vgan.model import models_from_checkpoint
 
 __version__ = "0.1.0"

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from app.api import DemoContext, UserError
-from app.demo_kit import ModelCache, image_to_tensor, load_rgb_image
+from app.api.demo import ModelCache, image_to_tensor, load_rgb_image
 from plugins.vgan.model import EnergyNet, GanConfig, Generator, models_from_checkpoint
 from plugins.vgan.recipes import energies, generate
 from plugins.vgan.visuals import image_grid, to_uint8

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from app.api import Checkpoint
-from app.training_kit import dataclass_from_dict, load_module_tensors
+from app.api.training import dataclass_from_dict, load_module_tensors
 
 KINDS = ("vgan", "vcd", "gan")
 EPS = 1e-4  # sigmoid outputs are clipped to [EPS, 1 − EPS] before logs, as the official code does

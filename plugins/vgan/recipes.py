@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from app.api import ConfigError, Recipe, TrainContext, UserError, config_field
-from app.training_kit import TrainLoop, split_tensors
+from app.api.training import TrainLoop, split_tensors
 from plugins.vgan.model import GanConfig, build_models, energy, entropy_proxy
 from plugins.vgan.visuals import image_grid
 

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from app.api import Method, Recipe, config_field, hookimpl
-from app.training_kit import TrainLoop
+from app.api.training import TrainLoop
 
 
 @dataclass

@@ -11,8 +11,8 @@ A plugin (built in or third party) imports from here::
 Hooks are bare functions with one docstring each (the docs test reads them); the objects a plugin
 fills in are dataclasses; the contexts the studio hands to plugins are Protocols, so the trainer
 and the app can implement them without importing each other. Beside the core, two kits hold what
-plugins share: :mod:`app.training_kit` (the training loop, checkpoint files, dataset building blocks)
-and :mod:`app.demo_kit` (uploads, the image panel, model cache, small-image display, latency timing,
+plugins share: :mod:`app.api.training` (the training loop, checkpoint files, dataset building blocks)
+and :mod:`app.api.demo` (uploads, the image panel, model cache, small-image display, latency timing,
 slot checks). A plugin imports these three and nothing else of the studio (a test holds it); its tests
 may also import the test harness, :mod:`app.testing`. The core imports neither the kits nor anything
 above them (no harness, no CLI, no UI).

@@ -3,7 +3,7 @@
 A plugin may import this module as it imports ``app.api`` (the boundary test allows exactly the core
 and the two kits); docs/plugins.md, "The training kit", documents every name::
 
-    from app.training_kit import TrainLoop, load_module_tensors, module_tensors, split_tensors
+    from app.api.training import TrainLoop, load_module_tensors, module_tensors, split_tensors
 
 - **the training loop**: :class:`TrainLoop` (seeding, epochs and steps, stopping, progress, metrics,
   checkpoints, exact resume, several processes);
