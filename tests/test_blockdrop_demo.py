@@ -230,8 +230,8 @@ def _built(assets, tmp_path):
 
 
 def test_the_demo_shows_what_the_network_sees_at_a_readable_size(demo, assets, tmp_path):
-    from app.api.demo import enlarge
-    from plugins.blockdrop.demo import READABLE_PX, model_input_label
+    from app.api.demo import enlarge, model_input_update
+    from plugins.blockdrop.demo import READABLE_PX
 
     image = Image.fromarray(np.random.default_rng(2).integers(0, 255, (37, 53, 3), dtype=np.uint8))
     r = demo.predict(image, "policy-g1", latency_repeats=1)
@@ -244,7 +244,8 @@ def test_the_demo_shows_what_the_network_sees_at_a_readable_size(demo, assets, t
     assert big.shape == (READABLE_PX, READABLE_PX, 3) and READABLE_PX >= 128
     assert (big[::8, ::8] == seen).all() and (big[7::8, 7::8] == seen).all()  # nearest neighbour, crisp
     assert enlarge(np.zeros((512, 300, 3), np.uint8)).shape == (512, 300, 3)  # large inputs left alone
-    assert model_input_label(r) == "what the network sees: 32×32"
+    update = model_input_update(r, size=READABLE_PX)
+    assert update["label"] == "what the network sees: 32×32" and (update["value"] == big).all()
     assert "32×32" in _built_stats(assets, tmp_path, image)
 
     _, by_elem = _built(assets, tmp_path)

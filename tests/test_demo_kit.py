@@ -28,6 +28,17 @@ from app.api.demo import (
 # -- showing small images ------------------------------------------------------------------------------
 
 
+def test_the_model_input_update_shows_the_input_enlarged_with_the_resolution_the_model_sees():
+    from app.api.demo import model_input_update
+
+    r = {"model_input": np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3), "input_resolution": (4, 6)}
+    update = model_input_update(r, "S3Pool", size=12)
+    assert update["label"] == "what S3Pool sees: 6×4"  # width × height
+    assert update["value"].shape == (8, 12, 3) and (update["value"][::2, ::2] == r["model_input"]).all()
+    assert model_input_update(r)["label"] == "what the network sees: 6×4"
+    assert model_input_update(r)["value"].shape == (168, 252, 3)  # the kit's READABLE_PX, 256: factor 42
+
+
 def test_enlarge_repeats_every_pixel_into_a_crisp_square_up_to_the_target():
     image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
     big = enlarge(image, target=12)  # longer side 3 → factor 4

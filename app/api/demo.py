@@ -55,6 +55,17 @@ def enlarge(image: Any, target: int = READABLE_PX) -> np.ndarray:
     return array.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else array
 
 
+def model_input_update(result: Mapping[str, Any], who: str = "the network", size: int = READABLE_PX
+                       ) -> dict[str, Any]:
+    """The Gradio update of a demo's "what the network sees" image from a handler's ``result``: its
+    ``model_input`` (H×W×3 uint8) enlarged to about ``size`` pixels, captioned with the resolution the model
+    really sees, ``result["input_resolution"]`` (height, width), as "what {who} sees: W×H"."""
+    import gradio as gr  # here, so that importing the kit loads no Gradio
+
+    h, w = result["input_resolution"]
+    return gr.update(value=enlarge(result["model_input"], size), label=f"what {who} sees: {w}×{h}")
+
+
 def pixelated_css(*elem_ids: str, examples: str | None = None, extra: str = "") -> str:
     """A ``<style>`` block drawing the images inside ``elem_ids`` with crisp pixels, whole (``object-fit:
     contain``), and the thumbnails of the ``examples`` element with crisp pixels; ``extra`` CSS is appended.
@@ -255,5 +266,5 @@ def image_input(slug: str, *, height: int = READABLE_PX, draw: str | None = "Dra
 __all__ = [
     "ImageInput", "ModelCache", "READABLE_PX", "REBUILD_ERRORS", "add_css", "enlarge", "example_paths",
     "figure_font", "image_input", "image_to_tensor", "interleaved_latency_ms", "lenient_upload", "load_rgb_image",
-    "pixelated_css", "rebuild_check", "refreshed_choices", "user_errors", "viridis",
+    "model_input_update", "pixelated_css", "rebuild_check", "refreshed_choices", "user_errors", "viridis",
 ]

@@ -18,10 +18,10 @@ from app.api import CheckpointInfo, DemoContext, UserError
 from app.api.demo import (
     ModelCache,
     add_css,
-    enlarge,
     image_input,
     image_to_tensor,
     load_rgb_image,
+    model_input_update,
     pixelated_css,
     refreshed_choices,
     user_errors,
@@ -261,12 +261,6 @@ def _stats_markdown(r: dict[str, Any]) -> str:
             f"*this request*: one run of each network for your image, timed now, under the server's current load.")
 
 
-def model_input_label(r: dict[str, Any]) -> str:
-    """The caption of the model-input image: the resolution the networks really see (width×height)."""
-    h, w = r["input_resolution"]
-    return f"what the network sees: {w}×{h}"
-
-
 # Small images (32×32 shapes) are drawn enlarged with crisp pixels, not as a 32-pixel speck.
 PIXELATED_CSS = pixelated_css("blockdrop-input", "blockdrop-model-input", examples="blockdrop-examples", extra="""
 /* on a phone the stats table's four columns keep whole words: tighter cells instead of "laten-cy" */
@@ -312,11 +306,9 @@ class BlockDropEvents:
             image: the image to classify (any size; it is resized to 32×32).
             policy_name: the BlockDrop policy to use (a γ choice of the selector, e.g. policy-g1).
         """
-        import gradio as gr
 
         r = self.demo.predict(image, policy_name)
-        seen = gr.update(value=enlarge(r["model_input"], READABLE_PX), label=model_input_label(r))
-        return r["full_top3"], r["blockdrop_top3"], r["block_map_html"], _stats_markdown(r), seen
+        return r["full_top3"], r["blockdrop_top3"], r["block_map_html"], _stats_markdown(r), model_input_update(r, size=READABLE_PX)
 
     @user_errors
     def panel(self, policy_name: str) -> tuple:

@@ -9,7 +9,14 @@ from typing import Any
 import gradio as gr
 
 from app.api import DemoContext, UserError
-from app.api.demo import add_css, enlarge, image_input, pixelated_css, refreshed_choices, user_errors
+from app.api.demo import (
+    add_css,
+    image_input,
+    model_input_update,
+    pixelated_css,
+    refreshed_choices,
+    user_errors,
+)
 from plugins.multitask.demo import MultitaskDemo
 from plugins.multitask.latency import LATENCY_CAPTION
 
@@ -51,9 +58,7 @@ class MultitaskEvents:
 
     @staticmethod
     def prediction_outputs(r: dict[str, Any]) -> tuple:
-        h, w = r["input_resolution"]
-        seen = gr.update(value=enlarge(r["model_input"], READABLE_PX), label=f"what the network sees: {w}×{h}")
-        return r["html"], r["text"], seen
+        return r["html"], r["text"], model_input_update(r, size=READABLE_PX)
 
     def overview_outputs(self, model: str | None) -> tuple:
         """Tree figure, its text, heatmap, its text: a message instead when there is no model."""

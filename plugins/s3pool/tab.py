@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 
 from app.api import DemoContext
-from app.api.demo import add_css, enlarge, image_input, pixelated_css, user_errors
+from app.api.demo import add_css, image_input, model_input_update, pixelated_css, user_errors
 from plugins.s3pool.demo import (
     DRAWS_PX,
     FEATURES_PX,
@@ -78,9 +78,7 @@ class S3PoolEvents:
 
     @staticmethod
     def pixel_outputs(r: dict[str, Any]) -> tuple:
-        h, w = r["input_resolution"]
-        seen = gr.update(value=enlarge(r["model_input"], READABLE_PX), label=f"what S3Pool sees: {w}×{h}")
-        return seen, r["strip"], augment_markdown(r)
+        return model_input_update(r, "S3Pool", READABLE_PX), r["strip"], augment_markdown(r)
 
     @user_errors
     def run(self, image: Any, grid_size: int, layers: int) -> tuple:

@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 
 from app.api import DemoContext, UserError
-from app.api.demo import add_css, enlarge, image_input, pixelated_css, user_errors
+from app.api.demo import add_css, image_input, model_input_update, pixelated_css, user_errors
 from plugins.vgan.demo import (
     DEFAULT_CHAIN,
     DEFAULT_COUNT,
@@ -102,8 +102,7 @@ class VganEvents:
     def analysis_outputs(r: dict[str, Any]) -> tuple:
         t, e = r["transitions"], r["energy"]
         shown = t if t["message"] is None else e
-        h, w = shown["input_resolution"]
-        seen = gr.update(value=enlarge(shown["model_input"], READABLE_PX), label=f"what the model sees: {w}×{h}")
+        seen = model_input_update(shown, "the model", READABLE_PX)
         if t["message"] is None:
             chain, chain_text = t["strip"], t["text"]
         else:
