@@ -170,7 +170,7 @@ def second_test_budget(budget: Mapping[str, Any], seed: int) -> dict[str, Any]:
     options = list(budget["dataset_options"] or [])
     used = next((o.split("=", 1)[1] for o in options if o.startswith("seed=")), "0")
     if str(seed) == used:
-        raise ValueError(f"--second-test-seed {seed} is the seed the models were trained and tested on")
+        raise BudgetMismatch(f"--second-test-seed {seed} is the seed the models were trained and tested on")
     kept = [o for o in options if not o.startswith(("seed=", "num_train=", "num_val="))]
     return {**budget, "dataset_options": [*kept, f"seed={seed}", "num_train=1", "num_val=1"]}
 
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> Path:
                                  mode="quick" if args.quick else "train" if args.train else "shipped",
                                  training=training,
                                  second_seed=None if args.second_test_seed < 0 else args.second_test_seed)
-        except (BudgetMismatch, ValueError) as exc:
+        except BudgetMismatch as exc:
             raise SystemExit(f"refusing to compare: {exc}") from None
     print(f"wrote {path} in {time.time() - started:.0f}s")
     return path

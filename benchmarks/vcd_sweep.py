@@ -55,24 +55,19 @@ def run_variant(job: Mapping[str, Any]) -> dict[str, Any]:
     """Train one variant through the studio's worker path and measure it (one thread)."""
     import torch
 
-    import plugins.vgan as plugin
     from app.api.training import load_checkpoint
-    from app.testing import open_test_studio
+    from benchmarks.cards import studio_data, train_in_scratch_home
     from benchmarks.vgan_jobs import _classifier, _split
     from plugins.vgan.metrics import class_histogram, classes_covered, label_agreement
     from plugins.vgan.model import models_from_checkpoint
     from plugins.vgan.recipes import generate
 
     torch.set_num_threads(1)
-    os.environ["AVSTUDIO_DATA"] = job["data_dir"]
     config = {**BASE, **VARIANTS[job["name"]], "steps": job["steps"]}
     started = time.time()
-    with tempfile.TemporaryDirectory(prefix="vcd-sweep-") as home:
-        with open_test_studio(home, [plugin]) as studio:
-            result = studio.train("vgan", "vcd", config)
-        if result.status != "succeeded":
-            raise RuntimeError(f"{job['name']}: {result.status}: {result.error}")
-        checkpoint = load_checkpoint(result.checkpoints["vcd"])
+    with tempfile.TemporaryDirectory(prefix="vcd-sweep-") as home, studio_data(job["data_dir"]):
+        paths = train_in_scratch_home("plugins.vgan", "vgan", "vcd", config, home, job["name"])
+        checkpoint = load_checkpoint(paths["vcd"])
     train_s = time.time() - started
     gcfg, _, generator = models_from_checkpoint(checkpoint)
     net, _, num_classes = _classifier(job["classifier"])

@@ -128,6 +128,17 @@ def test_label_agreement_counts_the_classifier_s_own_label_kept_along_the_chain(
     with pytest.raises(ValueError, match="at least one image"):
         label_agreement(constant, generator, images[:0], 1)
 
+    class Inverting(torch.nn.Module):  # reconstructs exactly; every transition inverts the image
+        def reconstruct(self, x):
+            return x
+
+        def transition(self, x, rng=None):
+            return 1 - x
+
+    bright_or_dark = torch.cat([torch.full((6, 3, 4, 4), 200), torch.full((4, 3, 4, 4), 40)]).to(torch.uint8)
+    kept = label_agreement(by_brightness, Inverting(), bright_or_dark, 3)
+    assert kept == {"reconstruction": 1.0, "chain": [0.0, 1.0, 0.0], "images": 10}  # each step flips every label
+
 
 def _copy_assets(paths: dict, folder: Path) -> Path:
     folder.mkdir()

@@ -193,7 +193,7 @@ def label_agreement(classifier_fn: FeatureFn, generator: Any, images: Images, st
         agree_rec += (classifier_fn(generator.reconstruct(x)).argmax(1) == label).sum()
         current = x
         for t in range(steps):
-            current = generator.decode(generator.mix(generator.encode(current), rng))
+            current = generator.transition(current, rng)
             agree[t] += (classifier_fn(current).argmax(1) == label).sum()
         n += len(x)
     generator.train(was_training)
